@@ -1,0 +1,281 @@
+"""The Bot: owns the config, plugins, database, Telnyx client and background loops of one bot.
+
+Nothing starts at construction: :meth:`Bot.start` opens the database and starts the loops (the
+Starlette lifespan calls it), :meth:`Bot.stop` drains and closes them. Plugins receive the Bot
+as ``bot`` and use the methods below the "plugin API" banner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import httpx
+import sqlite_utils
+
+from .config import Config, parse_duration
+from .dispatch import Dispatcher
+from .errors import SignatureError, WebhookError
+from .messages import Conversation, InboundMessage, Reply
+from .metrics import Metrics
+from .outbox import draft
+from .phone import region_of
+from .plugins import Plugins, call_impl, load_plugins
+from .store import IGNORED, Store
+from .telnyx import TelnyxClient, make_client
+from .timers import TimerLoop
+from .webhooks import Webhook, verify_v1, verify_v2
+from .worker import Sender
+
+log = logging.getLogger("bot_core")
+
+# Telnyx does not deliver alphanumeric sender IDs to these countries.
+NO_ALPHANUMERIC_REGIONS = {"US": "the US", "CA": "Canada"}
+
+
+class Bot:
+    """One running bot. Build it from a :class:`Config`; start and stop it in an event loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugins: Plugins | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.plugins = plugins if plugins is not None else load_plugins(config)
+        self.clock = clock
+        self.metrics = Metrics()
+        self._transport = transport
+        self._tasks: list[asyncio.Task[None]] = []
+        self._observers: set[asyncio.Task[None]] = set()
+        self.started = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the database, resume unfinished work, call ``startup`` hooks, start the loops."""
+        config = self.config
+        self.store = Store(config.bot.database, clock=self.clock)
+        self.client: TelnyxClient = make_client(config, self._transport)
+        self.sender = Sender(self.store, self.client, config, self.metrics, self.clock)
+        self.dispatcher = Dispatcher(self, on_outbox=self.sender.wake)
+        self.timers = TimerLoop(lambda: self.store.due_timers(self.clock()), self.dispatcher.submit)
+        self.metrics.track_queue("inbox", lambda: len(self.dispatcher.lanes))
+        self.metrics.track_queue("outbox", lambda: len(self.sender.lanes))
+        requeued = self.store.requeue_in_flight()
+        if requeued:
+            log.warning("%d send(s) were in flight at the last stop; sending them again", requeued)
+        for name in self.plugins.names:
+            impl = self.plugins.impl("startup", name)
+            if impl is not None:
+                await call_impl(impl, {"bot": self})
+        pending = self.store.pending_inbound()
+        for message in pending:
+            self.dispatcher.submit(message, (message.to_number, message.from_number))
+        if pending:
+            log.info("resuming %d message(s) received before the last stop", len(pending))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.sender.run()), loop.create_task(self.timers.run())]
+        self.started = True
+        self._announce()
+
+    def _announce(self) -> None:
+        config = self.config
+        if not config.bot.verify_signatures:
+            log.warning("!!! WEBHOOK SIGNATURES ARE NOT VERIFIED (verify_signatures = false): anyone who "
+                        "can reach this server can make it send messages. Never run this way in production.")  # fmt: skip
+        mode = "SANDBOX: nothing is sent" if config.bot.sandbox else f"Telnyx API v{config.telnyx.api_version}"
+        log.info("bot-core started (%s); messaging-enabled numbers: %s; plugins: %s", mode,
+                 ", ".join(config.enabled_numbers()) or "none", ", ".join(self.plugins.names) or "none")  # fmt: skip
+
+    async def stop(self) -> None:
+        """Finish in-flight plugin calls and sends within ``shutdown_grace``, then close."""
+        if not self.started:
+            return
+        self.started = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.bot.shutdown_grace
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        drained = await self.dispatcher.stop(max(0.0, deadline - loop.time()))
+        drained = await self.sender.stop(max(0.0, deadline - loop.time())) and drained
+        if not drained:
+            log.warning("shutdown grace ran out; unfinished work will resume at the next start")
+        await asyncio.gather(*self._observers, return_exceptions=True)
+        await self.plugins.call("shutdown", bot=self)
+        await self.client.aclose()
+        self.store.close()
+        log.info("bot-core stopped%s", "" if drained else " (unfinished work left for the next start)")
+
+    async def idle(self, timeout: float | None = None) -> bool:
+        """Wait until no message is being handled or sent (tests and the chat simulator)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await self.dispatcher.lanes.join(remaining):
+                return False
+            self.sender.wake()
+            await asyncio.sleep(0)
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await self.sender.lanes.join(remaining):
+                return False
+            if not len(self.dispatcher.lanes) and not self.store.pending_outbound(after=self.sender._seen):
+                return True
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def verify(self, webhook: Webhook, body: bytes, headers: Mapping[str, str]) -> None:
+        """Check the signature of a parsed webhook; raise WebhookError (401, 404) if it fails."""
+        if webhook.version == 1:
+            profile = self.config.profile_for_sender(webhook.number or "")
+            if profile is None:
+                log.warning("webhook for %s refused: no messaging profile lists that number", webhook.number)
+                raise WebhookError(f"number {webhook.number} is not assigned to any messaging profile", 404)
+            if self.config.bot.verify_signatures:
+                verify_v1(body, headers.get("x-telnyx-signature"), profile.secret, now=self.clock())
+            return
+        if not self.config.bot.verify_signatures:
+            return
+        if not self.config.telnyx.public_key:
+            raise SignatureError("V2 webhook refused: no [telnyx] public_key is configured to verify it")
+        verify_v2(body, headers.get("telnyx-signature-ed25519"), headers.get("telnyx-timestamp"),
+                  self.config.telnyx.public_key, now=self.clock())  # fmt: skip
+
+    def accept(self, webhook: Webhook) -> dict[str, Any]:
+        """Store a verified webhook and queue its work; returns the JSON acknowledgement."""
+        if webhook.kind == "message":
+            return self._accept_message(webhook.message)
+        if webhook.kind == "status":
+            status = webhook.status
+            mdr_id = self.store.apply_status(status)
+            status = type(status)(**{**status.__dict__, "mdr_id": mdr_id})
+            self._observe(status)
+            return {"ok": True, "kind": "status", "mdr_id": mdr_id}
+        return {"ok": True, "kind": "ignored", "event_type": webhook.event_type}
+
+    def _accept_message(self, message: InboundMessage) -> dict[str, Any]:
+        number = self.config.number(message.to_number)
+        if number is None or number.profile is None:
+            log.warning("message %s to %s refused: no messaging profile lists that number", message.id, message.to_number)
+            raise WebhookError(f"number {message.to_number} is not assigned to any messaging profile", 404)
+        message = InboundMessage(**{**message.__dict__, "profile": number.profile})
+        if not number.enabled:
+            mdr_id = self.store.add_inbound(message, status=IGNORED, error=number.reason)
+            log.warning("message %s to %s recorded but not handled: %s", message.id, message.to_number, number.reason)
+            return {"ok": True, "kind": "message", "mdr_id": mdr_id, "handled": False, "reason": number.reason}
+        mdr_id = self.store.add_inbound(message)
+        if mdr_id is None:
+            return {"ok": True, "kind": "message", "duplicate": True}
+        message = InboundMessage(**{**message.__dict__, "mdr_id": mdr_id})
+        self.dispatcher.submit(message, (message.to_number, message.from_number))
+        return {"ok": True, "kind": "message", "mdr_id": mdr_id}
+
+    def _observe(self, status: Any) -> None:
+        profile = self.config.profile_for_sender(status.from_number or "")
+        number = self.config.number(profile.numbers[0]) if profile and profile.numbers else None
+        plugins = self.plugins.active(number) if number else self.plugins.names
+        task = asyncio.get_running_loop().create_task(self.plugins.call("delivery_status", plugins, bot=self, status=status))
+        self._observers.add(task)
+        task.add_done_callback(self._observers.discard)
+
+    # -- plugin API -------------------------------------------------------------------------
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The bot's SQLite database, for plugins' own tables (prefix them with the plugin name)."""
+        return self.store.db
+
+    def send(
+        self,
+        to: str,
+        text: str,
+        *,
+        profile: str | None = None,
+        from_number: str | None = None,
+        alphanumeric: bool = False,
+        ignore_optout: bool = False,
+    ) -> int:
+        """Queue a proactive message; returns its MDR id. Opt-outs are respected.
+
+        The sender is ``from_number``, or the profile's alphanumeric sender ID with
+        ``alphanumeric=True``, or else the profile's first messaging-enabled number.
+        Raises ValueError when no sender fits or the alphanumeric ID cannot reach ``to``.
+        """
+        sender_profile = self.config.profile_for_sender(from_number) if from_number else None
+        name = profile or (sender_profile.name if sender_profile else None)
+        if name not in self.config.profiles:
+            raise ValueError(f"unknown messaging profile {name!r}")
+        chosen = self.config.profiles[name]
+        if alphanumeric:
+            if not chosen.alphanumeric_sender_id:
+                raise ValueError(f"profile {name!r} has no alphanumeric_sender_id")
+            region = region_of(to)
+            if region in NO_ALPHANUMERIC_REGIONS:
+                raise ValueError(f"Telnyx does not deliver alphanumeric sender IDs to {NO_ALPHANUMERIC_REGIONS[region]}"
+                                 f" ({to}); send from a number instead")  # fmt: skip
+            from_number = chosen.alphanumeric_sender_id
+        elif from_number is None:
+            enabled = [n for n in chosen.numbers if (s := self.config.number(n)) and s.enabled]
+            if not enabled:
+                raise ValueError(f"profile {name!r} has no messaging-enabled number to send from")
+            from_number = enabled[0]
+        elif sender_profile is None or sender_profile.name != name:
+            raise ValueError(f"{from_number} does not belong to profile {name!r}")
+        outbound = draft(self.store, Reply(text, ignore_optout=ignore_optout), profile=name,
+                         from_number=from_number, to_number=to, max_parts=self.config.bot.max_parts)  # fmt: skip
+        conversation = self.store.conversation(name, from_number, to) if not alphanumeric else None
+        mdr_id = self.store.add_outbound(outbound, conversation.id if conversation else None)
+        self.sender.wake()
+        return mdr_id
+
+    def schedule(
+        self,
+        conversation: Conversation,
+        *,
+        at: datetime | float | None = None,
+        delay: float | str | None = None,
+        text: str | None = None,
+        plugin: str | None = None,
+        name: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> int:
+        """Schedule ``text`` to be sent, or ``plugin``'s ``handle_timer`` to be called.
+
+        Give the time as ``at`` (a datetime or epoch seconds) or ``delay`` (seconds or a
+        duration such as ``"15m"``). ``name`` lets a plugin find or cancel its timers.
+        Returns the timer id.
+        """
+        if (text is None) == (plugin is None):
+            raise ValueError("schedule needs exactly one of text= or plugin=")
+        if (at is None) == (delay is None):
+            raise ValueError("schedule needs exactly one of at= or delay=")
+        if delay is not None:
+            due = self.clock() + parse_duration(delay)
+        else:
+            due = at.timestamp() if isinstance(at, datetime) else float(at)
+        timer_id = self.store.add_timer(conversation.id, due, plugin=plugin, name=name, text=text, payload=payload)
+        self.timers.poke()
+        return timer_id
+
+    def cancel_timers(self, conversation: Conversation, *, plugin: str | None = None, name: str | None = None) -> int:
+        """Cancel a conversation's pending timers (only ``plugin``'s or ``name``'s if given)."""
+        return self.store.cancel_timers(conversation.id, plugin=plugin, name=name)
+
+    def is_opted_out(self, profile: str | None, number: str) -> bool:
+        return self.store.is_opted_out(profile, number)
+
+    def opt_out(self, profile: str | None, number: str, source: str) -> bool:
+        """Stop every message to ``number`` from ``profile``; ``source`` goes in the consent log."""
+        return self.store.set_opted_out(profile, number, True, source)
+
+    def opt_in(self, profile: str | None, number: str, source: str) -> bool:
+        return self.store.set_opted_out(profile, number, False, source)

@@ -1,0 +1,101 @@
+"""The hooks a bot-core plugin can implement: the plugin author's reference.
+
+Implement a hook by writing a function with the hook's name, decorated with
+``bot_core.hookimpl``, in a module registered as a plugin. An implementation may accept any
+subset of the hook's arguments, by name, and may be ``def`` or ``async def``.
+
+Calling rules, the same for every hook:
+
+- bot-core calls implementations one at a time, in the plugin order of the message's profile
+  (``plugins = [...]`` in bot.toml; when omitted: ``optout`` first, then plugins whose
+  ``handle_message`` is ``tryfirst``, the rest by name, ``trylast`` ones and ``fallback`` last),
+  and awaits each result that is awaitable before calling the next.
+- Only plugins active on the message's profile are called for that message.
+- A ``def`` implementation runs on the event loop: it must not block. Do slow work (HTTP
+  calls, sleeps) in an ``async def`` implementation.
+- ``config`` is the plugin's own table for the profile, ``[profiles.NAME.plugin_config.PLUGIN]``,
+  with ``[numbers."+1..."].plugin_config.PLUGIN`` merged over it (an empty dict when absent).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .bot import Bot
+    from .messages import Conversation, DeliveryStatus, InboundMessage
+    from .timers import Timer
+
+hookspec = pluggy.HookspecMarker("bot_core")
+hookimpl = pluggy.HookimplMarker("bot_core")
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+@hookspec
+def startup(bot: Bot) -> None:
+    """Called once when the bot starts, after the database is open and before any message.
+
+    Use it to create the plugin's own tables (``bot.db`` is a sqlite-utils Database) or to
+    check its settings. Every plugin's ``startup`` runs, whatever the profiles say. An exception
+    here stops the bot from starting.
+    """
+
+
+@hookspec
+def shutdown(bot: Bot) -> None:
+    """Called once when the bot stops, after the last message was handled and sent.
+
+    Exceptions are logged and ignored, so every plugin gets its call.
+    """
+
+
+# -- inbound messages -------------------------------------------------------------------------
+
+
+@hookspec
+def handle_message(
+    bot: Bot, message: InboundMessage, conversation: Conversation, config: dict[str, Any]
+) -> Any:
+    """Claim an inbound message and return the reply.
+
+    Return ``None`` to pass the message to the next plugin. Anything else claims it, and no
+    later plugin sees it: a string (one reply), a list of strings or ``Reply`` objects (one
+    message each, sent in order; an empty list claims the message with no reply), or a
+    ``Reply``.
+
+    ``conversation.state`` is a JSON-serialisable dict for this (our number, their number)
+    pair: change it in place. Changes by every plugin called for the message are committed
+    with the replies in one transaction. If the plugin raises, or runs past ``plugin_timeout``,
+    the message is marked ``failed``, the state is left as it was before the message, and the
+    profile's ``fallback_reply`` (if any) is sent instead.
+
+    Messages of one conversation are handled one at a time, in arrival order; different
+    conversations are handled concurrently.
+    """
+
+
+@hookspec
+def handle_timer(bot: Bot, timer: Timer, conversation: Conversation, config: dict[str, Any]) -> Any:
+    """A timer scheduled with ``bot.schedule(..., plugin=NAME)`` is due.
+
+    Only the plugin that scheduled the timer is called. Returns replies exactly as
+    ``handle_message`` does (``None`` or an empty list: no reply). State changes are committed
+    with the replies. Opt-outs are checked when the replies are sent, not when scheduled.
+    """
+
+
+# -- outbound messages ------------------------------------------------------------------------
+
+
+@hookspec
+def delivery_status(bot: Bot, status: DeliveryStatus) -> None:
+    """Observe a delivery status update (V1 or V2 webhook) for a message the bot sent.
+
+    Called for the plugins active on the sending number's profile, after the MDR was updated;
+    ``status.mdr_id`` names that MDR (None when Telnyx reported on a message bot-core does not
+    know). The return value is ignored; exceptions are logged and ignored.
+    """

@@ -1,0 +1,71 @@
+"""Per-key sequential work: items of one key run one at a time in order; keys run concurrently.
+
+Both queues use it with a conversation as the key, which is what keeps a conversation's state
+updates and replies in order without making one slow conversation hold up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+log = logging.getLogger("bot_core.lanes")
+
+T = TypeVar("T")
+
+
+class Lanes(Generic[T]):
+    """Run ``worker(item)`` for submitted items, one lane per key."""
+
+    def __init__(self, worker: Callable[[T], Awaitable[None]]) -> None:
+        self._worker = worker
+        self._queues: dict[Hashable, deque[T]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        """Items waiting or running."""
+        return sum(len(q) for q in self._queues.values())
+
+    def submit(self, key: Hashable, item: T) -> None:
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append(item)
+            return
+        self._queues[key] = deque([item])
+        self._idle.clear()
+        task = asyncio.get_running_loop().create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: Hashable) -> None:
+        queue = self._queues[key]
+        try:
+            while queue:
+                try:
+                    await self._worker(queue[0])
+                except Exception:  # the worker records its own failures; this is a bug guard
+                    log.exception("unexpected error in a lane worker; the item stays queued in the database")
+                queue.popleft()
+        finally:
+            del self._queues[key]
+            if not self._queues:
+                self._idle.set()
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait until every lane is empty; False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def cancel(self) -> None:
+        """Stop every lane now; unfinished items stay in the database for the next start."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
