@@ -80,7 +80,7 @@ def parse_webhook(body: bytes) -> Webhook:
     data = document.get("data")
     if isinstance(data, dict) and "event_type" in data:
         return _parse_v2(data)
-    if "msg" in document or document.get("delivery_status") or "status" in document:
+    if isinstance(document.get("msg"), dict) or document.get("delivery_status") or "status" in document:
         return Webhook(1, "status", None, _parse_v1_status(document))
     return Webhook(1, "message", _parse_v1_inbound(document, body), None)
 
@@ -99,7 +99,7 @@ def verify_v1(
         raise ValueError("no profile secret to verify the webhook signature with")
     if header is None or not header.strip():
         raise SignatureError(f"missing {V1_SIGNATURE_HEADER} header")
-    fields: dict[str, str] = {}
+    fields: dict[str, str] = {}  # parts other than t and h are ignored, for Telnyx to add to
     for part in header.split(","):
         key, sep, value = part.partition("=")
         key = key.strip()

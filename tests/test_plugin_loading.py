@@ -1,0 +1,162 @@
+"""Plugins come from plugins_dir, installed entry points and bot-core's own bundle, alike."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot_core import ConfigError, load_config
+from bot_core.plugins import load_plugins
+
+from .conftest import free_port, wait_for
+
+SIMPLEST = '''
+from bot_core import hookimpl
+
+@hookimpl
+def handle_message(message, conversation):
+    n = conversation.state.get("n", 0) + 1
+    conversation.state["n"] = n
+    return f"echo {message.text} #{n}"
+'''
+
+
+def write_config(tmp_path: Path, plugins: str, extra: str = "") -> Path:
+    path = tmp_path / "bot.toml"
+    path.write_text(f'''
+[bot]
+sandbox = true
+plugins_dir = "plugins"
+{extra}
+[profiles.main]
+secret = "s"
+numbers = ["+13125550100"]
+plugins = {plugins}
+''')
+    (tmp_path / "plugins").mkdir(exist_ok=True)
+    return path
+
+
+def fake_distribution(site: Path, dist: str, entry: str, module: str, code: str) -> None:
+    """An installed package as importlib.metadata sees it: a module plus a dist-info folder."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(code)
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[bot_core]\n{entry} = {module}\n")
+
+
+def test_a_plugins_dir_module_is_a_plugin_named_by_its_file(tmp_path):
+    path = write_config(tmp_path, '["counter"]')
+    (tmp_path / "plugins" / "counter.py").write_text(SIMPLEST)
+    (tmp_path / "plugins" / "_helper.py").write_text("raise RuntimeError('not a plugin')\n")
+    plugins = load_plugins(load_config(path))
+    assert plugins.sources["counter"] == f"plugins_dir {tmp_path / 'plugins' / 'counter.py'}"
+    assert plugins.sources["echo"] == "bundled"
+    assert "handle_message" in plugins.hooks_of("counter")
+
+
+def test_an_installed_entry_point_plugin_is_loaded(tmp_path):
+    site = tmp_path / "site"
+    fake_distribution(site, "acme-bot-plugin", "acme", "acme_plugin", SIMPLEST)
+    path = write_config(tmp_path, '["acme"]')
+    out = subprocess.run(
+        [sys.executable, "-m", "bot_core", "check", "--config", str(path)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "acme" in out.stdout and "+13125550100" in out.stdout
+
+
+def test_an_unknown_plugin_name_is_a_config_error_and_serve_refuses_to_start(tmp_path):
+    path = write_config(tmp_path, '["echo", "nope"]')
+    with pytest.raises(ConfigError, match=r"profiles\.main\.plugins: unknown plugin 'nope'"):
+        load_plugins(load_config(path))
+    for command in (["check"], ["serve", "--port", str(free_port())]):
+        out = subprocess.run([sys.executable, "-m", "bot_core", *command, "--config", str(path)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0
+        assert "unknown plugin 'nope'" in out.stderr and str(path) in out.stderr
+
+
+def test_a_hook_name_typo_is_refused(tmp_path):
+    path = write_config(tmp_path, '["typo"]')
+    (tmp_path / "plugins" / "typo.py").write_text(
+        "from bot_core import hookimpl\n\n@hookimpl\ndef handle_mesage(message):\n    return 'x'\n"
+    )
+    with pytest.raises(ConfigError, match="handle_mesage"):
+        load_plugins(load_config(path))
+
+
+def test_serve_without_config_runs_the_sandboxed_demo_bot(tmp_path):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bot_core", "serve", "--port", str(port)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url), timeout=20)
+        # The README's curl command, as httpx.
+        response = httpx.post(url + "/webhooks/telnyx", json={
+            "sms_id": "demo-1", "from": "+13125550123", "to": "+13125550100", "body": "hello"})
+        assert response.status_code == 200, response.text
+        rows = wait_for(lambda: _outbound(tmp_path))
+        assert rows == ["You said: hello #1"]
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert "SIGNATURES ARE NOT VERIFIED" in output
+    assert "SANDBOX" in output
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _outbound(cwd: Path) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "bot_core", "messages", "--json"], cwd=cwd,
+                         capture_output=True, text=True, check=True)
+    import json
+
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    return [r["text"] for r in rows if r["direction"] == "outbound" and r["status"] == "sandbox"]
+
+
+def test_check_explains_why_a_number_is_not_messaging_enabled(tmp_path):
+    path = tmp_path / "bot.toml"
+    path.write_text('''
+[profiles.live]
+secret = "s1"
+numbers = ["+13125550100"]
+[profiles.paused]
+enabled = false
+secret = "s2"
+numbers = ["+13125550101"]
+[numbers."+13125550102"]
+plugins = ["echo"]
+''')
+    out = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  +")}
+    assert "messaging-enabled" in lines["+13125550100"]
+    assert "messaging profile 'paused' is disabled" in lines["+13125550101"]
+    assert "not assigned to a messaging profile" in lines["+13125550102"]
+    assert "s1" not in out.stdout + out.stderr and "s2" not in out.stdout.replace("+1312555", "")
+
+
+def test_check_fails_on_a_broken_file(tmp_path):
+    path = tmp_path / "bot.toml"
+    path.write_text('[profiles.main]\nsecret = "s"\nnumbers = ["+13125550100"]\nalphanumeric_sender_id = "123"\n')
+    out = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "alphanumeric_sender_id" in out.stderr and "letter" in out.stderr and "bot.toml" in out.stderr
