@@ -16,7 +16,6 @@ from bot_core.messages import DeliveryStatus, InboundMessage, Media
 from bot_core.webhooks import Webhook, parse_webhook, sign_v1, sign_v2, verify_v1, verify_v2
 
 SAMPLES = Path(__file__).parent / "samples"
-# The reference copies, beside the clone in CI and beside the repository in the workspace.
 SAMPLE_NAMES = sorted(path.name for path in SAMPLES.glob("*.json"))
 WEBHOOK_SAMPLES = [
     "v1-inbound.json",
