@@ -4,6 +4,7 @@ from .bot import Bot
 from .config import Config, load_config, parse_duration
 from .errors import BotError, ConfigError, PluginError, SendError, SignatureError, WebhookError
 from .hookspecs import hookimpl, hookspec
+from .keywords import match_keyword, normalize_keyword
 from .messages import Conversation, DeliveryStatus, InboundMessage, Media, Reply
 from .timers import Timer
 
@@ -25,5 +26,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_config",
+    "match_keyword",
+    "normalize_keyword",
     "parse_duration",
 ]

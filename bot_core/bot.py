@@ -8,7 +8,9 @@ as ``bot`` and use the methods below the "plugin API" banner.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -53,7 +55,8 @@ class Bot:
         self.clock = clock
         self.metrics = Metrics()
         self._transport = transport
-        self._tasks: list[asyncio.Task[None]] = []
+        self._sender_task: asyncio.Task[None] | None = None
+        self._timers_task: asyncio.Task[None] | None = None
         self._observers: set[asyncio.Task[None]] = set()
         self.started = False
 
@@ -62,7 +65,7 @@ class Bot:
     async def start(self) -> None:
         """Open the database, resume unfinished work, call ``startup`` hooks, start the loops."""
         config = self.config
-        self.store = Store(config.bot.database, clock=self.clock)
+        self.store = Store(config.bot.database, clock=self.clock, secrets=config.secrets())
         self.client: TelnyxClient = make_client(config, self._transport)
         self.sender = Sender(self.store, self.client, config, self.metrics, self.clock)
         self.dispatcher = Dispatcher(self, on_outbox=self.sender.wake)
@@ -82,7 +85,8 @@ class Bot:
         if pending:
             log.info("resuming %d message(s) received before the last stop", len(pending))
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.sender.run()), loop.create_task(self.timers.run())]
+        self._sender_task = loop.create_task(self.sender.run())
+        self._timers_task = loop.create_task(self.timers.run())
         self.started = True
         self._announce()
 
@@ -96,16 +100,21 @@ class Bot:
                  ", ".join(config.enabled_numbers()) or "none", ", ".join(self.plugins.names) or "none")  # fmt: skip
 
     async def stop(self) -> None:
-        """Finish in-flight plugin calls and sends within ``shutdown_grace``, then close."""
+        """Finish in-flight plugin calls and sends within ``shutdown_grace``, then close.
+
+        Webhooks get 503 from now on. Plugin calls in flight finish and their replies are
+        sent; messages not started yet and sends waiting for a retry stay in the database,
+        and whatever is still running when the grace ends is cut off: all of it resumes at the
+        next start.
+        """
         if not self.started:
             return
         self.started = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.bot.shutdown_grace
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel(self._timers_task)
         drained = await self.dispatcher.stop(max(0.0, deadline - loop.time()))
+        await _cancel(self._sender_task)
         drained = await self.sender.stop(max(0.0, deadline - loop.time())) and drained
         if not drained:
             log.warning("shutdown grace ran out; unfinished work will resume at the next start")
@@ -116,19 +125,25 @@ class Bot:
         log.info("bot-core stopped%s", "" if drained else " (unfinished work left for the next start)")
 
     async def idle(self, timeout: float | None = None) -> bool:
-        """Wait until no message is being handled or sent (tests and the chat simulator)."""
+        """Wait until no message is being handled or sent (tests and the chat simulator).
+
+        A send waiting for a retry counts as being sent. False if ``timeout`` passed first.
+        """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - loop.time())
+
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            if not await self.dispatcher.lanes.join(remaining):
+            if not await self.dispatcher.lanes.join(remaining()):
                 return False
-            self.sender.wake()
+            self.sender.poll()
+            if not await self.sender.lanes.join(remaining()):
+                return False
+            # Sending can make more work (a delivery_status hook, a plugin's bot.send).
             await asyncio.sleep(0)
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            if not await self.sender.lanes.join(remaining):
-                return False
-            if not len(self.dispatcher.lanes) and not self.store.pending_outbound(after=self.sender._seen):
+            if not len(self.dispatcher.lanes) and not self.sender.poll() and not len(self.sender.lanes):
                 return True
 
     # -- webhooks ---------------------------------------------------------------------------
@@ -151,12 +166,25 @@ class Bot:
                   self.config.telnyx.public_key, now=self.clock())  # fmt: skip
 
     def accept(self, webhook: Webhook) -> dict[str, Any]:
-        """Store a verified webhook and queue its work; returns the JSON acknowledgement."""
+        """Store a verified webhook and queue its work; returns the JSON acknowledgement.
+
+        Raises WebhookError 503 when the database cannot take it (disk full, a lock held for
+        longer than the busy timeout): Telnyx delivers it again later, so nothing is lost.
+        """
+        try:
+            return self._accept(webhook)
+        except sqlite3.Error as exc:
+            log.error("cannot store a webhook (%s); answering 503 so that Telnyx delivers it again", exc)
+            raise WebhookError("the bot cannot store this webhook right now; deliver it again later", 503) from None
+
+    def _accept(self, webhook: Webhook) -> dict[str, Any]:
         if webhook.kind == "message":
-            return self._accept_message(webhook.message)
+            return self._accept_message(_valid_unicode(webhook.message))
         if webhook.kind == "status":
-            status = webhook.status
+            status = _valid_unicode(webhook.status)
             mdr_id = self.store.apply_status(status)
+            log.info("delivery status %s for %s", status.status, status.telnyx_id,
+                     extra={"telnyx_id": status.telnyx_id, "mdr_id": mdr_id})
             status = type(status)(**{**status.__dict__, "mdr_id": mdr_id})
             self._observe(status)
             return {"ok": True, "kind": "status", "mdr_id": mdr_id}
@@ -165,16 +193,22 @@ class Bot:
     def _accept_message(self, message: InboundMessage) -> dict[str, Any]:
         number = self.config.number(message.to_number)
         if number is None or number.profile is None:
-            log.warning("message %s to %s refused: no messaging profile lists that number", message.id, message.to_number)
+            log.warning("message %s to %s refused: no messaging profile lists that number", message.id, message.to_number,
+                        extra={"message_id": message.id})
             raise WebhookError(f"number {message.to_number} is not assigned to any messaging profile", 404)
         message = InboundMessage(**{**message.__dict__, "profile": number.profile})
         if not number.enabled:
             mdr_id = self.store.add_inbound(message, status=IGNORED, error=number.reason)
-            log.warning("message %s to %s recorded but not handled: %s", message.id, message.to_number, number.reason)
+            log.warning("message %s to %s recorded but not handled: %s", message.id, message.to_number, number.reason,
+                        extra={"message_id": message.id, "mdr_id": mdr_id})
             return {"ok": True, "kind": "message", "mdr_id": mdr_id, "handled": False, "reason": number.reason}
         mdr_id = self.store.add_inbound(message)
         if mdr_id is None:
+            log.info("message %s delivered again: acknowledged, not handled twice", message.id,
+                     extra={"message_id": message.id})
             return {"ok": True, "kind": "message", "duplicate": True}
+        log.info("message %s received from %s to %s", message.id, message.from_number, message.to_number,
+                 extra={"message_id": message.id, "mdr_id": mdr_id, "profile": message.profile})
         message = InboundMessage(**{**message.__dict__, "mdr_id": mdr_id})
         self.dispatcher.submit(message, (message.to_number, message.from_number))
         return {"ok": True, "kind": "message", "mdr_id": mdr_id}
@@ -234,6 +268,7 @@ class Bot:
                          from_number=from_number, to_number=to, max_parts=self.config.bot.max_parts)  # fmt: skip
         conversation = self.store.conversation(name, from_number, to) if not alphanumeric else None
         mdr_id = self.store.add_outbound(outbound, conversation.id if conversation else None)
+        self.metrics.count_refused([outbound])
         self.sender.wake()
         return mdr_id
 
@@ -279,3 +314,34 @@ class Bot:
 
     def opt_in(self, profile: str | None, number: str, source: str) -> bool:
         return self.store.set_opted_out(profile, number, False, source)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _valid_unicode(value: Any) -> Any:
+    """``value`` (a string, or a dataclass of them) with lone UTF-16 surrogates made U+FFFD.
+
+    JSON can spell them (``"\\ud800"``, a broken emoji) but SQLite cannot store them, and
+    refusing the webhook would lose the message once Telnyx stops retrying.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+        return value
+    if isinstance(value, tuple):
+        return tuple(_valid_unicode(item) for item in value)
+    if dataclasses.is_dataclass(value):
+        changes = {}
+        for f in dataclasses.fields(value):
+            current = getattr(value, f.name)
+            cleaned = _valid_unicode(current)
+            if cleaned is not current:
+                changes[f.name] = cleaned
+        return dataclasses.replace(value, **changes) if changes else value
+    return value

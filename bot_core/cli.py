@@ -1,47 +1,42 @@
-"""The ``bot-core`` command."""
+"""The ``bot-core`` command: ``serve`` and ``check`` here, the rest in ``bot_core.commands``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import tomllib
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import click
 
-from .config import Config, load_config
+from .commands.chat import chat_command
+from .commands.common import DEMO, config_option, load
+from .commands.explain import explain_command
+from .commands.inventory import numbers, plugins_command, profiles
+from .commands.messages import messages, optouts
+from .commands.send import send
+from .commands.telnyx import telnyx
+from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .plugins import load_plugins
-from .store import Store
-
-DEMO = "the bundled demo config"
-
-
-def _load(path: str | None) -> Config:
-    """The config at ``path``, or the bundled demo bot (its database in the current folder)."""
-    try:
-        if path is None:
-            text = resources.files("bot_core").joinpath("demo.toml").read_text()
-            return Config.from_dict(tomllib.loads(text), base_dir=Path.cwd(), source=DEMO)
-        return load_config(path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-config_option = click.option(
-    "--config", "config_path", envvar="BOT_CORE_CONFIG", type=click.Path(dir_okay=False),
-    help="bot.toml to use (or $BOT_CORE_CONFIG).",
-)  # fmt: skip
 
 
 @click.group()
 @click.version_option(package_name="bot-core")
 def cli() -> None:
-    """bot-core: a pluggable SMS chatbot framework for Telnyx."""
+    """bot-core: a pluggable SMS chatbot framework for Telnyx.
+
+    Every command takes --config bot.toml (or $BOT_CORE_CONFIG); without one it uses the demo
+    bot. Lists print tables; --json prints one JSON object a line for scripts.
+
+    \b
+    Examples:
+      bot-core serve --config bot.toml               # run the bot
+      bot-core check --config bot.toml               # validate the config
+      bot-core chat --config bot.toml                # text the bot, no Telnyx needed
+      bot-core explain --config bot.toml "STOP"      # which plugin would answer, and how
+      bot-core messages --config bot.toml --since 2h # what came in and went out
+    """
 
 
 @cli.command()
@@ -61,7 +56,7 @@ def serve(config_path: str | None, host: str, port: int) -> None:
     from .asgi import create_app
     from .bot import Bot
 
-    config = _load(config_path)
+    config = load(config_path)
     setup_logging(config.bot.log_format, secrets=config.secrets())
     if config_path is None:
         logging.getLogger("bot_core").warning(
@@ -88,7 +83,7 @@ def check(config_path: str | None) -> None:
     Example:
       bot-core check --config bot.toml
     """
-    config = _load(config_path)
+    config = load(config_path)
     try:
         plugins = load_plugins(config)
     except ConfigError as exc:
@@ -122,35 +117,6 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
     return warnings
 
 
-@cli.command()
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
-def messages(config_path: str | None, as_json: bool, limit: int) -> None:
-    """List MDRs (every message received and sent), newest first.
-
-    \b
-    Examples:
-      bot-core messages --config bot.toml
-      bot-core messages --config bot.toml --json --limit 500
-    """
-    config = _load(config_path)
-    store = Store(config.bot.database)
-    try:
-        rows = store.mdrs(limit=limit)
-    finally:
-        store.close()
-    _print_rows(rows, as_json)
-
-
-def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row))
-        return
-    columns = ("id", "created_at", "direction", "status", "from", "to", "text")
-    click.echo("  ".join(columns))
-    for row in rows:
-        text = (row["text"] or "").replace("\n", " ")
-        click.echo("  ".join(str(row[c]) for c in columns[:-1]) + "  " + (text[:60] + "…" if len(text) > 60 else text))
-
+for command in (messages, optouts, profiles, numbers, plugins_command, send, chat_command, explain_command,
+                telnyx):
+    cli.add_command(command)

@@ -219,6 +219,7 @@ class TelnyxSettings:
     api_key: str | None = field(repr=False)
     public_key: str | None
     management_base: str
+    webhook_failover_url: str | None = None  # set on Telnyx profiles by `bot-core telnyx sync`
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,8 @@ def _telnyx(t: _Table, sandbox: bool) -> TelnyxSettings:
     if public_key is not None and not _is_ed25519_key(public_key):
         raise t.error("must be a base64 Ed25519 public key (32 bytes once decoded)", "public_key")
     return t.build(TelnyxSettings, api_version=version, api_base=t.url("api_base", _API_BASES[version]),
-                   api_key=api_key, public_key=public_key, management_base=t.url("management_base", _MANAGEMENT_BASE))
+                   api_key=api_key, public_key=public_key, management_base=t.url("management_base", _MANAGEMENT_BASE),
+                   webhook_failover_url=t.url("webhook_failover_url"))
 
 
 def _sending(t: _Table) -> SendingSettings:

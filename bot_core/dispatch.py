@@ -48,20 +48,18 @@ class Dispatcher:
         self.bot = bot
         self._on_outbox = on_outbox
         self.lanes: Lanes[InboundMessage | Timer] = Lanes(self._process)
-        self._accepting = True
 
     def submit(self, item: InboundMessage | Timer, key: tuple[str, str]) -> None:
         """Queue a stored message or a due timer behind earlier work of its conversation."""
-        if self._accepting:
-            self.lanes.submit(key, item)
+        self.lanes.submit(key, item)
 
     async def stop(self, grace: float) -> bool:
-        """Let in-flight work finish within ``grace`` seconds; the rest waits for the next start."""
-        self._accepting = False
-        finished = await self.lanes.join(grace)
-        if not finished:
-            await self.lanes.cancel()
-        return finished
+        """Let plugin calls in flight finish within ``grace`` seconds and commit their outcome.
+
+        Messages not started yet stay ``received`` for the next start; a call still running
+        when the grace ends is cancelled, and its message is handled again at the next start.
+        """
+        return await self.lanes.close(grace)
 
     async def _process(self, item: InboundMessage | Timer) -> None:
         if isinstance(item, Timer):
@@ -74,7 +72,8 @@ class Dispatcher:
         number = self.bot.config.number(message.to_number)
         if number is None or not number.enabled:
             reason = number.reason if number else "number is not in the configuration"
-            log.warning("message %s to %s reaches no plugin: %s", message.id, message.to_number, reason)
+            log.warning("message %s to %s reaches no plugin: %s", message.id, message.to_number, reason,
+                        extra={"message_id": message.id, "mdr_id": message.mdr_id})
             store.finish_inbound(message.mdr_id, status=IGNORED, error=reason)
             return
         conversation = store.conversation(number.profile, message.to_number, message.from_number)
@@ -102,7 +101,7 @@ class Dispatcher:
                 result = await self._call(name, impl, kwargs)
                 if result is None:
                     continue
-                replies = tuple(as_replies(result))
+                replies = _sendable(result)
                 json.dumps(conversation.state)
             except Exception as exc:
                 conversation.state = before
@@ -113,10 +112,16 @@ class Dispatcher:
     async def _call(self, name: str, impl: Any, kwargs: dict[str, Any]) -> Any:
         timeout = self.bot.config.bot.plugin_timeout
         started = time.monotonic()
+        # asyncio.timeout, unlike wait_for, runs the call in this task instead of a new one.
+        deadline = asyncio.timeout(timeout or None)
         try:
-            result = await asyncio.wait_for(call_impl(impl, kwargs), timeout or None)
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {timeout:g}s") from None
+            async with deadline:
+                result = await call_impl(impl, kwargs)
+        except TimeoutError as exc:
+            if not deadline.expired():  # the plugin's own timeout, not ours
+                raise
+            # Chained: the traceback shows where the plugin was waiting.
+            raise TimeoutError(f"timed out after {timeout:g}s") from exc
         finally:
             self.bot.metrics.plugin_seconds.labels(name).observe(time.monotonic() - started)
         if timeout and time.monotonic() - started > timeout:  # a blocking `def` hook
@@ -125,7 +130,7 @@ class Dispatcher:
 
     def _failure(self, name: str, exc: Exception, active: list[str], item: str) -> Outcome:
         reason = f"plugin {name!r} failed: {type(exc).__name__}: {exc}"
-        log.error("%s on %s", reason, item, exc_info=not isinstance(exc, TimeoutError))
+        log.error("%s on %s", reason, item, exc_info=exc, extra={"plugin": name})
         self.bot.metrics.plugin_failures.labels(name).inc()
         fallback = self.bot.config.bot.fallback_reply
         return Outcome(FAILED, active, name, (Reply(fallback),) if fallback else (), reason)
@@ -143,6 +148,10 @@ class Dispatcher:
             store.finish_inbound(mdr_id, status=outcome.status, conversation=conversation, replies=drafts,
                                  claimed_by=outcome.claimed_by, error=outcome.error)  # fmt: skip
         self.bot.metrics.handled.labels(outcome.status if timer is None else "timer").inc()
+        self.bot.metrics.count_refused(drafts)
+        log.info("%s %s%s, %d reply(ies)", f"timer {timer.id}" if timer else f"MDR {mdr_id}", outcome.status,
+                 f" by {outcome.claimed_by}" if outcome.claimed_by else "", len(drafts),
+                 extra={"mdr_id": mdr_id, "conversation_id": conversation.id, "plugin": outcome.claimed_by})
         if drafts:
             self._on_outbox()
 
@@ -175,10 +184,24 @@ class Dispatcher:
         kwargs = {"bot": bot, "timer": timer, "conversation": conversation, "config": config}
         try:
             result = await self._call(timer.plugin, impl, kwargs)
-            replies = tuple(as_replies(result)) if result is not None else ()
+            replies = _sendable(result) if result is not None else ()
             json.dumps(conversation.state)
         except Exception as exc:
             conversation.state = before
             failure = self._failure(timer.plugin, exc, [timer.plugin], f"timer {timer.id}")
             return Outcome(FAILED, [timer.plugin], timer.plugin, (), failure.error)
         return Outcome(HANDLED, [timer.plugin], timer.plugin, replies)
+
+
+def _sendable(result: Any) -> tuple[Reply, ...]:
+    """A handler's result as replies, refused (as the plugin's fault) unless each is text.
+
+    Checked here, inside the plugin call's error handling, so a bad reply fails its message
+    instead of breaking the commit and leaving the message to fail again at every start.
+    """
+    replies = tuple(as_replies(result))
+    for reply in replies:
+        if not isinstance(reply.text, str):
+            raise TypeError(f"a reply's text must be a string, not {type(reply.text).__name__}")
+        reply.text.encode()  # UnicodeEncodeError for a lone surrogate, which SQLite cannot store
+    return replies

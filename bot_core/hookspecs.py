@@ -53,6 +53,37 @@ def shutdown(bot: Bot) -> None:
     """
 
 
+# -- configuration ----------------------------------------------------------------------------
+
+
+@hookspec
+def check_config(profile: str, config: dict[str, Any]) -> dict[str, str] | None:
+    """Check the plugin's settings for one profile; return the problems as ``{key: rule}``.
+
+    Called when the config is loaded (``bot-core check``, ``serve``, the test harness), before
+    the bot starts, once per profile the plugin is active on (and once per number that has
+    its own ``plugin_config``). ``key`` is relative to the plugin's table (``""`` for the
+    table itself), e.g. ``{"signup.steps[1].regex": "is not a valid regular expression"}``;
+    bot-core prefixes the file and ``profiles.NAME.plugin_config.PLUGIN`` and refuses to
+    start. Must be a plain ``def``: no bot exists yet.
+    """
+
+
+@hookspec
+def register_keywords(profile: str, config: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """The keywords the plugin answers on a profile, as ``[(KEYWORD, who claims it), ...]``.
+
+    Called like ``check_config``. bot-core compares the keywords of every plugin active on
+    the profile (normalised with ``normalize_keyword``) and refuses a config in which two
+    claimants share one, naming both: e.g. ``("JOIN", "trigger of flow 'signup'")``. The
+    words of ``optout`` (STOP, START, HELP, ...) are reserved: no other plugin may claim them.
+    Claim the words that fire on their own (triggers, commands), and words a plugin reads
+    only in a context of its own (a flow's exit word) when they must not be reserved ones.
+    Match messages with ``bot_core.match_keyword`` so that a claim means what it says. Must
+    be a plain ``def``.
+    """
+
+
 # -- inbound messages -------------------------------------------------------------------------
 
 

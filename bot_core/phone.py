@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -17,6 +18,11 @@ def normalize_number(text: str) -> str:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{text!r} is not a phone number")
+    return _normalize(text)
+
+
+@functools.lru_cache(maxsize=8192)  # every webhook carries two numbers, mostly ones seen before
+def _normalize(text: str) -> str:
     candidate = text.strip()
     if candidate.isdigit():
         candidate = "+" + candidate

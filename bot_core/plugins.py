@@ -8,12 +8,13 @@ name, and that name is what ``plugins = [...]`` and ``plugin_config.NAME`` refer
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +25,7 @@ import pluggy
 from . import hookspecs
 from .config import Config, NumberState
 from .errors import ConfigError
+from .keywords import normalize_keyword
 
 log = logging.getLogger("bot_core.plugins")
 
@@ -31,6 +33,8 @@ ENTRY_POINT_GROUP = "bot_core"
 BUNDLED_DIST = "bot-core"
 # Compliance comes first on every profile, listed or not, unless its config disables it.
 ALWAYS_FIRST = ("optout",)
+# The catch-all answers whatever is left, so it goes last wherever it is active.
+ALWAYS_LAST = ("fallback",)
 
 
 @dataclass
@@ -59,11 +63,13 @@ class Plugins:
         return None
 
     def default_order(self) -> list[str]:
-        """Every plugin: ALWAYS_FIRST, tryfirst handlers, by name, trylast handlers last."""
+        """Every plugin: ALWAYS_FIRST, tryfirst handlers, by name, trylast handlers, ALWAYS_LAST."""
 
         def rank(name: str) -> tuple[int, str]:
             if name in ALWAYS_FIRST:
                 return (0, name)
+            if name in ALWAYS_LAST:
+                return (4, name)
             impl = self.impl("handle_message", name)
             if impl is not None and impl.tryfirst:
                 return (1, name)
@@ -74,25 +80,88 @@ class Plugins:
         return sorted(self.sources, key=rank)
 
     def active(self, number: NumberState) -> list[str]:
-        """The plugins that see messages to ``number``, in the order they are consulted."""
+        """The plugins that see messages to ``number``, in the order they are consulted.
+
+        A configured list is kept as written, except that ALWAYS_FIRST plugins come first
+        (listed or not) and ALWAYS_LAST ones, when listed, last.
+        """
         if number.plugins is None:
             order = self.default_order()
         else:
-            order = [n for n in ALWAYS_FIRST if n in self.sources and n not in number.plugins]
-            order += list(number.plugins)
+            order = [n for n in ALWAYS_FIRST if n in self.sources]
+            order += [n for n in number.plugins if n not in ALWAYS_FIRST + ALWAYS_LAST]
+            order += [n for n in ALWAYS_LAST if n in number.plugins]
         return [n for n in order if number.plugin_config.get(n, {}).get("enabled", True) is not False]
 
     def check(self, config: Config) -> None:
-        """Every plugin a profile or number names must be loaded."""
+        """Every plugin a profile or number names must be loaded, with sound settings and keywords.
+
+        Called by ``load_plugins(config)``, so ``bot-core check`` and ``serve`` both refuse a
+        config that fails here.
+        """
         where = [(f"profiles.{p.name}.plugins", p.plugins) for p in config.profiles.values()]
         where += [(f'numbers."{n.number}".plugins', n.plugins) for n in config.numbers.values()]
+        where += [(f"profiles.{p.name}.plugin_config", p.plugin_config) for p in config.profiles.values()]
+        where += [(f'numbers."{n.number}".plugin_config', n.plugin_config) for n in config.numbers.values()]
         for key, names in where:
             for name in names or ():
                 if name not in self.sources:
+                    close = difflib.get_close_matches(name, self.names, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
                     raise ConfigError(
                         f"{config.path or '<dict>'}: {key}: unknown plugin {name!r}"
-                        f" (loaded plugins: {', '.join(self.names) or 'none'})"
+                        f" (loaded plugins: {', '.join(self.names) or 'none'}{hint})"
                     )
+        for scope, number in _scopes(config):
+            active = self.active(number)
+            self._check_settings(config, scope, number, active)
+            self._check_keywords(config, scope, number, active)
+
+    def _check_settings(self, config: Config, scope: str, number: NumberState, active: list[str]) -> None:
+        """Ask each active plugin's ``check_config``; report every problem at once."""
+        problems = []
+        source = config.path or "<dict>"
+        for name in active:
+            found = self._call_sync("check_config", name, profile=number.profile,
+                                    config=number.plugin_config.get(name, {}))  # fmt: skip
+            if found is not None and not isinstance(found, dict):
+                raise ConfigError(f"plugin {name!r}: check_config must return {{key: rule}} or None")
+            for key, rule in (found or {}).items():
+                problems.append(f"{source}: {scope}.plugin_config.{name}{'.' if key else ''}{key}: {rule}")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    def _check_keywords(self, config: Config, scope: str, number: NumberState, active: list[str]) -> None:
+        """No two claimants may share a keyword on one profile; ALWAYS_FIRST's words are reserved."""
+        claims: dict[str, tuple[str, str]] = {}
+        source = config.path or "<dict>"
+        for name in active:
+            found = self._call_sync("register_keywords", name, profile=number.profile,
+                                    config=number.plugin_config.get(name, {}))  # fmt: skip
+            for item in found or ():
+                if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                    raise ConfigError(f"plugin {name!r}: register_keywords must return [(KEYWORD, claimant), ...]")
+                keyword = normalize_keyword(item[0])
+                if not keyword:
+                    raise ConfigError(f"{source}: {scope}: plugin {name!r} ({item[1]})"
+                                      f" claims {item[0]!r}, which has no letters or digits")  # fmt: skip
+                first = claims.setdefault(keyword, (name, item[1]))
+                if first != (name, item[1]):
+                    raise ConfigError(f"{source}: {scope}: {_conflict(keyword, first, (name, item[1]))}")
+
+    def _call_sync(self, hook: str, name: str, **kwargs: Any) -> Any:
+        """Call a config-time hook of one plugin (a plain def) with the arguments it asks for."""
+        impl = self.impl(hook, name)
+        if impl is None:
+            return None
+        try:
+            result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+        except Exception as exc:
+            raise ConfigError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+        if inspect.isawaitable(result):
+            getattr(result, "close", lambda: None)()
+            raise ConfigError(f"plugin {name!r}: {hook} must be a plain def (it runs before the bot starts)")
+        return result
 
     async def call(self, hook: str, plugins: Iterable[str] | None = None, **kwargs: Any) -> None:
         """Call every implementation of an observer hook, in order; log and ignore failures."""
@@ -104,6 +173,30 @@ class Plugins:
                 await call_impl(impl, kwargs)
             except Exception:
                 log.exception("plugin %r failed in %s", name, hook)
+
+
+def _scopes(config: Config) -> Iterator[tuple[str, NumberState]]:
+    """Each profile, and each number with its own plugin settings, as the plugins would see it."""
+    for profile in config.profiles.values():
+        yield f"profiles.{profile.name}", NumberState(
+            "", profile.name, enabled=profile.enabled, reason=None, plugins=profile.plugins,
+            plugin_config=profile.plugin_config, send_rate=None,
+        )  # fmt: skip
+    for settings in config.numbers.values():
+        number = config.number(settings.number)
+        own = settings.plugins is not None or settings.plugin_config
+        if own and number is not None and number.profile is not None:
+            yield f'numbers."{settings.number}"', number
+
+
+def _conflict(keyword: str, first: tuple[str, str], second: tuple[str, str]) -> str:
+    reserved = next((c for c in (first, second) if c[0] in ALWAYS_FIRST), None)
+    if reserved is not None:
+        other = second if reserved is first else first
+        return (f"{keyword} is a reserved opt-out keyword (plugin {reserved[0]!r}: {reserved[1]}); "
+                f"plugin {other[0]!r} ({other[1]}) cannot claim it")  # fmt: skip
+    return (f"keyword {keyword} is claimed twice: by plugin {first[0]!r} ({first[1]}) and by plugin "
+            f"{second[0]!r} ({second[1]}); a keyword can have one meaning on a profile")  # fmt: skip
 
 
 async def call_impl(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
@@ -135,6 +228,10 @@ def load_plugins(config: Config | None = None, *, installed: bool | Iterable[str
         for path in sorted(config.bot.plugins_dir.glob("*.py")):
             if not path.name.startswith("_"):
                 _register(plugins, path.stem, _import_file(path), f"plugins_dir {path}")
+    try:
+        manager.check_pending()  # a hookimpl with no hookspec is a typo, not a feature
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(f"plugin {manager.get_name(exc.plugin)!r}: {exc}") from None
     if config is not None:
         plugins.check(config)
     return plugins

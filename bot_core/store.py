@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlite_utils
 
+from .logs import MASK
 from .messages import Conversation, DeliveryStatus, InboundMessage, Media
 from .timers import Timer
 
@@ -39,6 +40,10 @@ PENDING = "pending"  # in the outbox
 SENDING = "sending_local"  # handed to the HTTP client; may have reached Telnyx
 SANDBOX = "sandbox"  # recorded, never sent (sandbox mode)
 BLOCKED = "blocked"  # not sent: the recipient opted out
+
+# The WHERE clause of the outbox's partial index. SQLite uses a partial index only for a query
+# that repeats its WHERE clause, so every outbox query includes this text verbatim.
+_IN_OUTBOX = f"status IN ('{PENDING}', '{SENDING}')"
 
 # Telnyx delivery statuses only move forward: a late "sent" never overwrites "delivered".
 _STATUS_RANK = {PENDING: 0, SENDING: 1, "queued": 2, "sending": 3, "sent": 4}
@@ -94,7 +99,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )  # fmt: skip
     db.execute("CREATE UNIQUE INDEX mdrs_telnyx_id ON mdrs(direction, telnyx_id)")
     db.execute(f"CREATE INDEX mdrs_inbox ON mdrs(id) WHERE status = '{RECEIVED}'")
-    db.execute(f"CREATE INDEX mdrs_outbox ON mdrs(id) WHERE status IN ('{PENDING}', '{SENDING}')")
+    db.execute(f"CREATE INDEX mdrs_outbox ON mdrs(id) WHERE {_IN_OUTBOX}")
     db.execute("CREATE INDEX mdrs_created_at ON mdrs(created_at)")
     db.execute("CREATE INDEX mdrs_conversation ON mdrs(conversation_id)")
     db["conversations"].create(
@@ -129,9 +134,11 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1,
 class Store:
     """The bot's SQLite database. Create one per process; call :meth:`close` when done."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, secrets: Iterable[str] = ()) -> None:
         self.path = Path(path)
         self.clock = clock
+        # Error texts come from plugins and from Telnyx; whatever they quote, no secret is stored.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode = WAL")
@@ -171,6 +178,13 @@ class Store:
     def now(self) -> str:
         return iso(self.clock())
 
+    def redact(self, text: str | None) -> str | None:
+        """``text`` with every configured secret masked."""
+        if text:
+            for secret in self._secrets:
+                text = text.replace(secret, MASK)
+        return text
+
     def healthy(self) -> bool:
         try:
             return self.conn.execute("SELECT 1").fetchone() == (1,)
@@ -191,15 +205,15 @@ class Store:
                 " media, status, telnyx_id, error, created_at, updated_at)"
                 " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (message.profile, message.from_number, message.to_number, message.text, media,
-                 status, message.id, error, now, now),
+                 status, message.id, self.redact(error), now, now),
             )  # fmt: skip
         return cursor.lastrowid if cursor.rowcount else None
 
     def pending_inbound(self) -> list[InboundMessage]:
         """Inbound messages acknowledged but not yet handled, oldest first."""
-        rows = self.conn.execute(
+        rows = self.conn.execute(  # only inbound MDRs are ever 'received': this reads mdrs_inbox
             "SELECT id, telnyx_id, text, from_number, to_number, profile, media, created_at"
-            f" FROM mdrs WHERE status = '{RECEIVED}' AND direction = 'inbound' ORDER BY id"
+            f" FROM mdrs WHERE status = '{RECEIVED}' ORDER BY id"
         ).fetchall()
         return [_inbound(row) for row in rows]
 
@@ -232,7 +246,7 @@ class Store:
             conn.execute(
                 "UPDATE mdrs SET status = ?, claimed_by = ?, error = ?, conversation_id = ?,"
                 " updated_at = ? WHERE id = ?",
-                (status, claimed_by, error, conversation.id if conversation else None, now, mdr_id),
+                (status, claimed_by, self.redact(error), conversation.id if conversation else None, now, mdr_id),
             )
             conversation_id = conversation.id if conversation else None
             return [self._add_outbound(d, conversation_id, mdr_id, now) for d in replies]
@@ -297,7 +311,7 @@ class Store:
         """Messages in the outbox with ids above ``after``, oldest first (so in reply order)."""
         rows = self.conn.execute(
             "SELECT id, profile, from_number, to_number, text, attempts, next_attempt_at,"
-            f" ignore_optout, conversation_id FROM mdrs WHERE status = '{PENDING}'"
+            f" ignore_optout, conversation_id FROM mdrs WHERE {_IN_OUTBOX} AND status = '{PENDING}'"
             " AND id > ? ORDER BY id",
             (after,),
         ).fetchall()
@@ -307,16 +321,19 @@ class Store:
         """At startup: sends cut off by a crash go back to the outbox (they may repeat)."""
         with self.transaction() as conn:
             return conn.execute(
-                f"UPDATE mdrs SET status = '{PENDING}' WHERE status = '{SENDING}'"
+                f"UPDATE mdrs SET status = '{PENDING}' WHERE {_IN_OUTBOX} AND status = '{SENDING}'"
             ).rowcount
 
     def mark_sending(self, mdr_id: int) -> None:
         self._update(mdr_id, status=SENDING)
 
-    def mark_sent(self, mdr_id: int, telnyx_id: str | None, status: str) -> None:
+    def mark_sent(self, mdr_id: int, telnyx_id: str | None, status: str, attempts: int | None = None) -> None:
         """Record Telnyx's acceptance, then apply any status update that arrived before it."""
+        fields: dict[str, Any] = {"status": status, "telnyx_id": telnyx_id, "error": None}
+        if attempts is not None:
+            fields["attempts"] = attempts
         with self.transaction():
-            self._update(mdr_id, status=status, telnyx_id=telnyx_id, error=None)
+            self._update(mdr_id, **fields)
             if telnyx_id:
                 for event_status, error in self.conn.execute(
                     "SELECT status, error FROM delivery_events WHERE telnyx_id = ? ORDER BY id",
@@ -337,6 +354,8 @@ class Store:
         self._update(mdr_id, **fields)
 
     def _update(self, mdr_id: int, **fields: Any) -> None:
+        if "error" in fields:
+            fields["error"] = self.redact(fields["error"])
         columns = ", ".join(f"{name} = ?" for name in fields)
         with self.transaction() as conn:
             conn.execute(
@@ -352,7 +371,7 @@ class Store:
             conn.execute(
                 "INSERT INTO delivery_events (telnyx_id, status, error, received_at)"
                 " VALUES (?, ?, ?, ?)",
-                (status.telnyx_id, status.status, status.error, self.now()),
+                (status.telnyx_id, status.status, self.redact(status.error), self.now()),
             )
             row = conn.execute(
                 "SELECT id FROM mdrs WHERE direction = 'outbound' AND telnyx_id = ?",

@@ -1,9 +1,10 @@
 """The sender: drains the outbox through the Telnyx client, with retries, backoff and pacing.
 
-A conversation's messages go out one at a time in order (its lane); conversations, and so
-sending numbers, never wait for each other, except through the optional per-number pacing.
-Each message is marked ``sending_local`` before the HTTP request and gets Telnyx's answer after
-it: a crash in between is the one case where a message can be sent twice.
+A conversation's messages go out one at a time in order (its lane): a message waiting for a
+retry holds back the ones behind it, never the other conversations, and so never another
+sending number, except through the optional per-number pacing. Each message is marked
+``sending_local`` before the HTTP request and gets Telnyx's answer after it: a crash in between
+is the one case where a message can be sent twice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from .config import Config
+from .config import Config, Profile
 from .errors import SendError
 from .lanes import Lanes
 from .metrics import Metrics
@@ -45,7 +46,12 @@ class Pacer:
 
 
 class Sender:
-    """Sends what the outbox holds; woken when something is added, and polls once a second."""
+    """Sends what the outbox holds; woken when something is added, and polls once a second.
+
+    Polling finds what other processes queued (``bot-core send`` beside a server) and what an
+    earlier run left. ``_seen`` is the highest outbox id handed to a lane: SQLite gives a row
+    committed later a higher id, so each poll reads only rows it has not seen.
+    """
 
     def __init__(self, store: Store, client: TelnyxClient, config: Config, metrics: Metrics,
                  clock: Callable[[], float]) -> None:  # fmt: skip
@@ -57,100 +63,146 @@ class Sender:
         self.lanes: Lanes[Outbound] = Lanes(self._send)
         self.pacer = Pacer(config.send_rate_for)
         self._wake = asyncio.Event()
-        self._seen = 0  # the highest outbox id handed to a lane
+        self._seen = 0
         public_url = config.bot.public_url
         self._status_url = f"{public_url}/webhooks/telnyx" if public_url else None
-        self._accepting = True
+        self._draining = False
         self._sleepers: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wake.set()
 
+    def poll(self) -> int:
+        """Hand outbox rows not seen yet to their conversations' lanes; returns how many."""
+        rows = self.store.pending_outbound(after=self._seen)
+        for message in rows:
+            self._seen = message.id
+            self.lanes.submit((message.from_number, message.to_number), message)
+        return len(rows)
+
     async def run(self) -> None:
-        while self._accepting:
+        while True:
+            self._wake.clear()
             try:
-                for message in self.store.pending_outbound(after=self._seen):
-                    self._seen = max(self._seen, message.id)
-                    self.lanes.submit((message.from_number, message.to_number), message)
+                self.poll()
             except Exception:
                 log.exception("cannot read the outbox; trying again")
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
             except TimeoutError:
                 pass
-            self._wake.clear()
 
     async def stop(self, grace: float) -> bool:
-        """Finish sends in flight within ``grace``; messages waiting to retry stay queued."""
-        self._accepting = False
+        """Send what is due within ``grace``, in order; what waits for a retry stays queued."""
+        self._draining = True
         for task in self._sleepers:
             task.cancel()
-        finished = await self.lanes.join(grace)
-        if not finished:
-            await self.lanes.cancel()
-        return finished
+        try:
+            self.poll()  # the replies of plugin calls that finished while stopping
+        except Exception:
+            log.exception("cannot read the outbox; its messages wait for the next start")
+        if await self.lanes.join(grace):
+            return True
+        await self.lanes.cancel()
+        return False
 
-    async def _send(self, message: Outbound) -> None:
-        attempts = message.attempts
-        due = message.next_attempt_at
-        settings = self.config.sending
-        while self._accepting:
-            if due > self.clock() and not await self._sleep(due - self.clock()):
-                return
-            if not message.ignore_optout and self.store.is_opted_out(message.profile, message.to_number):
-                self.store.mark_final(message.id, BLOCKED, "recipient opted out")
-                self.metrics.sends.labels(BLOCKED).inc()
-                return
-            profile = self.config.profile_for_sender(message.from_number)
-            if profile is None:
-                self.store.mark_final(message.id, FAILED, f"no profile sends from {message.from_number}")
-                self.metrics.sends.labels(FAILED).inc()
-                return
-            await self.pacer.wait(message.from_number)
-            attempts += 1
-            self.store.mark_sending(message.id)
+    async def _send(self, message: Outbound) -> bool:
+        """Send one message, retrying as long as it takes; False ends its lane (stopping)."""
+        attempts, due = message.attempts, message.next_attempt_at
+        while True:
+            if due > self.clock() and not await self._wait(due - self.clock()):
+                return False  # stopping: it and the messages behind it stay in the outbox
+            requested = False
             try:
-                result = await self.client.send(
-                    secret=profile.secret, from_=message.from_number, to=message.to_number,
-                    text=message.text, webhook_url=self._status_url,
-                )  # fmt: skip
-            except SendError as exc:
-                if exc.opted_out:
-                    self.store.set_opted_out(message.profile, message.to_number, True, "telnyx 40300")
-                if not exc.retryable or attempts >= settings.max_attempts:
-                    log.warning("send %d to %s failed for good after %d attempt(s): %s",
-                                message.id, message.to_number, attempts, exc.reason)  # fmt: skip
-                    self.store.mark_final(message.id, FAILED, exc.reason, attempts)
-                    self.metrics.sends.labels(FAILED).inc()
-                    return
-                delay = backoff(attempts, settings.backoff_initial, settings.backoff_max, exc.retry_after)
-                log.info("send %d to %s failed (%s); retry %d in %.1fs",
-                         message.id, message.to_number, exc.reason, attempts + 1, delay)  # fmt: skip
-                due = self.clock() + delay
-                self.store.mark_retry(message.id, attempts, due, exc.reason)
-                self.metrics.retries.inc()
-                continue
-            self.store.mark_sent(message.id, result.telnyx_id, result.status)
-            self.metrics.sends.labels(result.status).inc()
-            return
+                profile = self._profile(message)
+                if profile is None:
+                    return True
+                await self.pacer.wait(message.from_number)
+                self.store.mark_sending(message.id)
+                requested = True
+                delay = await self._attempt(message, profile, attempts + 1)
+                attempts += 1
+            except Exception:
+                if requested:  # it may have reached Telnyx: never send it again from here
+                    log.exception("send %d: cannot record Telnyx's answer; it is sent again at the next start",
+                                  message.id)  # fmt: skip
+                    return True
+                log.exception("send %d: unexpected error before sending; trying again", message.id)
+                delay = self._backoff(attempts + 1, None)
+            if delay is None:
+                return True
+            due = self.clock() + delay
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped; False when the sender stopped meanwhile."""
+    def _profile(self, message: Outbound) -> Profile | None:
+        """The sending profile; None after settling, unsent, a message that must not go out."""
+        if not message.ignore_optout and self.store.is_opted_out(message.profile, message.to_number):
+            self._final(message, BLOCKED, "recipient opted out")
+            return None
+        profile = self.config.profile_for_sender(message.from_number)
+        if profile is None:
+            self._final(message, FAILED, f"no profile sends from {message.from_number}")
+        return profile
+
+    async def _attempt(self, message: Outbound, profile: Profile, attempt: int) -> float | None:
+        """One HTTP request; the seconds to wait before the next one, or None when settled."""
+        try:
+            result = await self.client.send(
+                secret=profile.secret, from_=message.from_number, to=message.to_number,
+                text=message.text, webhook_url=self._status_url,
+            )  # fmt: skip
+        except SendError as exc:
+            if exc.opted_out:
+                self.store.set_opted_out(message.profile, message.to_number, True, "telnyx 40300")
+            if not exc.retryable or attempt >= self.config.sending.max_attempts:
+                log.warning("send %d to %s failed for good after %d attempt(s): %s",
+                            message.id, message.to_number, attempt, exc.reason,
+                            extra={"mdr_id": message.id, "conversation_id": message.conversation_id})  # fmt: skip
+                self._final(message, FAILED, exc.reason, attempt)
+                return None
+            delay = self._backoff(attempt, exc.retry_after)
+            log.info("send %d to %s failed (%s); retry %d in %.1fs",
+                     message.id, message.to_number, exc.reason, attempt + 1, delay,
+                     extra={"mdr_id": message.id, "conversation_id": message.conversation_id})  # fmt: skip
+            self.store.mark_retry(message.id, attempt, self.clock() + delay, exc.reason)
+            self.metrics.retries.inc()
+            return delay
+        self.store.mark_sent(message.id, result.telnyx_id, result.status, attempt)
+        log.info("sent %d to %s: %s", message.id, message.to_number, result.status,
+                 extra={"mdr_id": message.id, "conversation_id": message.conversation_id,
+                        "telnyx_id": result.telnyx_id})  # fmt: skip
+        self.metrics.sends.labels(result.status).inc()
+        return None
+
+    def _final(self, message: Outbound, status: str, error: str, attempts: int | None = None) -> None:
+        self.store.mark_final(message.id, status, error, attempts)
+        self.metrics.sends.labels(status).inc()
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        settings = self.config.sending
+        return backoff(attempt, settings.backoff_initial, settings.backoff_max, retry_after)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep unless stopping; False when the sender is stopping."""
+        if self._draining:
+            return False
         task = asyncio.ensure_future(asyncio.sleep(seconds))
         self._sleepers.add(task)
         try:
             await task
         except asyncio.CancelledError:
-            if self._accepting:
+            if asyncio.current_task().cancelling():  # the lane itself is cancelled, not just the sleep
                 raise
-            return False
         finally:
             self._sleepers.discard(task)
-        return self._accepting
+        return not self._draining
 
 
 def backoff(attempt: int, initial: float, maximum: float, retry_after: float | None = None) -> float:
-    """Exponential backoff with full jitter; Telnyx's Retry-After wins when it is longer."""
-    ceiling = min(maximum, initial * 2 ** (attempt - 1))
+    """Exponential backoff with jitter; Telnyx's Retry-After wins when it is longer.
+
+    The delay is drawn from the upper half of the exponential step, so retries of many
+    messages spread out while each still waits at least half its step.
+    """
+    ceiling = min(maximum, initial * 2 ** (max(attempt, 1) - 1))
     delay = random.uniform(ceiling / 2, ceiling)
     return max(delay, retry_after or 0.0)

@@ -135,7 +135,7 @@ def test_empty_file_gives_defaults(tmp_path):
         "max_parts": 10, "log_format": "text"}
     assert dataclasses.asdict(config.telnyx) == {
         "api_version": 1, "api_base": "https://sms.telnyx.com", "api_key": None, "public_key": None,
-        "management_base": "https://api.telnyx.com/v2"}
+        "management_base": "https://api.telnyx.com/v2", "webhook_failover_url": None}
     assert dataclasses.astuple(config.sending) == (8, 1.0, 300.0, 0.0, 10.0)
     assert (config.profiles, config.numbers, config.numbers_state()) == ({}, {}, [])
 

@@ -1,0 +1,253 @@
+"""bot-core benchmark: prints figures for this machine. Not a test; nothing here asserts.
+
+    python bench/run.py                      # about a minute and a half
+    python bench/run.py --mdrs 1000000 --conversations 100000   # the large-database case
+    python bench/run.py --only 2 --messages 50000               # one figure, a longer burst
+
+It starts the real server (``bot-core serve``, uvicorn), a fake Telnyx and a bare
+Starlette+SQLite endpoint, each in a process of its own on loopback, drives them with a raw
+HTTP/1.1 load generator in another process, and prints:
+
+1. webhook acknowledgements/s and ack latency of a burst, beside the bare floor, with every
+   plugin call parked so that only the webhook path uses the CPU;
+2. end to end (webhook in, reply received by the fake Telnyx): a burst's replies/s and the
+   server's CPU time per message, then latency at a fixed offered rate;
+3. ack latency while a plugin awaits 1 s per message across 200 conversations;
+4. figures 1 and 2 again with a large database, and the server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from load import Plan, Result, run_in_process  # noqa: E402
+from seed import OUR_NUMBER, customer, seed  # noqa: E402
+from services import Fake, Process, start_bare, start_server  # noqa: E402
+
+SECRET = "bench-secret"
+# Figure 1 measures the webhook path alone: each plugin call waits for the whole burst, so no
+# handling or sending competes with the acknowledgements for the CPU.
+PARKED_PLUGIN = '''
+import asyncio
+from bot_core import hookimpl
+
+@hookimpl
+async def handle_message(message):
+    await asyncio.Event().wait()
+'''
+SLOW_PLUGIN = '''
+import asyncio
+from bot_core import hookimpl
+
+@hookimpl
+async def handle_message(message):
+    await asyncio.sleep(1)  # an HTTP call to some slow service
+    return "slow " + message.text
+'''
+
+
+def config_text(fake_url: str, plugins: str = '["echo"]', plugins_dir: str | None = None) -> str:
+    extra = f'plugins_dir = "{plugins_dir}"\nplugin_timeout = "1h"\nshutdown_grace = "1s"\n' if plugins_dir else ""
+    return f"""
+[bot]
+database = "bot.db"
+{extra}
+[telnyx]
+api_base = "{fake_url}"
+
+[profiles.bench]
+secret = "{SECRET}"
+numbers = ["{OUR_NUMBER}"]
+plugins = {plugins}
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
+
+
+class Report:
+    """Prints figures as they come and keeps them for the comparisons at the end."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, float] = {}
+
+    def line(self, label: str, text: str) -> None:
+        print(f"  {label:<44} {text}", flush=True)
+
+    def acks(self, key: str, label: str, result: Result) -> float:
+        bad = sum(1 for s in result.status if s != 200)
+        elapsed = result.finished - result.started
+        rate = len(result.status) / elapsed
+        self.figures[key] = rate
+        self.line(label, f"{rate:8.0f} acks/s   p50 {ms(percentile(result.latency, .5))}"
+                         f"   p99 {ms(percentile(result.latency, .99))}" + (f"   ({bad} not 200!)" if bad else ""))  # fmt: skip
+        return rate
+
+
+def replies_latency(result: Result, replies: list[tuple[float, str]], prefix: str) -> list[float]:
+    """Inbound due time to the reply's arrival at the fake Telnyx, per reply."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)")
+    latencies = []
+    for at, body in replies:
+        match = pattern.search(body)
+        if match:
+            latencies.append(at - result.due[int(match[1])])
+    return latencies
+
+
+def bot_run(work: Path, name: str, fake: Fake, plugins: str = '["echo"]') -> Process:
+    directory = work / name
+    directory.mkdir(exist_ok=True)
+    plugins_dir = None if plugins == '["echo"]' else str(work / "plugins")
+    (directory / "bot.toml").write_text(config_text(fake.url, plugins, plugins_dir))
+    return start_server(directory / "bot.toml", directory / "server.log")
+
+
+def burst(port: int, args: argparse.Namespace, senders: list[str]) -> Result:
+    run_in_process(Plan(port, SECRET, OUR_NUMBER, senders, 500, concurrency=8, prefix="w"))  # warm-up
+    return run_in_process(Plan(port, SECRET, OUR_NUMBER, senders, args.messages, args.concurrency))
+
+
+def figure_1(report: Report, work: Path, fake: Fake, args: argparse.Namespace, senders: list[str], tag: str,
+             database: Path | None = None) -> None:  # fmt: skip
+    """Acknowledgements/s of the webhook path alone (plugins parked), beside the bare floor."""
+    if "bare" not in report.figures:
+        bare = start_bare(work / "bare.db", work / "bare.log")
+        cpu0 = bare.cpu_seconds()
+        result = burst(bare.port, args, senders)
+        cpu = (bare.cpu_seconds() - cpu0) / (len(result.status) + 500)
+        report.acks("bare", "bare Starlette + SQLite floor", result)
+        report.line("", f"server CPU {cpu * 1e6:.0f} µs/webhook")
+        bare.stop()
+    directory = work / f"parked{tag}"
+    directory.mkdir(exist_ok=True)
+    if database is not None:
+        shutil.copy(database, directory / "bot.db")
+    server = bot_run(work, f"parked{tag}", fake, '["parked"]')
+    cpu0 = server.cpu_seconds()
+    result = burst(server.port, args, senders)
+    cpu = (server.cpu_seconds() - cpu0) / (len(result.status) + 500)
+    rate = report.acks(f"acks{tag}", "bot-core webhook path (plugins parked)", result)
+    report.line("", f"server CPU {cpu * 1e6:.0f} µs/webhook; {rate / report.figures['bare']:.2f} of the floor")
+    server.stop()
+
+
+def figure_2(report: Report, work: Path, fake: Fake, args: argparse.Namespace, senders: list[str], tag: str,
+             database: Path | None = None) -> Process:  # fmt: skip
+    """End to end: a burst through the whole pipeline, then latency at a fixed offered rate."""
+    directory = work / f"echo{tag}"
+    directory.mkdir(exist_ok=True)
+    if database is not None:
+        shutil.copy(database, directory / "bot.db")
+    server = bot_run(work, f"echo{tag}", fake)
+    run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders, 500, concurrency=8, prefix="w"))
+    fake.wait_for(500, 60)
+    fake.take()
+    cpu0 = server.cpu_seconds()
+    result = run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders, args.messages, args.concurrency))
+    report.acks(f"acks-busy{tag}", "acks with handling and sending running", result)
+    if not fake.wait_for(args.messages, 300):
+        report.line("", f"only {fake.count()} of {args.messages} replies arrived")
+    replies = fake.take()
+    rate = len(replies) / (max(at for at, _ in replies) - result.started)
+    cpu = (server.cpu_seconds() - cpu0) / len(replies)
+    report.figures[f"e2e{tag}"] = rate
+    report.line("end to end, burst: replies/s", f"{rate:8.0f} replies/s   (server CPU {cpu * 1e6:.0f} µs/message,"
+                                                f" {1 / cpu:.0f} messages/s per server core)")  # fmt: skip
+    steady = run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders, int(args.rate * args.seconds),
+                                 args.concurrency, rate=args.rate, prefix="r"))  # fmt: skip
+    fake.wait_for(len(steady.status), 60)
+    latencies = replies_latency(steady, fake.take(), "r")
+    report.figures[f"p99{tag}"] = percentile(latencies, .99)
+    report.acks(f"acks-steady{tag}", f"acks at {args.rate:g} msgs/s", steady)
+    report.line(f"inbound-to-reply at {args.rate:g} msgs/s ({len(latencies)})",
+                f"p50 {ms(percentile(latencies, .5))}   p99 {ms(percentile(latencies, .99))}")  # fmt: skip
+    return server
+
+
+def figure_3(report: Report, work: Path, fake: Fake, args: argparse.Namespace, senders: list[str]) -> None:
+    """Ack latency while every plugin call awaits 1 s, across 200 conversations."""
+    server = bot_run(work, "slow", fake, '["slow"]')
+    result = run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders[:200], int(args.rate * args.seconds),
+                                 args.concurrency, rate=args.rate, prefix="s"))  # fmt: skip
+    report.acks("acks-slow", f"acks at {args.rate:g} msgs/s", result)
+    fake.wait_for(len(result.status), 120)
+    latencies = replies_latency(result, fake.take(), "s")
+    report.line(f"inbound-to-reply ({len(latencies)} replies)",
+                f"p50 {ms(percentile(latencies, .5))}   p99 {ms(percentile(latencies, .99))}")
+    server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=10_000, help="webhooks in a burst (figures 1, 2)")
+    parser.add_argument("--concurrency", type=int, default=32, help="load generator connections")
+    parser.add_argument("--senders", type=int, default=1000, help="customers (conversations) texting")
+    parser.add_argument("--rate", type=float, default=200, help="offered msgs/s for latency figures")
+    parser.add_argument("--seconds", type=float, default=10, help="duration of fixed-rate runs")
+    parser.add_argument("--mdrs", type=int, default=200_000, help="MDRs in the large database (figure 4)")
+    parser.add_argument("--conversations", type=int, default=20_000, help="conversations in the large database")
+    parser.add_argument("--only", default="1234", help="figures to run, e.g. 12")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bot-core-bench-"))
+    (work / "plugins").mkdir()
+    (work / "plugins" / "parked.py").write_text(PARKED_PLUGIN)
+    (work / "plugins" / "slow.py").write_text(SLOW_PLUGIN)
+    report = Report()
+    print(f"bot-core bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, work folder {work}")
+    senders = [customer(i) for i in range(args.senders)]
+    fake = Fake()
+    try:
+        if "1" in args.only:
+            print("\n1. webhook acknowledgements (empty database)")
+            figure_1(report, work, fake, args, senders, "")
+        if "2" in args.only:
+            print("\n2. end to end: webhook in, reply received by the fake Telnyx (empty database)")
+            server = figure_2(report, work, fake, args, senders, "")
+            report.line("peak RSS", f"{server.peak_rss_mb():8.0f} MB")
+            server.stop()
+        if "3" in args.only:
+            print("\n3. a plugin awaiting 1 s per message, 200 conversations")
+            figure_3(report, work, fake, args, senders)
+        if "4" in args.only:
+            print(f"\n4. the same with {args.mdrs:,} MDRs and {args.conversations:,} conversations stored")
+            database = work / "large.db"
+            started = time.monotonic()
+            seed(database, args.mdrs, args.conversations)
+            report.line("seeded in", f"{time.monotonic() - started:8.1f} s")
+            # Customers spread over the stored conversations, so lookups hit cold pages.
+            step = max(1, args.conversations // args.senders)
+            large = [customer(i * step) for i in range(min(args.senders, args.conversations))]
+            if "1" in args.only:
+                figure_1(report, work, fake, args, large, "-large", database)
+            server = figure_2(report, work, fake, args, large, "-large", database)
+            report.line("peak RSS", f"{server.peak_rss_mb():8.0f} MB")
+            server.stop()
+            for key, label in (("acks", "ack throughput"), ("e2e", "end-to-end throughput")):
+                if key in report.figures and f"{key}-large" in report.figures:
+                    change = report.figures[f"{key}-large"] / report.figures[key] - 1
+                    report.line(f"{label}: large vs empty database", f"{change:+8.1%}")
+    finally:
+        fake.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

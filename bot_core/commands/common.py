@@ -1,0 +1,123 @@
+"""What every command shares: loading the config, opening the database, tables and JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tomllib
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..config import Config, load_config, parse_duration
+from ..errors import ConfigError
+from ..logs import setup_logging
+from ..phone import normalize_number
+from ..store import Store, iso
+
+DEMO = "the bundled demo config"
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config", "config_path", envvar="BOT_CORE_CONFIG", type=click.Path(dir_okay=False),
+    help="bot.toml to use (or $BOT_CORE_CONFIG; default: the demo bot).",
+)  # fmt: skip
+json_option = click.option("--json", "as_json", is_flag=True, help="JSON for scripts instead of a table.")
+
+
+def load(path: str | None) -> Config:
+    """The config at ``path``, or the bundled demo bot (its database in the current folder)."""
+    try:
+        if path is None:
+            text = resources.files("bot_core").joinpath("demo.toml").read_text()
+            return Config.from_dict(tomllib.loads(text), base_dir=Path.cwd(), source=DEMO)
+        return load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.bot.database, secrets=config.secrets())
+
+
+def quiet_logging(config: Config) -> None:
+    """Commands that run a bot log warnings and errors to stderr, secrets masked; stdout is theirs."""
+    setup_logging(config.bot.log_format, secrets=config.secrets(), level=logging.WARNING)
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def number_option(value: str | None, option: str) -> str | None:
+    """A phone number given on the command line, in E.164, or a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return normalize_number(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def since_option(value: str | None) -> str | None:
+    """``--since``: ISO 8601 (UTC unless it has an offset) or a duration back from now (``2h``)."""
+    if value is None:
+        return None
+    try:
+        return iso(datetime.now(timezone.utc).timestamp() - parse_duration(value))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither ISO 8601 (2025-11-29T08:00) nor a duration (2h, 7d)",
+                                 param_hint="--since") from None  # fmt: skip
+    return iso((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False))
+
+
+def echo_json_lines(rows: Iterable[Mapping[str, Any]]) -> None:
+    """One JSON object a line: easy to grep, to stream and to read with ``jq``."""
+    for row in rows:
+        echo_json(row)
+
+
+def echo_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+               format: Mapping[str, Callable[[Any], str]] | None = None, empty: str = "(none)") -> None:  # fmt: skip
+    """Rows as aligned columns under a header; ``format`` turns a column's values into text."""
+    if not rows:
+        click.echo(empty)
+        return
+    format = format or {}
+    cells = [[format.get(c, _cell)(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    for line in [list(columns), *cells]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
+
+
+def clip(limit: int) -> Callable[[Any], str]:
+    """A cell format for free text: one line, at most ``limit`` characters."""
+
+    def fmt(value: Any) -> str:
+        text = " ".join(str(value or "").split())
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    return fmt

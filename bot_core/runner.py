@@ -1,0 +1,66 @@
+"""Running a bot for a moment inside a CLI command, beside or instead of a server.
+
+``bot-core send``, ``chat`` and ``explain`` work on the same SQLite file a server uses. Starting
+a second whole bot next to a running server would handle its inbox, resend its in-flight
+messages and fire its timers twice, so commands first ask :func:`database_in_use`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from .bot import Bot
+from .config import Config
+from .store import Store
+from .telnyx import SandboxClient
+from .worker import Sender
+
+
+def database_in_use(path: str | Path) -> bool:
+    """True when another connection (another process, usually a server) has the database open.
+
+    SQLite grants an exclusive lock only to a lone connection; asking for one without waiting
+    tells whether anyone else holds the file open, idle or not. A missing file is not in use.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        probe.execute("PRAGMA locking_mode = EXCLUSIVE")
+        probe.execute("BEGIN EXCLUSIVE")
+        probe.execute("COMMIT")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Bot]:
+    """A started bot: it resumes the database's unfinished work, as ``serve`` would."""
+    bot = Bot(config)
+    await bot.start()
+    try:
+        yield bot
+    finally:
+        await bot.stop()
+
+
+@asynccontextmanager
+async def queueing(config: Config) -> AsyncIterator[Bot]:
+    """A bot that only writes to the database: for queueing messages a running server will send.
+
+    Its loops never run: the server's sender picks new outbox rows up within a second.
+    """
+    bot = Bot(config)
+    bot.store = Store(config.bot.database, clock=bot.clock, secrets=config.secrets())
+    bot.sender = Sender(bot.store, SandboxClient(), config, bot.metrics, bot.clock)
+    try:
+        yield bot
+    finally:
+        bot.store.close()

@@ -1,0 +1,155 @@
+"""Completed flows: recorded in SQLite, and POSTed to a flow's ``post_to`` until it accepts them.
+
+A submission is one row of ``flows_submissions`` (keyed by the inbound message that completed
+the flow, so a message handled again after a crash records nothing twice), with its delivery
+state in the same row: a crash or a restart never loses a delivery, it resumes at the next
+start. 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff and
+jitter, up to the flow's ``post_attempts``; any other answer is final. In sandbox mode nothing
+leaves the machine: a submission is recorded with ``post_status = 'sandbox'``, and pending
+deliveries wait for a start without sandbox. A delivery cut off by a
+shutdown may be POSTed again, so each request carries an ``Idempotency-Key`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import sqlite_utils
+
+log = logging.getLogger("bot_core.plugins.flows")
+
+TABLE = "flows_submissions"
+PENDING, DELIVERED, FAILED, SANDBOX = "pending", "delivered", "failed", "sandbox"
+BACKOFF_MAX = 3600.0
+POST_TIMEOUT = 10.0
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def create_table(db: sqlite_utils.Database) -> None:
+    db[TABLE].create(
+        {"id": int, "message_id": str, "conversation_id": int, "flow": str, "profile": str,
+         "from_number": str, "to_number": str, "answers": str, "completed_at": str, "post_to": str,
+         "post_status": str, "post_attempts": int, "post_max_attempts": int, "post_backoff": float,
+         "post_next_at": float, "post_error": str, "posted_at": str},
+        pk="id", not_null={"flow", "answers", "completed_at"}, defaults={"post_attempts": 0},
+        if_not_exists=True,
+    )  # fmt: skip
+    db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_message ON {TABLE}(message_id)")
+    db.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE}(id) WHERE post_status = '{PENDING}'")
+
+
+def payload(row: dict[str, Any]) -> dict[str, Any]:
+    """What ``post_to`` receives: the documented fields, nothing else."""
+    return {"flow": row["flow"], "profile": row["profile"], "from": row["from_number"], "to": row["to_number"],
+            "answers": json.loads(row["answers"]), "completed_at": row["completed_at"]}  # fmt: skip
+
+
+class Poster:
+    """Records submissions of one bot and delivers them; ``start`` in startup, ``close`` in shutdown."""
+
+    def __init__(self, db: sqlite_utils.Database, clock: Callable[[], float], *, sandbox: bool) -> None:
+        self.db = db
+        self.clock = clock
+        self.sandbox = sandbox
+        self.client: httpx.AsyncClient | None = None
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        create_table(self.db)
+        self.client = httpx.AsyncClient(timeout=POST_TIMEOUT)
+        if self.sandbox:
+            return
+        for (row_id,) in self.db.execute(f"SELECT id FROM {TABLE} WHERE post_status = '{PENDING}' ORDER BY id"):
+            self._spawn(row_id)
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self.client is not None:
+            await self.client.aclose()
+
+    def record(self, *, message_id: str, conversation_id: int, flow: Any, profile: str | None,
+               from_number: str, to_number: str, answers: dict[str, Any]) -> int:  # fmt: skip
+        """Store a completed flow (once per message) and start delivering it if it has post_to."""
+        now = self.clock()
+        cursor = self.db.execute(
+            f"INSERT OR IGNORE INTO {TABLE} (message_id, conversation_id, flow, profile, from_number, to_number,"
+            " answers, completed_at, post_to, post_status, post_max_attempts, post_backoff, post_next_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message_id, conversation_id, flow.name, profile, from_number, to_number, json.dumps(answers),
+             iso(now), flow.post_to, self._initial_status(flow), flow.post_attempts, flow.post_backoff, now),
+        )  # fmt: skip
+        if not cursor.rowcount:  # handled before: already recorded, already being delivered
+            return self.db.execute(f"SELECT id FROM {TABLE} WHERE message_id = ?", (message_id,)).fetchone()[0]
+        if flow.post_to and not self.sandbox:
+            self._spawn(cursor.lastrowid)
+        elif flow.post_to:
+            log.info("sandbox: flow %r submission %d recorded, not posted", flow.name, cursor.lastrowid)
+        return cursor.lastrowid
+
+    def _initial_status(self, flow: Any) -> str | None:
+        if not flow.post_to:
+            return None
+        return SANDBOX if self.sandbox else PENDING
+
+    def _spawn(self, row_id: int) -> None:
+        if row_id not in self.tasks:
+            task = asyncio.get_running_loop().create_task(self._deliver(row_id))
+            self.tasks[row_id] = task
+            task.add_done_callback(lambda _: self.tasks.pop(row_id, None))
+
+    def _row(self, row_id: int) -> dict[str, Any]:
+        return next(self.db.query(f"SELECT * FROM {TABLE} WHERE id = ?", (row_id,)))
+
+    def _update(self, row_id: int, **fields: Any) -> None:
+        self.db[TABLE].update(row_id, fields)
+
+    async def _deliver(self, row_id: int) -> None:
+        while (row := self._row(row_id))["post_status"] == PENDING:
+            wait = row["post_next_at"] - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            attempts = row["post_attempts"] + 1
+            error, retryable = await self._post(row)
+            host = httpx.URL(row["post_to"]).host  # the full URL may carry a token: never logged
+            if error is None:
+                self._update(row_id, post_status=DELIVERED, post_attempts=attempts, post_error=None,
+                             posted_at=iso(self.clock()))  # fmt: skip
+                log.info("flow %r submission %d delivered to %s", row["flow"], row_id, host)
+            elif not retryable or attempts >= row["post_max_attempts"]:
+                self._update(row_id, post_status=FAILED, post_attempts=attempts, post_error=error)
+                log.warning("flow %r submission %d not delivered to %s after %d attempt(s): %s",
+                            row["flow"], row_id, host, attempts, error)  # fmt: skip
+            else:
+                delay = backoff(attempts, row["post_backoff"])
+                self._update(row_id, post_attempts=attempts, post_error=error, post_next_at=self.clock() + delay)
+                log.info("flow %r submission %d: %s from %s; retry in %.1fs", row["flow"], row_id, error, host, delay)
+
+    async def _post(self, row: dict[str, Any]) -> tuple[str | None, bool]:
+        """(None, _) when accepted; else (the error, whether to retry)."""
+        assert self.client is not None
+        try:
+            response = await self.client.post(row["post_to"], json=payload(row),
+                                              headers={"idempotency-key": f"bot-core-flows-{row['id']}"})  # fmt: skip
+        except httpx.TransportError as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, True
+        if response.is_success:
+            return None, False
+        return f"HTTP {response.status_code}", response.status_code >= 500 or response.status_code in (408, 429)
+
+
+def backoff(attempt: int, initial: float) -> float:
+    """Exponential backoff with jitter: about ``initial``, 2x, 4x ... up to an hour."""
+    ceiling = min(BACKOFF_MAX, initial * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)

@@ -1,0 +1,172 @@
+"""Secrets stay secret: not in logs, error messages, `bot-core check` output or MDRs.
+
+A full run of `bot-core serve` goes through everything that produces text (webhooks refused for
+every reason, sends that fail, time out and are refused, plugins that fail quoting a secret),
+then every byte it wrote is scanned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.webhooks import sign_v1
+
+from .conftest import Server, wait_for
+
+MAIN_SECRET = "MainProfileSecret-5f2c9e"
+SALES_SECRET = "SalesProfileSecret-81ad40"
+API_KEY = "KEY0199-api-key-d7e3b1"
+SECRETS = (MAIN_SECRET, SALES_SECRET, API_KEY)
+
+LEAKY_PLUGIN = '''
+import os
+from bot_core import hookimpl
+
+@hookimpl
+def handle_message(bot, message):
+    if message.text == "config":
+        raise RuntimeError(f"config was {bot.config!r}")
+    if message.text == "leak":  # e.g. an HTTP error quoting a URL with a key in it
+        raise RuntimeError("GET https://api.example.com/?key=" + os.environ["MAIN_SECRET"] + " failed")
+    return f"ok {message.text}"
+'''
+
+
+def config_text(tmp_path: Path, fake_url: str, version: int, public_key: str = "") -> str:
+    (tmp_path / "plugins").mkdir(exist_ok=True)
+    (tmp_path / "plugins" / "leaky.py").write_text(LEAKY_PLUGIN)
+    api_base = fake_url + ("/v2" if version == 2 else "")
+    return f"""
+[bot]
+database = "bot.db"
+plugins_dir = "plugins"
+public_url = "https://bot.example.com"
+fallback_reply = "sorry"
+
+[telnyx]
+api_version = {version}
+api_base = "{api_base}"
+api_key = "${{TELNYX_API_KEY}}"
+public_key = "{public_key}"
+
+[sending]
+timeout = "300ms"
+backoff_initial = "50ms"
+backoff_max = "100ms"
+max_attempts = 3
+
+[profiles.main]
+secret = "${{MAIN_SECRET}}"
+numbers = ["+13125550100"]
+plugins = ["leaky"]
+
+[profiles.sales]
+secret = "${{SALES_SECRET}}"
+numbers = ["+13125550101"]
+plugins = ["leaky"]
+"""
+
+
+@pytest.fixture
+def environment(monkeypatch):
+    for name, value in (("MAIN_SECRET", MAIN_SECRET), ("SALES_SECRET", SALES_SECRET), ("TELNYX_API_KEY", API_KEY)):
+        monkeypatch.setenv(name, value)
+
+
+def inbound(text: str, sms_id: str, to: str = "+13125550100", secret: str = MAIN_SECRET, customer: str = "+13125550123"):
+    body = json.dumps({"sms_id": sms_id, "direction": "inbound", "from": customer, "to": to, "body": text}).encode()
+    return body, {"X-Telnyx-Signature": sign_v1(body, secret)}
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"{where} shows a secret"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
+    fake = FakeTelnyx(api_key=API_KEY if version == 2 else None)
+    fake.start()
+    fake.webhooks.secrets.update({"+13125550100": MAIN_SECRET, "+13125550101": SALES_SECRET})
+    (tmp_path / "bot.toml").write_text(config_text(tmp_path, fake.url, version, fake.webhooks.public_key))
+    server = Server(tmp_path / "bot.toml", tmp_path / "server.log").start()
+    try:
+        answers = []
+        # Webhooks refused for every reason, then the good ones.
+        good, headers = inbound("hello", "m-1")
+        answers.append(server.post(good, {}))
+        answers.append(server.post(good, {"X-Telnyx-Signature": sign_v1(good, SALES_SECRET)}))
+        answers.append(server.post(good, {"X-Telnyx-Signature": sign_v1(good, MAIN_SECRET, 1_000_000_000)}))
+        answers.append(server.post(b"{not json", headers))
+        answers.append(server.post(*inbound("who?", "m-0", to="+13125550199")))
+        for answer in answers:
+            assert answer.status_code >= 400
+            assert_no_secret(answer.text, "a webhook error")
+        # Telnyx failing in every way, and plugins failing with a secret in hand.
+        fake.fail(500)
+        fake.rate_limit(0.1)
+        fake.timeout()
+        fake.opt_out("+13125550124")
+        assert server.post(good, headers).status_code == 200
+        for i, text in enumerate(["config", "leak", "fine"]):
+            assert server.post(*inbound(text, f"m-{i + 2}")).status_code == 200
+        assert server.post(*inbound("stop me", "m-9", customer="+13125550124")).status_code == 200
+        assert server.post(*inbound("sales", "m-10", to="+13125550101", secret=SALES_SECRET)).status_code == 200
+        wait_for(lambda: len(fake.sent) >= 5, timeout=20)
+        status = fake.report(next(iter(fake.messages)), "delivery_failed", error="carrier said no")
+        assert server.post(status.body, status.headers).json()["mdr_id"]
+        time.sleep(0.3)
+    finally:
+        server.stop()
+        fake.stop()
+    log = server.log
+    assert "plugin 'leaky' failed" in log and "Traceback" in log  # the failures were logged...
+    assert "[secret]" in log  # ...with the secret masked
+    assert_no_secret(log, "the server log")
+    for table_dump in _dump(tmp_path / "bot.db"):
+        assert_no_secret(table_dump, "the database")
+    messages = _cli("messages", "--config", str(tmp_path / "bot.toml"), "--json", "--limit", "100")
+    assert "plugin 'leaky' failed" in messages.stdout
+    assert_no_secret(messages.stdout + messages.stderr, "bot-core messages")
+
+
+def _dump(database: Path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(database)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot_core", *args], capture_output=True, text=True,
+                          env={**os.environ}, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ["", "bogus_key = 1\n", 'alphanumeric_sender_id = "not valid!!"\n', '[numbers."12"]\nprofile = "main"\n',
+     'plugins = ["nope"]\n', 'send_rate = -1\n'],
+    ids=["valid", "unknown-key", "bad-sender-id", "bad-number", "unknown-plugin", "bad-rate"],
+)  # fmt: skip
+def test_bot_core_check_never_prints_a_secret(tmp_path, environment, broken):
+    text = config_text(tmp_path, "http://127.0.0.1:9", 1)
+    if broken.startswith("["):
+        text += broken
+    else:
+        text = text.replace('plugins = ["leaky"]\n\n[profiles.sales]', f'plugins = ["leaky"]\n{broken}\n[profiles.sales]')
+    (tmp_path / "bot.toml").write_text(text)
+    result = _cli("check", "--config", str(tmp_path / "bot.toml"))
+    assert result.returncode == (0 if not broken else 1), result.stdout + result.stderr
+    assert ("bot.toml" in result.stderr) if broken else ("messaging-enabled" in result.stdout)
+    assert_no_secret(result.stdout + result.stderr, "bot-core check")

@@ -1,0 +1,323 @@
+"""The sender: retries with backoff, final failures, opt-out safety, pacing per sending number."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from email.utils import formatdate
+
+import httpx
+import pytest
+
+from bot_core.config import Config
+from bot_core.store import BLOCKED, FAILED
+from bot_core.worker import backoff
+
+from .harness import OTHER, OURS, THEIRS, Running, ScriptedTelnyx, eventually, make_config, plugin
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def echo():
+    return plugin("echo", handle_message=lambda message: f"re: {message.text}")
+
+
+def gaps(calls) -> list[float]:
+    return [b.at - a.at for a, b in zip(calls, calls[1:])]
+
+
+def outbound(run, text: str) -> dict:
+    (row,) = run.mdrs(direction="outbound", text=text)
+    return row
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+def opted_out_v1() -> httpx.Response:
+    return httpx.Response(400, json={"success": False, "status": 400, "code": "40300",
+                                     "message": "Blocked due to STOP message"})  # fmt: skip
+
+
+def opted_out_v2() -> httpx.Response:
+    return httpx.Response(400, json={"errors": [{"code": "40300", "title": "Blocked due to STOP message",
+                                                 "detail": "The recipient has opted out"}]})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [500, 502, 503, 504, 429,
+     httpx.ConnectError("connection refused"), httpx.ReadTimeout("timed out"), httpx.ConnectTimeout("timed out"),
+     httpx.RemoteProtocolError("server disconnected")],
+    ids=lambda f: str(f) if isinstance(f, int) else type(f).__name__,
+)  # fmt: skip
+async def test_transient_failures_are_retried_until_the_send_goes_through(tmp_path, failure):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(failure, failure)
+    async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:
+        await run.text("hi")
+        await run.settle()
+        assert [c.text for c in telnyx.calls] == ["re: hi"] * 3
+        row = run.bot.store.conn.execute("SELECT status, attempts, error, telnyx_id FROM mdrs"
+                                         " WHERE direction = 'outbound'").fetchone()  # fmt: skip
+        assert row[0] == "queued" and row[2] is None and row[3]
+        assert row[1] == 3
+
+
+async def test_a_send_that_keeps_failing_is_marked_failed_with_the_error_after_max_attempts(tmp_path):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(*[503] * 10)
+    async with Running(make_config(tmp_path, ["echo"], sending={"max_attempts": 4}), telnyx, echo()) as run:
+        await run.text("hi")
+        await run.settle()
+        assert len(telnyx.calls) == 4
+        row = outbound(run, "re: hi")
+        assert row["status"] == FAILED
+        assert row["error"] == "Telnyx answered 503 (code 10007): scripted 503"
+        attempts = run.bot.store.conn.execute("SELECT attempts FROM mdrs WHERE id = ?", (row["id"],)).fetchone()[0]
+        assert attempts == 4
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+async def test_other_client_errors_are_final_at_once(tmp_path, status):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(status)
+    async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:
+        await run.text("hi")
+        await run.settle()
+        assert len(telnyx.calls) == 1
+        row = outbound(run, "re: hi")
+        assert row["status"] == FAILED and row["error"].startswith(f"Telnyx answered {status}")
+
+
+async def test_backoff_grows_exponentially_with_jitter(tmp_path):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(*[500] * 5)
+    config = make_config(tmp_path, ["echo"], sending={"backoff_initial": "40ms", "backoff_max": "1s", "max_attempts": 6})
+    async with Running(config, telnyx, echo()) as run:
+        await run.text("hi")
+        await run.settle()
+    waits = gaps(telnyx.calls)
+    assert len(waits) == 5
+    for attempt, wait in enumerate(waits, 1):
+        ceiling = 0.04 * 2 ** (attempt - 1)
+        assert ceiling / 2 - 0.005 <= wait <= ceiling + 0.25, (attempt, waits)
+
+
+def test_backoff_is_capped_jittered_and_yields_to_retry_after():
+    delays = {backoff(3, 1.0, 300.0) for _ in range(50)}
+    assert all(2.0 <= d <= 4.0 for d in delays) and len(delays) > 40
+    assert all(150.0 <= backoff(30, 1.0, 300.0) <= 300.0 for _ in range(20))
+    assert backoff(1, 1.0, 300.0, retry_after=42.0) == 42.0
+    assert backoff(10, 1.0, 300.0, retry_after=0.5) >= 150.0
+
+
+@pytest.mark.parametrize("header", ["1", "date"])
+async def test_429_waits_as_long_as_retry_after_says(tmp_path, header):
+    value = "1" if header == "1" else formatdate(time.time() + 2, usegmt=True)
+    telnyx = ScriptedTelnyx()
+    telnyx.then(httpx.Response(429, headers={"retry-after": value}, json={"code": "10011", "message": "slow down"}))
+    async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:
+        await run.text("hi")
+        await run.settle()
+    assert len(telnyx.calls) == 2
+    # backoff_initial is 10 ms: only Retry-After explains the wait (an HTTP date has 1 s precision).
+    assert gaps(telnyx.calls)[0] >= 0.95
+
+
+async def test_retries_keep_a_conversations_replies_in_order(tmp_path):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(500, 500, 429, 500)
+
+    def handle_message(message):
+        return [f"{message.text} 1", f"{message.text} 2", f"{message.text} 3"]
+
+    async with Running(make_config(tmp_path, ["multi"]), telnyx, plugin("multi", handle_message=handle_message)) as run:
+        await run.text("a")
+        await run.text("b")
+        await run.settle()
+    assert telnyx.texts() == ["a 1", "a 2", "a 3", "b 1", "b 2", "b 3"]
+    # No reply was even attempted before the one ahead of it went through.
+    attempted = [c.text for c in telnyx.calls]
+    assert attempted == sorted(attempted, key=["a 1", "a 2", "a 3", "b 1", "b 2", "b 3"].index)
+
+
+async def test_a_failing_conversation_does_not_hold_up_others(tmp_path):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(*[503] * 100, to=THEIRS)
+    config = make_config(tmp_path, ["echo"], sending={"backoff_initial": "200ms", "backoff_max": "200ms"})
+    async with Running(config, telnyx, echo()) as run:
+        await run.text("stuck")
+        for i in range(5):
+            await run.text(f"m{i}", from_=f"+1312555016{i}")
+        await eventually(lambda: len(telnyx.texts()) == 5, timeout=1)
+
+
+# -- opt-out safety -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refusal", [opted_out_v1, opted_out_v2], ids=["v1", "v2"])
+async def test_40300_is_final_and_records_the_opt_out_for_that_profile(tmp_path, refusal):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(refusal())
+    profiles = {
+        "main": {"secret": "main-secret", "numbers": [OURS], "plugins": ["multi"]},
+        "other": {"secret": "other-secret", "numbers": [OTHER], "plugins": ["multi"]},
+    }
+
+    def handle_message(message):
+        return [f"{message.text} 1", f"{message.text} 2"]
+
+    config = make_config(tmp_path, ["multi"], profiles=profiles)
+    async with Running(config, telnyx, plugin("multi", handle_message=handle_message)) as run:
+        await run.post(*_signed("a", OURS, "main-secret"))
+        await run.settle()
+        assert len(telnyx.calls) == 1  # not retried, and the reply queued behind it is not tried
+        first, second = run.mdrs(direction="outbound")
+        assert first["status"] == FAILED and "40300" in first["error"]
+        assert (second["status"], second["error"]) == (BLOCKED, "recipient opted out")
+        assert run.bot.is_opted_out("main", THEIRS) and not run.bot.is_opted_out("other", THEIRS)
+        assert run.bot.store.consent_log()[-1]["source"] == "telnyx 40300"
+        # Later replies and proactive sends from that profile are blocked; another profile still sends.
+        await run.post(*_signed("b", OURS, "main-secret"))
+        proactive = run.bot.send(THEIRS, "news", profile="main")
+        await run.post(*_signed("c", OTHER, "other-secret"))
+        await run.settle()
+        assert telnyx.texts() == ["c 1", "c 2"]
+        assert run.bot.store.mdr(proactive)["status"] == BLOCKED
+        assert {r["status"] for r in run.mdrs(direction="outbound", **{"from": OURS})} == {FAILED, BLOCKED}
+        # Until the number opts back in.
+        run.bot.opt_in("main", THEIRS, "START")
+        await run.post(*_signed("d", OURS, "main-secret"))
+        await run.settle()
+        assert telnyx.texts()[-2:] == ["d 1", "d 2"]
+
+
+def _signed(text: str, to: str, secret: str):
+    from .harness import v1_inbound
+
+    return v1_inbound(text, to=to, secret=secret)
+
+
+async def test_a_reply_already_queued_is_blocked_when_the_recipient_opts_out_before_it_is_sent(tmp_path):
+    release = asyncio.Event()
+
+    async def stall(request):
+        await release.wait()
+        return None
+
+    telnyx = ScriptedTelnyx()
+    telnyx.then(stall)
+    async with Running(make_config(tmp_path, ["multi"]), telnyx,
+                       plugin("multi", handle_message=lambda: ["one", "two"])) as run:  # fmt: skip
+        await run.text("hi")
+        await eventually(lambda: telnyx.calls)
+        run.bot.opt_out("main", THEIRS, "test")
+        release.set()
+        await run.settle()
+        assert [c.text for c in telnyx.calls] == ["one"]
+        assert outbound(run, "two")["status"] == BLOCKED
+
+
+# -- pacing -------------------------------------------------------------------------------
+
+
+async def test_unpaced_by_default(tmp_path):
+    async with Running(make_config(tmp_path, ["echo"]), None, echo()) as run:
+        started = time.monotonic()
+        for i in range(20):
+            run.bot.send(f"+131255503{i:02d}", f"n{i}", from_number=OURS)
+        await run.settle()
+        assert len(run.telnyx.texts()) == 20
+        assert time.monotonic() - started < 1
+
+
+async def test_pacing_spaces_sends_per_number_and_numbers_never_wait_for_each_other(tmp_path):
+    config = make_config(tmp_path, ["echo"], sending={"rate": 5})
+    async with Running(config, None, echo()) as run:
+        for i in range(5):
+            run.bot.send(f"+131255504{i:02d}", f"paced {i}", from_number=OURS)
+        for i in range(5):
+            run.bot.send(f"+131255505{i:02d}", f"other {i}", from_number=OTHER)
+        await run.settle()
+    paced = [c for c in run.telnyx.calls if c.json["from"] == OURS]
+    other = [c for c in run.telnyx.calls if c.json["from"] == OTHER]
+    assert all(gap >= 0.19 for gap in gaps(paced)), gaps(paced)
+    assert all(gap >= 0.19 for gap in gaps(other)), gaps(other)
+    # OTHER has its own 5/s budget: it starts at once, not after OURS's queue.
+    assert other[0].at < paced[1].at
+
+
+async def test_a_stalled_number_does_not_hold_up_another(tmp_path):
+    release = asyncio.Event()
+
+    async def stall(request):
+        await release.wait()
+        return None
+
+    telnyx = ScriptedTelnyx()
+    telnyx.then(stall)
+    async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:
+        run.bot.send(THEIRS, "stalls", from_number=OURS)
+        await eventually(lambda: telnyx.calls)
+        for i in range(5):
+            run.bot.send(f"+131255506{i:02d}", f"goes {i}", from_number=OTHER)
+        await eventually(lambda: len(telnyx.texts()) == 5, timeout=1)
+        release.set()
+        await run.settle()
+        assert len(telnyx.texts()) == 6
+
+
+async def test_per_profile_and_per_number_rates_override_the_default(tmp_path):
+    profiles = {"main": {"secret": "s", "numbers": [OURS, OTHER], "plugins": ["echo"], "send_rate": 4}}
+    data = {"bot": {"database": "bot.db"}, "telnyx": {"api_base": "http://telnyx.test"},
+            "profiles": profiles, "numbers": {OTHER: {"send_rate": 0}}}  # fmt: skip
+    config = Config.from_dict(data, base_dir=tmp_path)
+    async with Running(config, None, echo()) as run:
+        for i in range(3):
+            run.bot.send(f"+131255507{i:02d}", f"p{i}", from_number=OURS)
+            run.bot.send(f"+131255508{i:02d}", f"u{i}", from_number=OTHER)
+        await run.settle()
+    paced = [c for c in run.telnyx.calls if c.json["from"] == OURS]
+    unpaced = [c for c in run.telnyx.calls if c.json["from"] == OTHER]
+    assert all(gap >= 0.24 for gap in gaps(paced))
+    assert unpaced[-1].at - unpaced[0].at < 0.2
+
+
+# -- robustness ---------------------------------------------------------------------------
+
+
+async def test_an_unexpected_error_before_sending_is_retried_in_order(tmp_path, caplog, monkeypatch):
+    async with Running(make_config(tmp_path, ["multi"]), None,
+                       plugin("multi", handle_message=lambda: ["one", "two"])) as run:  # fmt: skip
+        mark_sending = run.bot.store.mark_sending
+        failures = []
+
+        def flaky(mdr_id):
+            if not failures:
+                failures.append(mdr_id)
+                raise sqlite3.OperationalError("disk I/O error")
+            mark_sending(mdr_id)
+
+        monkeypatch.setattr(run.bot.store, "mark_sending", flaky)
+        await run.text("hi")
+        await run.settle()
+        assert run.telnyx.texts() == ["one", "two"]
+        assert failures and "unexpected error before sending" in caplog.text
+
+
+async def test_idle_waits_for_a_send_waiting_out_its_backoff(tmp_path):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(503)
+    config = make_config(tmp_path, ["echo"], sending={"backoff_initial": "300ms", "backoff_max": "300ms"})
+    async with Running(config, telnyx, echo()) as run:
+        await run.text("hi")
+        assert not await run.bot.idle(0.1)  # the retry is still due
+        assert await run.bot.idle(5)
+        assert telnyx.texts() == ["re: hi"]
