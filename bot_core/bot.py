@@ -8,7 +8,6 @@ as ``bot`` and use the methods below the "plugin API" banner.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import sqlite3
 import time
@@ -62,10 +61,24 @@ class Bot:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def open(self) -> None:
+        """Open the database without starting anything: enough to queue messages with :meth:`send`.
+
+        A running server's sender picks such messages up within a second (``bot-core send``).
+        """
+        if not hasattr(self, "store"):
+            self.store = Store(self.config.bot.database, clock=self.clock, secrets=self.config.secrets())
+
+    def close(self) -> None:
+        """Close the database :meth:`open` opened (:meth:`stop` does it for a started bot)."""
+        if hasattr(self, "store"):
+            self.store.close()
+            del self.store
+
     async def start(self) -> None:
         """Open the database, resume unfinished work, call ``startup`` hooks, start the loops."""
         config = self.config
-        self.store = Store(config.bot.database, clock=self.clock, secrets=config.secrets())
+        self.open()
         self.client: TelnyxClient = make_client(config, self._transport)
         self.sender = Sender(self.store, self.client, config, self.metrics, self.clock)
         self.dispatcher = Dispatcher(self, on_outbox=self.sender.wake)
@@ -121,7 +134,7 @@ class Bot:
         await asyncio.gather(*self._observers, return_exceptions=True)
         await self.plugins.call("shutdown", bot=self)
         await self.client.aclose()
-        self.store.close()
+        self.close()
         log.info("bot-core stopped%s", "" if drained else " (unfinished work left for the next start)")
 
     async def idle(self, timeout: float | None = None) -> bool:
@@ -179,9 +192,9 @@ class Bot:
 
     def _accept(self, webhook: Webhook) -> dict[str, Any]:
         if webhook.kind == "message":
-            return self._accept_message(_valid_unicode(webhook.message))
+            return self._accept_message(webhook.message)
         if webhook.kind == "status":
-            status = _valid_unicode(webhook.status)
+            status = webhook.status
             mdr_id = self.store.apply_status(status)
             log.info("delivery status %s for %s", status.status, status.telnyx_id,
                      extra={"telnyx_id": status.telnyx_id, "mdr_id": mdr_id})
@@ -207,7 +220,8 @@ class Bot:
             log.info("message %s delivered again: acknowledged, not handled twice", message.id,
                      extra={"message_id": message.id})
             return {"ok": True, "kind": "message", "duplicate": True}
-        log.info("message %s received from %s to %s", message.id, message.from_number, message.to_number,
+        # DEBUG: this line is on the webhook's hot path (75 µs); the "handled" line follows at INFO.
+        log.debug("message %s received from %s to %s", message.id, message.from_number, message.to_number,
                  extra={"message_id": message.id, "mdr_id": mdr_id, "profile": message.profile})
         message = InboundMessage(**{**message.__dict__, "mdr_id": mdr_id})
         self.dispatcher.submit(message, (message.to_number, message.from_number))
@@ -269,7 +283,8 @@ class Bot:
         conversation = self.store.conversation(name, from_number, to) if not alphanumeric else None
         mdr_id = self.store.add_outbound(outbound, conversation.id if conversation else None)
         self.metrics.count_refused([outbound])
-        self.sender.wake()
+        if self.started:  # else a running server's sender, or the next start, sends it
+            self.sender.wake()
         return mdr_id
 
     def schedule(
@@ -320,28 +335,3 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-def _valid_unicode(value: Any) -> Any:
-    """``value`` (a string, or a dataclass of them) with lone UTF-16 surrogates made U+FFFD.
-
-    JSON can spell them (``"\\ud800"``, a broken emoji) but SQLite cannot store them, and
-    refusing the webhook would lose the message once Telnyx stops retrying.
-    """
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
-        return value
-    if isinstance(value, tuple):
-        return tuple(_valid_unicode(item) for item in value)
-    if dataclasses.is_dataclass(value):
-        changes = {}
-        for f in dataclasses.fields(value):
-            current = getattr(value, f.name)
-            cleaned = _valid_unicode(current)
-            if cleaned is not current:
-                changes[f.name] = cleaned
-        return dataclasses.replace(value, **changes) if changes else value
-    return value

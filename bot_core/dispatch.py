@@ -78,7 +78,7 @@ class Dispatcher:
             return
         conversation = store.conversation(number.profile, message.to_number, message.from_number)
         outcome = await self.consult(message, conversation)
-        self._commit(message.mdr_id, conversation, outcome)
+        self._commit(message.mdr_id, conversation, outcome, message_id=message.id)
 
     async def consult(self, message: InboundMessage, conversation: Conversation) -> Outcome:
         """Ask the profile's plugins in order; the first non-None answer claims the message.
@@ -135,7 +135,8 @@ class Dispatcher:
         fallback = self.bot.config.bot.fallback_reply
         return Outcome(FAILED, active, name, (Reply(fallback),) if fallback else (), reason)
 
-    def _commit(self, mdr_id: int | None, conversation: Conversation, outcome: Outcome, timer: Timer | None = None) -> None:
+    def _commit(self, mdr_id: int | None, conversation: Conversation, outcome: Outcome, timer: Timer | None = None,
+                message_id: str | None = None) -> None:  # fmt: skip
         drafts = [
             draft(self.bot.store, reply, profile=conversation.profile, from_number=conversation.our_number,
                   to_number=conversation.their_number, max_parts=self.bot.config.bot.max_parts)
@@ -151,7 +152,8 @@ class Dispatcher:
         self.bot.metrics.count_refused(drafts)
         log.info("%s %s%s, %d reply(ies)", f"timer {timer.id}" if timer else f"MDR {mdr_id}", outcome.status,
                  f" by {outcome.claimed_by}" if outcome.claimed_by else "", len(drafts),
-                 extra={"mdr_id": mdr_id, "conversation_id": conversation.id, "plugin": outcome.claimed_by})
+                 extra={"mdr_id": mdr_id, "message_id": message_id, "conversation_id": conversation.id,
+                        "plugin": outcome.claimed_by})
         if drafts:
             self._on_outbox()
 

@@ -14,9 +14,6 @@ from pathlib import Path
 
 from .bot import Bot
 from .config import Config
-from .store import Store
-from .telnyx import SandboxClient
-from .worker import Sender
 
 
 def database_in_use(path: str | Path) -> bool:
@@ -58,9 +55,8 @@ async def queueing(config: Config) -> AsyncIterator[Bot]:
     Its loops never run: the server's sender picks new outbox rows up within a second.
     """
     bot = Bot(config)
-    bot.store = Store(config.bot.database, clock=bot.clock, secrets=config.secrets())
-    bot.sender = Sender(bot.store, SandboxClient(), config, bot.metrics, bot.clock)
+    bot.open()
     try:
         yield bot
     finally:
-        bot.store.close()
+        bot.close()

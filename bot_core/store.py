@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -148,6 +149,7 @@ class Store:
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = ON")
         self.conn = conn
+        self._lock = threading.RLock()
         self.db = sqlite_utils.Database(conn)
         self._migrate()
 
@@ -164,16 +166,17 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; nested use joins the outer one."""
-        if self.conn.in_transaction:
-            yield self.conn
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self._lock:  # a test or CLI thread beside the event loop must not join its transaction
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
 
     def now(self) -> str:
         return iso(self.clock())
@@ -199,8 +202,9 @@ class Store:
         """Store an inbound MDR keyed by Telnyx's id; None if that id is already stored."""
         now = self.now()
         media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
-        with self.transaction() as conn:
-            cursor = conn.execute(
+        # One statement is its own transaction: no BEGIN/COMMIT round trips on the hot path.
+        with self._lock:
+            cursor = self.conn.execute(
                 "INSERT OR IGNORE INTO mdrs (direction, profile, from_number, to_number, text,"
                 " media, status, telnyx_id, error, created_at, updated_at)"
                 " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -415,17 +419,15 @@ class Store:
 
     def optouts(self) -> list[dict[str, Any]]:
         """Every number currently opted out, with the latest consent change."""
-        return list(
-            self.db.query(
-                "SELECT o.profile, o.number, o.updated_at AS opted_out_at,"
-                " (SELECT source FROM consent_log c WHERE c.profile = o.profile"
-                "  AND c.number = o.number ORDER BY c.id DESC LIMIT 1) AS source"
-                " FROM optouts o WHERE o.opted_out = 1 ORDER BY o.updated_at DESC"
-            )
+        return self._rows(
+            "SELECT o.profile, o.number, o.updated_at AS opted_out_at,"
+            " (SELECT source FROM consent_log c WHERE c.profile = o.profile"
+            "  AND c.number = o.number ORDER BY c.id DESC LIMIT 1) AS source"
+            " FROM optouts o WHERE o.opted_out = 1 ORDER BY o.updated_at DESC"
         )
 
     def consent_log(self) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT * FROM consent_log ORDER BY id"))
+        return self._rows("SELECT * FROM consent_log ORDER BY id")
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -498,7 +500,13 @@ class Store:
             + " ORDER BY id DESC"
             + (" LIMIT :limit" if limit is not None else "")
         )
-        return list(self.db.query(sql, {**(params or {}), "limit": limit}))
+        return self._rows(sql, {**(params or {}), "limit": limit})
+
+    def _rows(self, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
+        """Rows as dicts. Not sqlite-utils' query(): its SAVEPOINT would open a transaction."""
+        cursor = self.conn.execute(sql, params)
+        keys = [d[0] for d in cursor.description]
+        return [dict(zip(keys, row)) for row in cursor.fetchall()]
 
     def mdr(self, mdr_id: int) -> dict | None:
         rows = self.mdrs(limit=1, where="id = :id", params={"id": mdr_id})

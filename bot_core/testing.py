@@ -219,7 +219,7 @@ class BotTester:
 
     def report(self, mdr_id: int, status: str, *, error: str | None = None, version: int = 1) -> httpx.Response:
         """Deliver a signed delivery status webhook for the outbound MDR ``mdr_id``."""
-        row = self.bot.store.mdr(mdr_id)
+        row = self.portal.call(self.bot.store.mdr, mdr_id)
         if row is None or row["direction"] != "outbound" or not row["telnyx_id"]:
             raise ValueError(f"MDR {mdr_id} is not an outbound message with a Telnyx id")
         webhook = self.webhooks.status(row["telnyx_id"], status, from_=row["from"], to=row["to"], error=error,
@@ -272,12 +272,14 @@ class BotTester:
 
     def messages(self, **filters: Any) -> list[dict[str, Any]]:
         """Every MDR, oldest first (``direction="outbound"`` etc. filter by column)."""
-        rows = list(reversed(self.bot.store.mdrs(limit=None)))
+        # On the bot's event loop thread: the store's one connection must not be used from two
+        # threads at once (a transaction of the bot's could otherwise end inside this read).
+        rows = list(reversed(self.portal.call(lambda: self.bot.store.mdrs(limit=None))))
         return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
 
     def state(self, *, from_: str | None = None, to: str | None = None) -> dict[str, Any]:
         """The conversation state kept for a customer."""
-        return self.bot.store.conversation(None, to or self.number, from_ or self.customer).state
+        return self.portal.call(self.bot.store.conversation, None, to or self.number, from_ or self.customer).state
 
     def metric(self, name: str, **labels: str) -> float:
         """The current value of a Prometheus sample of this bot (0 when never recorded)."""

@@ -71,10 +71,13 @@ def parse_webhook(body: bytes) -> Webhook:
     Raises nothing else, whatever the bytes, so the web layer can answer every bad request.
     """
     try:
-        document = json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
+        document = json.loads(text)
     except (ValueError, RecursionError) as exc:
         # ValueError covers bad UTF-8, bad JSON and over-long integers; RecursionError, deep nesting.
         raise WebhookError(f"body is not valid JSON: {exc}") from None
+    if "\\u" in text:  # only a JSON escape can spell a lone surrogate; skip the walk otherwise
+        document = _without_surrogates(document)
     if not isinstance(document, dict):
         raise WebhookError("body must be a JSON object")
     data = document.get("data")
@@ -164,6 +167,31 @@ def sign_v2(
     t = int(time.time()) if timestamp is None else timestamp
     signed = signing_key.sign(f"{t}|".encode() + body)
     return {V2_SIGNATURE_HEADER: base64.b64encode(signed.signature).decode(), V2_TIMESTAMP_HEADER: str(t)}
+
+
+def _without_surrogates(value: Any) -> Any:
+    """``value`` with lone UTF-16 surrogates (``"\\ud800"``, half an emoji) made U+FFFD.
+
+    SQLite cannot store them, and refusing the webhook would lose the message once Telnyx
+    stops retrying.
+    """
+    if isinstance(value, str):
+        if not _has_surrogate(value):
+            return value
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # Signatures
