@@ -52,11 +52,8 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bot-core serve exited with {self.process.returncode}:\n{self.log}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
+            if healthy(self.url):
+                return self
             time.sleep(0.05)
         raise RuntimeError(f"bot-core serve did not become healthy:\n{self.log}")
 
@@ -103,6 +100,14 @@ def server_factory(tmp_path: Path) -> Iterator:
     for server in servers:
         if server.process is not None and server.process.poll() is None:
             server.stop(signal.SIGKILL)
+
+
+def healthy(url: str) -> bool:
+    """Whether a bot-core server answers its health check."""
+    try:
+        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def wait_for(predicate, timeout: float = 10, interval: float = 0.02):

@@ -18,7 +18,7 @@ import pytest
 
 from bot_core.testing import BotTester, FakeClock
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, healthy, wait_for
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 CHICAGO = ZoneInfo("America/Chicago")
@@ -64,7 +64,7 @@ def test_the_readme_command_serves_the_example_in_sandbox_mode(name, text, reply
                                env=BARE_ENV)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _healthy(url), timeout=20)
+        wait_for(lambda: healthy(url), timeout=20)
         response = httpx.post(url + "/webhooks/telnyx", json={"sms_id": "t-1", "from": "+13125550123",
                                                               "to": "+13125550100", "body": text})  # fmt: skip
         assert response.status_code == 200, response.text
@@ -74,13 +74,6 @@ def test_the_readme_command_serves_the_example_in_sandbox_mode(name, text, reply
         process.terminate()
         output = process.communicate(timeout=20)[0]
     assert "SANDBOX" in output
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url + "/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _messages(example: Path) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from bot_core import ConfigError, load_config
 from bot_core.plugins import load_plugins
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, healthy, wait_for
 
 SIMPLEST = '''
 from bot_core import hookimpl
@@ -100,7 +101,7 @@ def test_serve_without_config_runs_the_sandboxed_demo_bot(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _healthy(url), timeout=20)
+        wait_for(lambda: healthy(url), timeout=20)
         # The README's curl command, as httpx.
         response = httpx.post(url + "/webhooks/telnyx", json={
             "sms_id": "demo-1", "from": "+13125550123", "to": "+13125550100", "body": "hello"})
@@ -114,18 +115,9 @@ def test_serve_without_config_runs_the_sandboxed_demo_bot(tmp_path):
     assert "SANDBOX" in output
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url + "/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def _outbound(cwd: Path) -> list[str]:
     out = subprocess.run([sys.executable, "-m", "bot_core", "messages", "--json"], cwd=cwd,
                          capture_output=True, text=True, check=True)
-    import json
-
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     return [r["text"] for r in rows if r["direction"] == "outbound" and r["status"] == "sandbox"]
 
