@@ -21,7 +21,7 @@ import sqlite_utils
 from .config import Config, parse_duration
 from .dispatch import Dispatcher
 from .errors import SignatureError, WebhookError
-from .messages import Conversation, InboundMessage, Reply
+from .messages import Conversation, DeliveryStatus, InboundMessage, Reply
 from .metrics import Metrics
 from .outbox import draft
 from .phone import region_of
@@ -227,9 +227,12 @@ class Bot:
         self.dispatcher.submit(message, (message.to_number, message.from_number))
         return {"ok": True, "kind": "message", "mdr_id": mdr_id}
 
-    def _observe(self, status: Any) -> None:
-        profile = self.config.profile_for_sender(status.from_number or "")
-        number = self.config.number(profile.numbers[0]) if profile and profile.numbers else None
+    def _observe(self, status: DeliveryStatus) -> None:
+        """Hand a status to the plugins active on the sending number (an alphanumeric sender
+        stands for its profile, so its profile's first number's plugins see it)."""
+        number = self.config.number(status.from_number or "")
+        if number is None and (profile := self.config.profile_for_sender(status.from_number or "")):
+            number = self.config.number(profile.numbers[0]) if profile.numbers else None
         plugins = self.plugins.active(number) if number else self.plugins.names
         task = asyncio.get_running_loop().create_task(self.plugins.call("delivery_status", plugins, bot=self, status=status))
         self._observers.add(task)
