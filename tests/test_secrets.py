@@ -122,7 +122,9 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
         assert server.post(*inbound("sales", "m-10", to="+13125550101", secret=SALES_SECRET)).status_code == 200
         wait_for(lambda: len(fake.sent) >= 5, timeout=20)
         status = fake.report(next(iter(fake.messages)), "delivery_failed", error="carrier said no")
-        assert server.post(status.body, status.headers).json()["mdr_id"]
+        # 200 whether or not the bot has recorded Telnyx's id yet (an early status is kept and
+        # applied when it has); the point here is what the log and MDRs show of it.
+        assert server.post(status.body, status.headers).status_code == 200
         time.sleep(0.3)
     finally:
         server.stop()
