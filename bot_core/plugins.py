@@ -122,8 +122,11 @@ class Plugins:
         problems = []
         source = config.path or "<dict>"
         for name in active:
-            found = self._call_sync("check_config", name, profile=number.profile,
-                                    config=number.plugin_config.get(name, {}))  # fmt: skip
+            settings = dict(number.plugin_config.get(name, {}))
+            # `enabled` is the framework's (see active()); the plugin checks the rest.
+            if not isinstance(settings.pop("enabled", True), bool):
+                problems.append(f"{source}: {scope}.plugin_config.{name}.enabled: must be true or false")
+            found = self._call_sync("check_config", name, profile=number.profile, config=settings)
             if found is not None and not isinstance(found, dict):
                 raise ConfigError(f"plugin {name!r}: check_config must return {{key: rule}} or None")
             for key, rule in (found or {}).items():

@@ -48,8 +48,6 @@ def parse(config: dict[str, Any]) -> Settings:
     for key in config:
         if key not in KEYS:
             problems[key] = f"unknown setting (known: {', '.join(KEYS)})"
-    if not isinstance(config.get("enabled", True), bool):
-        problems["enabled"] = "must be true or false"
     name = config.get("timezone", "UTC")
     try:
         zone = ZoneInfo(name) if isinstance(name, str) and name else None

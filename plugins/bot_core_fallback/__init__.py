@@ -16,10 +16,7 @@ from bot_core import hookimpl
 def check_config(config: dict[str, Any]) -> dict[str, str]:
     problems = {}
     for key, value in config.items():
-        if key == "enabled":
-            if not isinstance(value, bool):
-                problems[key] = "must be true or false"
-        elif key != "text":
+        if key != "text":
             problems[key] = "unknown setting (known: enabled, text)"
         elif not isinstance(value, str):
             problems[key] = "must be a string (empty: stay silent)"

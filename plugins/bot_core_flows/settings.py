@@ -161,10 +161,9 @@ def parse(config: dict[str, Any]) -> dict[str, Flow]:
     problems: dict[str, str] = {}
     flows = {}
     for name, table in config.items():
-        if name == "enabled":
-            if not isinstance(table, bool):
-                problems[name] = "must be true or false"
-        elif not isinstance(table, dict):
+        if name == "enabled":  # the framework's switch, checked by bot-core itself
+            continue
+        if not isinstance(table, dict):
             problems[key(name)] = ("must be a table: a flow, e.g. [profiles.NAME.plugin_config.flows."
                                    f"{name}] with trigger and steps")  # fmt: skip
         elif (flow := _flow(name, table, problems)) is not None:

@@ -36,10 +36,7 @@ DEFAULTS = {
 def check_config(config: dict[str, Any]) -> dict[str, str]:
     problems = {}
     for key, value in config.items():
-        if key == "enabled":
-            if not isinstance(value, bool):
-                problems[key] = "must be true or false"
-        elif key not in DEFAULTS:
+        if key not in DEFAULTS:
             problems[key] = f"unknown setting (known: enabled, {', '.join(DEFAULTS)})"
         elif not (isinstance(value, str) and value.strip()):
             problems[key] = "must be a non-empty string: carriers require this answer"
