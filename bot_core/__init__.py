@@ -2,7 +2,7 @@
 
 from .bot import Bot
 from .config import Config, load_config, parse_duration
-from .errors import BotError, ConfigError, PluginError, SendError, SignatureError, WebhookError
+from .errors import BotError, ConfigError, PluginError, SendError, SettingsError, SignatureError, WebhookError
 from .hookspecs import hookimpl, hookspec
 from .keywords import match_keyword, normalize_keyword
 from .messages import Conversation, DeliveryStatus, InboundMessage, Media, Reply
@@ -20,6 +20,7 @@ __all__ = [
     "PluginError",
     "Reply",
     "SendError",
+    "SettingsError",
     "SignatureError",
     "Timer",
     "WebhookError",

@@ -6,6 +6,7 @@ Every error bot-core raises on purpose descends from :class:`BotError`::
     ├── ConfigError          bot.toml is malformed or breaks a rule (names file, key and rule)
     ├── WebhookError         a webhook was refused; carries the HTTP status and a reason
     │   └── SignatureError   missing or bad signature (401)
+    ├── SettingsError        a plugin's check_config found problems in its own settings
     ├── PluginError          a plugin raised or timed out while handling a message
     └── SendError            Telnyx refused or failed a send; says whether to retry
 """
@@ -35,6 +36,18 @@ class SignatureError(WebhookError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, status=401)
+
+
+class SettingsError(BotError):
+    """A plugin's settings are wrong; ``problems`` maps each key (relative to its table) to the rule.
+
+    A plugin's ``check_config`` may raise it from the same parser it uses at run time instead
+    of returning the problems; bot-core reports both the same way.
+    """
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{key}: {rule}" for key, rule in problems.items()))
+        self.problems = problems
 
 
 class PluginError(BotError):

@@ -65,7 +65,9 @@ def check_config(profile: str, config: dict[str, Any]) -> dict[str, str] | None:
     its own ``plugin_config``). ``key`` is relative to the plugin's table (``""`` for the
     table itself), e.g. ``{"signup.steps[1].regex": "is not a valid regular expression"}``;
     bot-core prefixes the file and ``profiles.NAME.plugin_config.PLUGIN`` and refuses to
-    start. Must be a plain ``def``: no bot exists yet.
+    start. Instead of returning the problems, it may raise ``bot_core.SettingsError(problems)``
+    (handy when the plugin's own settings parser raises it). Must be a plain ``def``: no bot
+    exists yet.
     """
 
 

@@ -24,7 +24,7 @@ import pluggy
 
 from . import hookspecs
 from .config import Config, NumberState
-from .errors import ConfigError
+from .errors import ConfigError, SettingsError
 from .keywords import normalize_keyword
 
 log = logging.getLogger("bot_core.plugins")
@@ -159,6 +159,10 @@ class Plugins:
             return None
         try:
             result = impl.function(*(kwargs[arg] for arg in impl.argnames))
+        except SettingsError as exc:
+            if hook == "check_config":  # raised instead of returned: the same problems
+                return exc.problems
+            raise ConfigError(f"plugin {name!r} failed in {hook}: {exc}") from exc
         except Exception as exc:
             raise ConfigError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
         if inspect.isawaitable(result):

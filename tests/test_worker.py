@@ -205,7 +205,8 @@ def _signed(text: str, to: str, secret: str):
     return v1_inbound(text, to=to, secret=secret)
 
 
-async def test_a_reply_already_queued_is_blocked_when_the_recipient_opts_out_before_it_is_sent(tmp_path):
+def stalling_telnyx() -> tuple[ScriptedTelnyx, asyncio.Event]:
+    """A fake whose first send hangs until the returned event is set; later sends succeed."""
     release = asyncio.Event()
 
     async def stall(request):
@@ -214,6 +215,11 @@ async def test_a_reply_already_queued_is_blocked_when_the_recipient_opts_out_bef
 
     telnyx = ScriptedTelnyx()
     telnyx.then(stall)
+    return telnyx, release
+
+
+async def test_a_reply_already_queued_is_blocked_when_the_recipient_opts_out_before_it_is_sent(tmp_path):
+    telnyx, release = stalling_telnyx()
     async with Running(make_config(tmp_path, ["multi"]), telnyx,
                        plugin("multi", handle_message=lambda: ["one", "two"])) as run:  # fmt: skip
         await run.text("hi")
@@ -255,14 +261,7 @@ async def test_pacing_spaces_sends_per_number_and_numbers_never_wait_for_each_ot
 
 
 async def test_a_stalled_number_does_not_hold_up_another(tmp_path):
-    release = asyncio.Event()
-
-    async def stall(request):
-        await release.wait()
-        return None
-
-    telnyx = ScriptedTelnyx()
-    telnyx.then(stall)
+    telnyx, release = stalling_telnyx()
     async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:
         run.bot.send(THEIRS, "stalls", from_number=OURS)
         await eventually(lambda: telnyx.calls)

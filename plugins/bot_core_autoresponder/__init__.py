@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot_core import hookimpl, match_keyword, normalize_keyword, parse_duration
+from bot_core import SettingsError, hookimpl, match_keyword, normalize_keyword, parse_duration
 
 from .hours import DAYS, Hours, parse_date, parse_ranges
 
@@ -34,12 +34,6 @@ class Settings:
     closed_message: str
     window: float
     keywords: dict[str, str]
-
-
-class SettingsError(ValueError):
-    def __init__(self, problems: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in problems.items()))
-        self.problems = problems
 
 
 def parse(config: dict[str, Any]) -> Settings:
@@ -114,12 +108,8 @@ def _string(config: dict[str, Any], key: str, default: str) -> str:
 
 
 @hookimpl
-def check_config(config: dict[str, Any]) -> dict[str, str]:
-    try:
-        parse(config)
-    except SettingsError as exc:
-        return exc.problems
-    return {}
+def check_config(config: dict[str, Any]) -> None:
+    parse(config)  # raises SettingsError listing every problem
 
 
 @hookimpl

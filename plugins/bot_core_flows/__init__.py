@@ -23,19 +23,15 @@ from weakref import WeakKeyDictionary
 from bot_core import hookimpl, match_keyword, normalize_keyword
 
 from .delivery import Poster
-from .settings import Flow, SettingsError, parse, render
+from .settings import Flow, parse, render
 
 TIMER = "expire"
 _posters: WeakKeyDictionary[Any, Poster] = WeakKeyDictionary()
 
 
 @hookimpl
-def check_config(config: dict[str, Any]) -> dict[str, str]:
-    try:
-        parse(config)
-    except SettingsError as exc:
-        return exc.problems
-    return {}
+def check_config(config: dict[str, Any]) -> None:
+    parse(config)  # raises SettingsError listing every problem
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from bot_core import normalize_keyword, parse_duration
+from bot_core import SettingsError, normalize_keyword, parse_duration
 
 FLOW_KEYS = ("trigger", "steps", "done", "expire_after", "expiry_message", "exit_word", "exit_message",
              "post_to", "post_attempts", "post_backoff")  # fmt: skip
@@ -26,14 +26,6 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|[+-
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
 _URL = re.compile(r"https?://[^/?#\s]+([/?#]\S*)?")
-
-
-class SettingsError(ValueError):
-    """The flows table is wrong; ``problems`` maps each key (relative to it) to what is wrong."""
-
-    def __init__(self, problems: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in problems.items()))
-        self.problems = problems
 
 
 @dataclass(frozen=True)
