@@ -178,6 +178,12 @@ class Store:
                 raise
             self.conn.execute("COMMIT")
 
+    def _statement(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        """One write that is its own transaction (or joins the open one): no BEGIN/COMMIT
+        round trips for the hot path's single-statement writes."""
+        with self._lock:
+            return self.conn.execute(sql, params)
+
     def now(self) -> str:
         return iso(self.clock())
 
@@ -202,15 +208,13 @@ class Store:
         """Store an inbound MDR keyed by Telnyx's id; None if that id is already stored."""
         now = self.now()
         media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
-        # One statement is its own transaction: no BEGIN/COMMIT round trips on the hot path.
-        with self._lock:
-            cursor = self.conn.execute(
-                "INSERT OR IGNORE INTO mdrs (direction, profile, from_number, to_number, text,"
-                " media, status, telnyx_id, error, created_at, updated_at)"
-                " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (message.profile, message.from_number, message.to_number, message.text, media,
-                 status, message.id, self.redact(error), now, now),
-            )  # fmt: skip
+        cursor = self._statement(
+            "INSERT OR IGNORE INTO mdrs (direction, profile, from_number, to_number, text,"
+            " media, status, telnyx_id, error, created_at, updated_at)"
+            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message.profile, message.from_number, message.to_number, message.text, media,
+             status, message.id, self.redact(error), now, now),
+        )  # fmt: skip
         return cursor.lastrowid if cursor.rowcount else None
 
     def pending_inbound(self) -> list[InboundMessage]:
@@ -336,14 +340,16 @@ class Store:
         fields: dict[str, Any] = {"status": status, "telnyx_id": telnyx_id, "error": None}
         if attempts is not None:
             fields["attempts"] = attempts
+        early = self.conn.execute(
+            "SELECT status, error FROM delivery_events WHERE telnyx_id = ? ORDER BY id", (telnyx_id,)
+        ).fetchall() if telnyx_id else []  # fmt: skip
+        if not early:  # the usual case: one statement
+            self._update(mdr_id, **fields)
+            return
         with self.transaction():
             self._update(mdr_id, **fields)
-            if telnyx_id:
-                for event_status, error in self.conn.execute(
-                    "SELECT status, error FROM delivery_events WHERE telnyx_id = ? ORDER BY id",
-                    (telnyx_id,),
-                ).fetchall():
-                    self._advance_status(mdr_id, event_status, error)
+            for event_status, error in early:
+                self._advance_status(mdr_id, event_status, error)
 
     def mark_retry(self, mdr_id: int, attempts: int, next_attempt_at: float, error: str) -> None:
         self._update(
@@ -361,11 +367,8 @@ class Store:
         if "error" in fields:
             fields["error"] = self.redact(fields["error"])
         columns = ", ".join(f"{name} = ?" for name in fields)
-        with self.transaction() as conn:
-            conn.execute(
-                f"UPDATE mdrs SET {columns}, updated_at = ? WHERE id = ?",
-                (*fields.values(), self.now(), mdr_id),
-            )
+        self._statement(f"UPDATE mdrs SET {columns}, updated_at = ? WHERE id = ?",
+                        (*fields.values(), self.now(), mdr_id))  # fmt: skip
 
     # -- delivery statuses -------------------------------------------------------------------
 
