@@ -21,7 +21,7 @@ from .asgi import create_app
 from .bot import Bot
 from .config import Config
 from .errors import BotError
-from .fake_telnyx import SignedWebhook, TelnyxWebhooks
+from .testing.fake_telnyx import SignedWebhook, TelnyxWebhooks
 from .runner import database_in_use
 from .store import BLOCKED, FAILED, HANDLED, PENDING, RECEIVED, SENDING, Store
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 
 SAMPLES = Path(__file__).parent / "samples"
 

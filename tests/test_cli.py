@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from bot_core.cli import cli
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.messages import InboundMessage
 from bot_core.store import OutboundDraft, Store
 

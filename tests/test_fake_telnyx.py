@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bot_core.errors import SignatureError
-from bot_core.fake_telnyx import FakeTelnyx, TelnyxWebhooks
+from bot_core.testing import FakeTelnyx, TelnyxWebhooks
 from bot_core.webhooks import parse_webhook, verify_v1, verify_v2
 
 from .conftest import wait_for

@@ -16,8 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bot_core import ConfigError
-from bot_core.fake_telnyx import FakeTelnyx
-from bot_core.testing import BotTester, FakeClock
+from bot_core.testing import BotTester, FakeClock, FakeTelnyx
 
 from .conftest import free_port, wait_for
 

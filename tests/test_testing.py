@@ -11,9 +11,8 @@ from datetime import datetime, timezone
 import pytest
 
 from bot_core import hookimpl
-from bot_core.fake_telnyx import FakeTelnyx
 from bot_core.plugins import load_plugins
-from bot_core.testing import CUSTOMER, BotTester, FakeClock, parse_transcript
+from bot_core.testing import CUSTOMER, BotTester, FakeClock, FakeTelnyx, parse_transcript
 
 OURS = "+13125550100"
 

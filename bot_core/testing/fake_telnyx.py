@@ -39,8 +39,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .segments import count_segments
-from .webhooks import sign_v1, sign_v2
+from ..segments import count_segments
+from ..webhooks import sign_v1, sign_v2
 
 # V2 statuses after which Telnyx sends message.finalized rather than message.sent.
 _FINAL_STATUSES = frozenset({"delivered", "delivery_failed", "sending_failed", "delivery_unconfirmed"})
