@@ -6,15 +6,18 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bot_core.store import PENDING, RECEIVED, SENDING
 from bot_core.testing import FakeTelnyx
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -64,6 +67,13 @@ class Server:
     def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         return httpx.post(self.url + "/webhooks/telnyx", content=body,
                           headers={"content-type": "application/json", **headers}, timeout=10)
+
+    def settled(self, database: str = "bot.db") -> bool:
+        """Whether the server has handled every message stored and finished every send: it sends
+        nothing more until a new webhook (or a timer) comes."""
+        with closing(sqlite3.connect(self.config.parent / database)) as conn:
+            busy = f"SELECT 1 FROM mdrs WHERE status IN ('{RECEIVED}', '{PENDING}', '{SENDING}') LIMIT 1"
+            return conn.execute(busy).fetchone() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.process is not None

@@ -120,9 +120,12 @@ def test_backoff_is_capped_jittered_and_yields_to_retry_after():
 
 @pytest.mark.parametrize("header", ["1", "date"])
 async def test_429_waits_as_long_as_retry_after_says(tmp_path, header):
-    value = "1" if header == "1" else formatdate(time.time() + 2, usegmt=True)
+    def slow_down(request):  # an HTTP date is written as the answer leaves, as Telnyx would
+        value = "1" if header == "1" else formatdate(time.time() + 2, usegmt=True)
+        return httpx.Response(429, headers={"retry-after": value}, json={"code": "10011", "message": "slow down"})
+
     telnyx = ScriptedTelnyx()
-    telnyx.then(httpx.Response(429, headers={"retry-after": value}, json={"code": "10011", "message": "slow down"}))
+    telnyx.then(slow_down)
     async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:
         await run.text("hi")
         await run.settle()
