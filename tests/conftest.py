@@ -20,6 +20,8 @@ import pytest
 from bot_core.store import PENDING, RECEIVED, SENDING
 from bot_core.testing import FakeTelnyx
 
+pytest_plugins = ["pytester"]  # test_testing runs pytest on a plugin author's tests
+
 SAMPLES = Path(__file__).parent / "samples"
 
 

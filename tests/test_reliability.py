@@ -55,6 +55,7 @@ store.close()
 """
 
 
+@pytest.mark.slow  # a soak: 40 s of concurrent writers
 def test_cli_processes_writing_beside_a_loaded_server_never_see_database_is_locked(
     server_factory, fake_telnyx_server, tmp_path
 ):
