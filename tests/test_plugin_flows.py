@@ -18,7 +18,7 @@ from starlette.routing import Route
 from bot_core import ConfigError
 from bot_core.testing import BotTester, FakeClock, FakeTelnyx
 
-from .conftest import free_port, wait_for
+from .conftest import wait_for
 
 NUMBER, CUSTOMER = "+13125550100", "+13125550123"
 SIGNUP = {
@@ -255,10 +255,14 @@ def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
 class Receiver:
     """A real HTTP server on loopback that records JSON posts and answers as scripted."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self) -> None:
         self.requests: list[tuple[dict, dict]] = []
         self.statuses: list[int] = []
-        self.port = port or free_port()
+        # Bound now, listening only once entered: until then connections are refused, and no
+        # other test can take the port meanwhile.
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/signups"
         self.app = Starlette(routes=[Route("/signups", self.receive, methods=["POST"])])
 
@@ -268,14 +272,10 @@ class Receiver:
         return JSONResponse({"ok": status < 400}, status)
 
     def __enter__(self) -> Receiver:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started)
-        self._sock = sock
         return self
 
     def __exit__(self, *exc: object) -> None:
