@@ -38,6 +38,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
+import bot_core.pytest_plugin  # noqa: F401  (kept loaded: pytester restores sys.modules after each in-process run)
 from bot_core.config import load_config
 from bot_core.plugins import load_plugins
 from bot_core.webhooks import parse_webhook
@@ -133,7 +134,7 @@ def test_python_block_runs(unit: tuple[Block, ...], pytester: pytest.Pytester) -
         pytester.syspathinsert(folder)
     source = "\n".join(block.text for block in unit)
     pytester.makepyfile(test_snippet=source)
-    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-W", "error", "-q")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-W", "error", "-q")
     outcomes = result.parseoutcomes() if result.ret != pytest.ExitCode.NO_TESTS_COLLECTED else {}
     assert not outcomes.get("failed") and not outcomes.get("errors"), f"{first.where}:\n{result.stdout.str()}"
     if re.search(r"^def test_", source, re.MULTILINE):
