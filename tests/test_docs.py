@@ -10,8 +10,10 @@ on the line just before it (invisible on GitHub and in the MkDocs site):
 - ``<!-- test: file PATH -->``: the block (of any language) is the file PATH of the page's
   project folder, written there before any block of the page runs: a plugin in
   ``plugins/``, a module the python blocks import (folders of ``.py`` files are on sys.path).
-- ``toml``: a bot.toml (unless it is another ``file``: then it must parse), loaded with ``bot_core.config.load_config`` and checked with every
-  plugin's settings, as ``bot-core check`` does (``${VAR}``s come from ``ENVIRON``).
+- ``toml``: a bot.toml, loaded with ``bot_core.config.load_config`` and checked with every
+  plugin's settings, as ``bot-core check`` does (``${VAR}``s come from ``ENVIRON``);
+  ``<!-- test: invalid -->`` shows a mistake, which must be refused. A toml ``file`` other
+  than bot.toml (a plugin's pyproject.toml) must parse.
 - ``json``: must parse; ``<!-- test: webhook -->`` also parses it as a Telnyx webhook.
 - ``console`` / ``sh``: only with ``<!-- test: run -->`` (or ``run with server ARGS``): each
   command (a ``$ `` line in console; the whole block in sh) runs with bash in a folder kept for the page,
@@ -40,6 +42,7 @@ import pytest
 
 import bot_core.pytest_plugin  # noqa: F401  (kept loaded: pytester restores sys.modules after each in-process run)
 from bot_core.config import load_config
+from bot_core.errors import ConfigError
 from bot_core.plugins import load_plugins
 from bot_core.webhooks import parse_webhook
 
@@ -144,7 +147,7 @@ def test_python_block_runs(unit: tuple[Block, ...], pytester: pytest.Pytester) -
 
 
 def _is_bot_toml(block: Block) -> bool:
-    return block.lang == "toml" and block.directive in {"", "file bot.toml"}
+    return block.lang == "toml" and block.directive in {"", "file bot.toml", "invalid"}
 
 
 TOML = [block for block in ALL if block.lang == "toml" and not block.directive.startswith("skip:")]
@@ -158,8 +161,11 @@ def test_toml_block_is_a_valid_config(block: Block, tmp_path: Path) -> None:
     _write_files(block.page, tmp_path)
     path = tmp_path / "bot.toml"
     path.write_text(block.text)
-    config = load_config(path, environ=ENVIRON)
-    load_plugins(config).check(config)
+    if block.directive == "invalid":  # shows a mistake: `bot-core check` must refuse it
+        with pytest.raises(ConfigError):
+            load_plugins(load_config(path, environ=ENVIRON))
+    else:
+        load_plugins(load_config(path, environ=ENVIRON))
 
 
 JSON = [block for block in ALL if block.lang == "json" and not block.directive.startswith("skip:")]
