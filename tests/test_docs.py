@@ -1,27 +1,26 @@
 """Every code block of README.md and docs/ runs, so that the docs stay true.
 
-A fenced block is tested according to its language and an optional directive, an HTML comment
-on the line just before it (invisible on GitHub and in the MkDocs site):
+A block is tested by its language and an optional directive, an HTML comment on the line just
+above it (invisible on GitHub and in the MkDocs site):
 
-- ``python``: the block is a pytest test file, run in-process with pytester: its top level
-  must run, and its ``test_*`` functions (fixtures allowed) must pass.
-  ``<!-- test: continue -->`` appends it to the page's previous python block (so a page can
-  show a test in parts).
-- ``<!-- test: file PATH -->``: the block (of any language) is the file PATH of the page's
-  project folder, written there before any block of the page runs: a plugin in
-  ``plugins/``, a module the python blocks import (folders of ``.py`` files are on sys.path).
-- ``toml``: a bot.toml, loaded with ``bot_core.config.load_config`` and checked with every
-  plugin's settings, as ``bot-core check`` does (``${VAR}``s come from ``ENVIRON``);
-  ``<!-- test: invalid -->`` shows a mistake, which must be refused. A toml ``file`` other
-  than bot.toml (a plugin's pyproject.toml) must parse.
-- ``json``: must parse; ``<!-- test: webhook -->`` also parses it as a Telnyx webhook.
-- ``console`` / ``sh``: only with ``<!-- test: run -->`` (or ``run with server ARGS``): each
-  command (a ``$ `` line in console; the whole block in sh) runs with bash in a folder kept for the page,
-  whose ``bot.toml`` is the page's latest toml block; it must exit 0, and the output shown
-  after a ``$`` line must be its stdout (or its stderr when it failed), ``…`` matching any
-  text and a line that is only ``…`` any lines. ``with server ARGS`` first starts
-  ``bot-core serve ARGS`` there, on a free port that replaces ``localhost:8000``.
-- ``<!-- test: skip: REASON -->`` leaves a block out; the reason is required.
+- ``python``: a pytest test file, run in-process with pytester: its top level must run and its
+  ``test_*`` functions (fixtures allowed) must pass. ``<!-- test: continue -->`` appends a
+  block to the page's previous python block, so a page can show a test in parts.
+- ``<!-- test: file PATH -->`` (any language): the block is the file PATH of the page's project
+  folder, written before any block of the page runs (a plugin in ``plugins/``, a module the
+  python blocks import: the folders of ``.py`` files are on sys.path).
+- ``toml``: a bot.toml, loaded with ``load_config`` and checked with every plugin's settings,
+  as ``bot-core check`` does (its ``${VAR}``s read ``ENVIRON``); ``<!-- test: invalid -->``
+  shows a mistake, which must be refused. Another toml ``file`` (a pyproject.toml) must parse.
+- ``json``: must parse; ``<!-- test: webhook -->`` must parse as a Telnyx webhook.
+- ``console`` and ``sh``: only with ``<!-- test: run -->`` or ``<!-- test: run with server
+  ARGS -->``. The page's run blocks execute in order with bash in one folder, whose bot.toml
+  is the page's latest toml block. A sh block is one script; in a console block each ``$``
+  line is a command and the lines under it its output, which must be the command's stdout (its
+  stderr when the output starts with ``Error:``, and then it must fail); ``…`` matches any
+  text, a line of only ``…`` any lines. ``with server ARGS`` first starts ``bot-core serve
+  ARGS`` in the folder, on a free port that replaces ``localhost:8000`` in the commands.
+- ``<!-- test: skip: REASON -->`` leaves a block out, saying why.
 - ``text`` is shown output, not run. A block with another language, or none, is an error.
 """
 
@@ -40,7 +39,6 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-import bot_core.pytest_plugin  # noqa: F401  (kept loaded: pytester restores sys.modules after each in-process run)
 from bot_core.config import load_config
 from bot_core.errors import ConfigError
 from bot_core.plugins import load_plugins
@@ -54,7 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\s*$")
 DIRECTIVE = re.compile(r"^\s*<!-- test: (?P<directive>.+?) -->\s*$")
-SHOWN = {"text"}
+LANGUAGES = {"python", "toml", "json", "console", "sh", "text"}
+DIRECTIVES = re.compile(r"(|continue|invalid|webhook|run|run with server( .*)?|file \S+|skip: \S.*)")
 # What the docs' ${VAR}s read: placeholders, and a real Ed25519 public key (it is checked).
 ENVIRON = {
     "SUPPORT_PROFILE_SECRET": "support-secret-for-docs",
@@ -118,25 +117,28 @@ def _python_units() -> list[tuple[Block, ...]]:
 
 
 def test_every_block_is_tested_or_says_why_not() -> None:
-    known = {"python", "toml", "json", "console", "sh"} | SHOWN
     problems = []
     for block in ALL:
-        if block.lang not in known:
-            problems.append(f"{block.where}: a fence needs a language ({', '.join(sorted(known))})")
-        elif block.directive.startswith("skip") and not block.directive.removeprefix("skip:").strip():
-            problems.append(f"{block.where}: say why it is skipped")
+        if block.lang not in LANGUAGES:
+            problems.append(f"{block.where}: a fence needs a language ({', '.join(sorted(LANGUAGES))})")
+        elif not DIRECTIVES.fullmatch(block.directive):
+            problems.append(f"{block.where}: unknown directive {block.directive!r} (a skip says why)")
         elif block.lang in {"console", "sh"} and not block.directive.startswith(("run", "skip:")):
             problems.append(f"{block.where}: run it or skip it, saying why")
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("unit", _python_units(), ids=_ids(_python_units()))
+PYTHON = _python_units()
+
+
+@pytest.mark.parametrize("unit", PYTHON, ids=_ids(PYTHON))
 def test_python_block_runs(unit: tuple[Block, ...], pytester: pytest.Pytester) -> None:
     first = unit[0]
     for folder in _write_files(first.page, pytester.path):
         pytester.syspathinsert(folder)
     source = "\n".join(block.text for block in unit)
     pytester.makepyfile(test_snippet=source)
+    # Without hypothesis's plugin: loading it again for each run cost a second of CPU.
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-W", "error", "-q")
     outcomes = result.parseoutcomes() if result.ret != pytest.ExitCode.NO_TESTS_COLLECTED else {}
     assert not outcomes.get("failed") and not outcomes.get("errors"), f"{first.where}:\n{result.stdout.str()}"
@@ -192,11 +194,10 @@ def _write_files(page: Path, folder: Path) -> set[Path]:
     return python
 
 
-def _runnable_pages() -> list[Path]:
-    return [page for page in PAGES if any(b.page == page and b.directive.startswith("run") for b in ALL)]
+RUNNABLE = [page for page in PAGES if any(b.page == page and b.directive.startswith("run") for b in ALL)]
 
 
-@pytest.mark.parametrize("page", _runnable_pages(), ids=[str(p.relative_to(ROOT)) for p in _runnable_pages()])
+@pytest.mark.parametrize("page", RUNNABLE, ids=[str(page.relative_to(ROOT)) for page in RUNNABLE])
 def test_commands_of_page_run(page: Path, tmp_path: Path) -> None:
     """The page's console and sh blocks, in order, in one folder (so a command sees the ones before)."""
     env = {**os.environ, **ENVIRON, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1",
