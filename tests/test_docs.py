@@ -58,6 +58,7 @@ DIRECTIVES = re.compile(r"(|continue|invalid|webhook|run|run with server( .*)?|f
 ENVIRON = {
     "SUPPORT_PROFILE_SECRET": "support-secret-for-docs",
     "TELNYX_API_KEY": "KEY-for-docs",
+    "SUPPORT_PROFILE_ID": "4001a2b3-0000-4000-8000-000000000002",
     "TELNYX_PUBLIC_KEY": base64.b64encode(bytes(nacl.signing.SigningKey(b"d" * 32).verify_key)).decode(),
 }
 
