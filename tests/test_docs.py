@@ -1,27 +1,7 @@
 """Every code block of README.md and docs/ runs, so that the docs stay true.
 
-A block is tested by its language and an optional directive, an HTML comment on the line just
-above it (invisible on GitHub and in the MkDocs site):
-
-- ``python``: a pytest test file, run in-process with pytester: its top level must run and its
-  ``test_*`` functions (fixtures allowed) must pass. ``<!-- test: continue -->`` appends a
-  block to the page's previous python block, so a page can show a test in parts.
-- ``<!-- test: file PATH -->`` (any language): the block is the file PATH of the page's project
-  folder, written before any block of the page runs (a plugin in ``plugins/``, a module the
-  python blocks import: the folders of ``.py`` files are on sys.path).
-- ``toml``: a bot.toml, loaded with ``load_config`` and checked with every plugin's settings,
-  as ``bot-core check`` does (its ``${VAR}``s read ``ENVIRON``); ``<!-- test: invalid -->``
-  shows a mistake, which must be refused. Another toml ``file`` (a pyproject.toml) must parse.
-- ``json``: must parse; ``<!-- test: webhook -->`` must parse as a Telnyx webhook.
-- ``console`` and ``sh``: only with ``<!-- test: run -->`` or ``<!-- test: run with server
-  ARGS -->``. The page's run blocks execute in order with bash in one folder, whose bot.toml
-  is the page's latest toml block. A sh block is one script; in a console block each ``$``
-  line is a command and the lines under it its output, which must be the command's stdout (its
-  stderr when the output starts with ``Error:``, and then it must fail); ``…`` matches any
-  text, a line of only ``…`` any lines. ``with server ARGS`` first starts ``bot-core serve
-  ARGS`` in the folder, on a free port that replaces ``localhost:8000`` in the commands.
-- ``<!-- test: skip: REASON -->`` leaves a block out, saying why.
-- ``text`` is shown output, not run. A block with another language, or none, is an error.
+A block is tested by its language and a directive in an HTML comment on the line above it
+(``<!-- test: run -->``): the rules are in docs/contributing.md, "Every code block runs".
 """
 
 from __future__ import annotations
