@@ -109,8 +109,10 @@ class Bot:
             log.warning("!!! WEBHOOK SIGNATURES ARE NOT VERIFIED (verify_signatures = false): anyone who "
                         "can reach this server can make it send messages. Never run this way in production.")  # fmt: skip
         mode = "SANDBOX: nothing is sent" if config.bot.sandbox else f"Telnyx API v{config.telnyx.api_version}"
-        log.info("bot-core started (%s); messaging-enabled numbers: %s; plugins: %s", mode,
+        log.info("bot-core started (%s); messaging-enabled numbers: %s; plugins loaded: %s", mode,
                  ", ".join(config.enabled_numbers()) or "none", ", ".join(self.plugins.names) or "none")  # fmt: skip
+        for line in self.plugins.answering(config):
+            log.info("%s", line)
 
     async def stop(self) -> None:
         """Finish in-flight plugin calls and sends within ``shutdown_grace``, then close.

@@ -90,9 +90,9 @@ def check(config_path: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
-    for profile in config.profiles.values():
+    for profile, answering in zip(config.profiles.values(), plugins.answering(config)):
         state = "enabled" if profile.enabled else "DISABLED"
-        click.echo(f"profile {profile.name}: {state}")
+        click.echo(f"{answering}; {state}")
     click.echo("numbers:")
     for number in config.numbers_state():
         if number.enabled:

@@ -240,9 +240,9 @@ def test_plugins_show_where_each_came_from_and_its_hooks(tmp_path):
     code, out = invoke("plugins", "--config", str(config), "--json")
     rows = {r["name"]: r for r in json_lines(out)}
     assert code == 0
-    assert rows["echo"]["source"] == "bundled" and rows["echo"]["hooks"] == ["handle_message"]
+    assert rows["echo"]["source"] == "bundled" and rows["echo"]["hooks"] == ["check_config", "handle_message"]
     assert rows["boom"]["source"] == f"plugins_dir {tmp_path / 'plugins' / 'boom.py'}"
-    assert rows["boom"]["profiles"] == ["closed", "support"]  # closed lists no plugins: all are active
+    assert rows["boom"]["profiles"] == ["support"]  # closed lists no plugins: only optout answers there
 
 
 def test_plugins_names_the_distribution_of_an_installed_entry_point(tmp_path):

@@ -4,7 +4,19 @@ Settings (``[profiles.NAME.plugin_config.echo]``): ``prefix``, text put before t
 (default ``"echo "``).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from bot_core import hookimpl
+
+
+@hookimpl
+def check_config(config: dict[str, Any]) -> dict[str, str]:
+    problems = {key: "unknown setting (known: enabled, prefix)" for key in config if key != "prefix"}
+    if not isinstance(config.get("prefix", ""), str):
+        problems["prefix"] = "must be a string"
+    return problems
 
 
 @hookimpl(trylast=True)
