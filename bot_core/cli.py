@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from .commands.chat import chat_command
-from .commands.common import DEMO, config_option, load
+from .commands.conversations import conversations
+from .commands.common import DEMO, config_option, group_config_option, load
 from .commands.explain import explain_command
 from .commands.inventory import numbers, plugins_command, profiles
 from .commands.messages import messages, optouts
@@ -23,11 +24,12 @@ from .plugins import load_plugins
 
 @click.group()
 @click.version_option(package_name="bot-core")
+@group_config_option
 def cli() -> None:
     """bot-core: a pluggable SMS chatbot framework for Telnyx.
 
-    Every command takes --config bot.toml (or $BOT_CORE_CONFIG); without one it uses the demo
-    bot. Lists print tables; --json prints one JSON object a line for scripts.
+    Every command takes --config bot.toml (or $BOT_CORE_CONFIG), anywhere on the line; without
+    one it uses the demo bot, and commands that only read say so rather than create its database. Lists print tables; --json prints one JSON object a line for scripts.
 
     \b
     Examples:
@@ -117,6 +119,6 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
     return warnings
 
 
-for command in (messages, optouts, profiles, numbers, plugins_command, send, chat_command, explain_command,
-                telnyx):
+for command in (messages, optouts, conversations, profiles, numbers, plugins_command, send, chat_command,
+                explain_command, telnyx):
     cli.add_command(command)

@@ -20,7 +20,9 @@ def _plugins(config: Config) -> Plugins:
 
 
 def _counts(config: Config, column: str) -> dict[tuple[str, str], int]:
-    """Message counts keyed by (``column`` value, direction)."""
+    """Message counts keyed by (``column`` value, direction); none before the database exists."""
+    if not config.bot.database.exists():
+        return {}
     store = open_store(config)
     try:
         rows = store.conn.execute(f"SELECT {column}, direction, count(*) FROM mdrs GROUP BY 1, 2").fetchall()
@@ -46,11 +48,13 @@ def profiles(config_path: str | None, as_json: bool) -> None:
     config = load(config_path)
     plugins = _plugins(config)
     counts = _counts(config, "profile")
-    store = open_store(config)
-    try:
-        opted_out = dict(store.conn.execute("SELECT profile, count(*) FROM optouts WHERE opted_out = 1 GROUP BY 1"))
-    finally:
-        store.close()
+    opted_out: dict[str, int] = {}
+    if config.bot.database.exists():
+        store = open_store(config)
+        try:
+            opted_out = dict(store.conn.execute("SELECT profile, count(*) FROM optouts WHERE opted_out = 1 GROUP BY 1"))
+        finally:
+            store.close()
     rows = [
         {
             "name": p.name, "enabled": p.enabled, "numbers": list(p.numbers),
