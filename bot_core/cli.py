@@ -12,6 +12,7 @@ from .commands.chat import chat_command
 from .commands.conversations import conversations
 from .commands.common import DEMO, config_option, group_config_option, load
 from .commands.explain import explain_command
+from .commands.init import init_command
 from .commands.inventory import numbers, plugins_command, profiles
 from .commands.messages import messages, optouts
 from .commands.send import send
@@ -119,6 +120,6 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
     return warnings
 
 
-for command in (messages, optouts, conversations, profiles, numbers, plugins_command, send, chat_command,
-                explain_command, telnyx):
+for command in (init_command, messages, optouts, conversations, profiles, numbers, plugins_command, send,
+                chat_command, explain_command, telnyx):
     cli.add_command(command)

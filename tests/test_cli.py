@@ -481,7 +481,7 @@ def test_inventories_without_a_database_show_zero_counts_and_create_none(tmp_pat
 @pytest.mark.parametrize("command", [
     [], ["serve"], ["check"], ["chat"], ["send"], ["messages"], ["messages", "show"], ["profiles"], ["numbers"],
     ["plugins"], ["optouts"], ["explain"], ["telnyx"], ["telnyx", "sync"], ["conversations"],
-    ["conversations", "list"], ["conversations", "show"], ["conversations", "reset"],
+    ["conversations", "list"], ["conversations", "show"], ["conversations", "reset"], ["init"],
 ])  # fmt: skip
 def test_every_command_has_help_with_examples(command):
     code, out = invoke(*command, "--help")
