@@ -10,7 +10,7 @@ import click
 
 from .commands.chat import chat_command
 from .commands.conversations import conversations
-from .commands.common import DEMO, config_option, group_config_option, load
+from .commands.common import DEMO, config_option, failure, group_config_option, load
 from .commands.explain import explain_command
 from .commands.init import init_command
 from .commands.inventory import numbers, plugins_command, profiles
@@ -90,7 +90,7 @@ def check(config_path: str | None) -> None:
     try:
         plugins = load_plugins(config)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
     for profile, answering in zip(config.profiles.values(), plugins.answering(config)):

@@ -8,7 +8,7 @@ import click
 
 from ..chat import CUSTOMER, ChatError, chat, check_database, is_interactive
 from ..errors import ConfigError
-from .common import config_option, load, number_option, quiet_logging, run
+from .common import config_option, failure, load, number_option, quiet_logging, run
 
 
 @click.command("chat")
@@ -56,4 +56,4 @@ def chat_command(config_path: str | None, from_number: str, to_number: str | Non
         run(chat(config, customer=customer, number=number, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr,
                  interactive=interactive))  # fmt: skip
     except (ChatError, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None

@@ -16,7 +16,7 @@ import click
 from click.core import ParameterSource
 
 from ..config import Config, load_config, parse_duration
-from ..errors import ConfigError
+from ..errors import BotError, ConfigError
 from ..logs import setup_logging
 from ..phone import normalize_number
 from ..store import Store, iso
@@ -52,6 +52,14 @@ group_config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="JSON for scripts instead of a table.")
 
 
+def failure(exc: BotError) -> click.ClickException:
+    """An error for the terminal; several problems (a config's) get a count and a line each."""
+    lines = str(exc).splitlines()
+    if len(lines) <= 1:
+        return click.ClickException(str(exc))
+    return click.ClickException(f"{len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines))
+
+
 def load(path: str | None) -> Config:
     """The config at ``path``, or the bundled demo bot (its database in the current folder)."""
     try:
@@ -60,7 +68,7 @@ def load(path: str | None) -> Config:
             return Config.from_dict(tomllib.loads(text), base_dir=Path.cwd(), source=DEMO)
         return load_config(path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
 
 
 def open_store(config: Config, *, create: bool = True) -> Store:

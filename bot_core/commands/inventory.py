@@ -9,14 +9,14 @@ import click
 from ..config import Config
 from ..errors import ConfigError
 from ..plugins import Plugins, load_plugins
-from .common import config_option, echo_json_lines, echo_table, json_option, load, open_store
+from .common import config_option, failure, echo_json_lines, echo_table, json_option, load, open_store
 
 
 def _plugins(config: Config) -> Plugins:
     try:
         return load_plugins(config)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
 
 
 def _counts(config: Config, column: str) -> dict[tuple[str, str], int]:

@@ -19,7 +19,7 @@ def check_config(config: dict[str, Any]) -> dict[str, str]:
     return problems
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def handle_message(message, conversation, config):
     n = conversation.state.get("n", 0) + 1
     conversation.state["n"] = n
