@@ -30,10 +30,12 @@ def cli() -> None:
     """bot-core: a pluggable SMS chatbot framework for Telnyx.
 
     Every command takes --config bot.toml (or $BOT_CORE_CONFIG), anywhere on the line; without
-    one it uses the demo bot, and commands that only read say so rather than create its database. Lists print tables; --json prints one JSON object a line for scripts.
+    one it uses the demo bot, and commands that only read say so rather than create its
+    database. Lists print tables; --json prints one JSON object a line for scripts.
 
     \b
     Examples:
+      bot-core init my-bot                           # start a new bot
       bot-core serve --config bot.toml               # run the bot
       bot-core check --config bot.toml               # validate the config
       bot-core chat --config bot.toml                # text the bot, no Telnyx needed

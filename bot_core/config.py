@@ -493,8 +493,8 @@ def _assign(profiles: dict[str, Profile], numbers: dict[str, NumberSettings], so
             problems.append(str(_error(source, key, f"names unknown profile {settings.profile!r} (known: {known})")))
             continue
         if (owner := owners.setdefault(number, settings.profile)) != settings.profile:
-            problems.append(str(_error(source, key, f"assigns {number} to profile {settings.profile!r}, but profile "
-                                                    f"{owner!r} lists it; a number belongs to one profile")))  # fmt: skip
+            rule = f"assigns {number} to profile {settings.profile!r}, but profile {owner!r} lists it"
+            problems.append(str(_error(source, key, f"{rule}; a number belongs to one profile")))
             continue
         if number not in profiles[owner].numbers:
             extra.setdefault(owner, []).append(number)

@@ -63,12 +63,12 @@ def check_config(profile: str, config: dict[str, Any]) -> dict[str, str] | None:
 
     Called when the config is loaded (``bot-core check``, ``serve``, the test harness), before
     the bot starts, once per profile the plugin is active on or has a ``plugin_config`` table
-    on, active or not (and once per number that has its own ``plugin_config``). ``key`` is relative to the plugin's table (``""`` for the
-    table itself), e.g. ``{"signup.steps[1].regex": "is not a valid regular expression"}``;
-    bot-core prefixes the file and ``profiles.NAME.plugin_config.PLUGIN`` and refuses to
-    start. Instead of returning the problems, it may raise ``bot_core.SettingsError(problems)``
-    (handy when the plugin's own settings parser raises it). Must be a plain ``def``: no bot
-    exists yet.
+    on, active or not (and once per number whose own settings change it). ``key`` is relative
+    to the plugin's table (``""`` for the table itself), e.g.
+    ``{"signup.steps[1].regex": "is not a valid regular expression"}``; bot-core prefixes the
+    file and ``profiles.NAME.plugin_config.PLUGIN`` and refuses to start. Instead of
+    returning the problems, it may raise ``bot_core.SettingsError(problems)`` (handy when the
+    plugin's own settings parser raises it). Must be a plain ``def``: no bot exists yet.
     """
 
 

@@ -93,15 +93,17 @@ class Plugins:
         config that fails here. Every problem is reported at once, one a line.
         """
         problems = self._unknown(config)
-        for scope, number in _scopes(config):
+        for scope, number, own in _scopes(config):
             active = self.active(number)
             # A plugin's table is checked whether or not the plugin answers there: a typo in
             # the settings of a plugin switched on later must not wait until then to surface.
-            configured = [n for n in number.plugin_config if n in self.sources and n not in active]
-            wrong = {name: self._check_settings(config, scope, number, name) for name in active + configured}
+            # A number's scope checks only what it changes, so a profile's mistake is told once.
+            names = [n for n in dict.fromkeys([*active, *number.plugin_config])
+                     if n in self.sources and (own is None or n in own)]  # fmt: skip
+            wrong = {name: self._check_settings(config, scope, number, name) for name in names}
             problems += [problem for found in wrong.values() for problem in found]
             # A plugin whose settings are wrong cannot say which keywords they claim.
-            problems += self._check_keywords(config, scope, number, [n for n in active if not wrong[n]])
+            problems += self._check_keywords(config, scope, number, [n for n in active if not wrong.get(n)])
         if problems:
             raise ConfigError("\n".join(problems))
 
@@ -195,15 +197,19 @@ class Plugins:
                 log.exception("plugin %r failed in %s", name, hook)
 
 
-def _scopes(config: Config) -> Iterator[tuple[str, NumberState]]:
-    """Each profile, and each number with its own plugin settings, as the plugins would see it."""
+def _scopes(config: Config) -> Iterator[tuple[str, NumberState, set[str] | None]]:
+    """Each profile, and each number with its own plugin settings, as the plugins would see it,
+    with the plugins whose settings the scope changes (None: all of them)."""
     for name in config.profiles:
-        yield f"profiles.{name}", config.profile_state(name)
+        yield f"profiles.{name}", config.profile_state(name), None
     for settings in config.numbers.values():
         number = config.number(settings.number)
-        own = settings.plugins is not None or settings.plugin_config
-        if own and number is not None and number.profile is not None:
-            yield f'numbers."{settings.number}"', number
+        if not (settings.plugins is not None or settings.plugin_config) or number is None or number.profile is None:
+            continue
+        # Its own tables, and plugins its own list turns on that its profile's list does not.
+        inherited = set(config.profiles[number.profile].plugins or ())
+        own = set(settings.plugin_config) | (set(settings.plugins or ()) - inherited)
+        yield f'numbers."{settings.number}"', number, own
 
 
 def _conflict(keyword: str, first: tuple[str, str], second: tuple[str, str]) -> str:

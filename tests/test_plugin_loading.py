@@ -246,3 +246,17 @@ def test_no_hook_is_historic_so_no_historic_call_reaches_a_plugin():
     manager = load_plugins(installed=False).manager
     names = [name for name in dir(hookspecs) if hasattr(getattr(manager.hook, name, None), "spec")]
     assert names and not [n for n in names if getattr(manager.hook, n).spec.opts.get("historic")]
+
+
+def test_a_profile_s_mistake_is_told_once_and_a_number_s_own_under_its_key(tmp_path):
+    path = write_config(tmp_path, '["echo"]', extra='''
+[profiles.main.plugin_config.echo]
+prefx = "> "
+[numbers."+13125550100".plugin_config.fallback]
+txt = "Sorry?"
+''')
+    with pytest.raises(ConfigError) as info:
+        load_plugins(load_config(path))
+    lines = str(info.value).splitlines()
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "profiles.main.plugin_config.echo.prefx", 'numbers."+13125550100".plugin_config.fallback.txt']
