@@ -88,11 +88,14 @@ def check(config_path: str | None) -> None:
     Example:
       bot-core check --config bot.toml
     """
-    config = load(config_path)
+    problems: list[str] = []
+    config = load(config_path, problems)
     try:
         plugins = load_plugins(config)
     except ConfigError as exc:
-        raise failure(exc) from None
+        problems += str(exc).splitlines()
+    if problems:  # the file's own mistakes and its plugins' settings, told at once
+        raise failure(ConfigError("\n".join(problems)))
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
     for profile, answering in zip(config.profiles.values(), plugins.answering(config)):

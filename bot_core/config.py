@@ -308,16 +308,18 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping, *, base_dir: str | os.PathLike = ".", source: str = "<dict>",
-                  environ: Mapping[str, str] | None = None) -> Config:
+                  environ: Mapping[str, str] | None = None, problems: list[str] | None = None) -> Config:  # fmt: skip
         """Check ``data`` (parsed bot.toml) and build a Config; ``source`` names it in errors.
 
-        Raises one ConfigError listing every mistake, one a line.
+        Raises one ConfigError listing every mistake, one a line; given a ``problems`` list,
+        adds them to it instead and returns the Config read around them (with defaults in
+        their place), so that ``bot-core check`` can go on to check the plugins' settings.
         """
         if not isinstance(data, Mapping):
             raise _error(source, "", f"must be a table, not {_type_name(data)}")
-        problems: list[str] = []
+        found: list[str] = []
         environ = os.environ if environ is None else environ
-        root = _Table(_interpolate(data, "", source, environ, problems), "", source, problems)
+        root = _Table(_interpolate(data, "", source, environ, found), "", source, found)
         base = Path(base_dir).absolute()
         bot = _bot(root.table("bot"), base)
         telnyx = _telnyx(root.table("telnyx"), bot.sandbox)
@@ -337,9 +339,11 @@ class Config:
                 NumberSettings, number=number, profile=table.string("profile"), plugins=table.names("plugins"),
                 plugin_config=table.plugin_config(), send_rate=table.rate("send_rate"))
         root.done()
-        profiles = _assign(profiles, numbers, source, problems)
-        if problems:
-            raise ConfigError("\n".join(problems))
+        profiles = _assign(profiles, numbers, source, found)
+        if problems is not None:
+            problems.extend(found)
+        elif found:
+            raise ConfigError("\n".join(found))
         return cls(None, base, bot, telnyx, sending, profiles, numbers)
 
     @cached_property
@@ -406,8 +410,12 @@ class Config:
         return _first_set(state.send_rate if state else None, self.sending.rate)
 
 
-def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> Config:
-    """Read bot.toml at ``path``; relative paths in it are relative to its folder, not the cwd."""
+def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None,
+                problems: list[str] | None = None) -> Config:  # fmt: skip
+    """Read bot.toml at ``path``; relative paths in it are relative to its folder, not the cwd.
+
+    ``problems``: as in :meth:`Config.from_dict` (a file that cannot be read or parsed raises).
+    """
     source = str(path)
     try:
         with open(path, "rb") as file:
@@ -416,7 +424,8 @@ def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
         raise ConfigError(f"{source}: cannot read the config file: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
-    config = Config.from_dict(data, base_dir=Path(path).absolute().parent, source=source, environ=environ)
+    config = Config.from_dict(data, base_dir=Path(path).absolute().parent, source=source, environ=environ,
+                              problems=problems)  # fmt: skip
     return replace(config, path=Path(path))
 
 

@@ -346,6 +346,17 @@ profile = "nope"
     assert len(lines) == len(expected)
 
 
+def test_a_problems_list_collects_the_mistakes_and_keeps_what_could_be_read(tmp_path):
+    problems: list[str] = []
+    config = Config.from_dict({"bot": {"max_parts": 0, "sandbox": True}, "profiles": {"p": {
+        "secret": "s", "numbers": ["+13125550100", "nope"], "plugin_config": {"echo": {"prefix": "> "}}}}},
+        source="bot.toml", problems=problems)  # fmt: skip
+    assert [p.split(": ")[1] for p in problems] == ["bot.max_parts", "profiles.p.numbers[1]"]
+    assert config.bot.max_parts == 10 and config.bot.sandbox is True  # the default stands in
+    assert config.profiles["p"].numbers == ("+13125550100",)
+    assert config.profiles["p"].plugin_config == {"echo": {"prefix": "> "}}
+
+
 def test_every_unknown_key_of_a_table_is_reported(tmp_path):
     lines = error(tmp_path, "[bot]\nsandbx = true\nmax_part = 3\n" + PROFILE).splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == [

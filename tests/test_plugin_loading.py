@@ -260,3 +260,16 @@ txt = "Sorry?"
     lines = str(info.value).splitlines()
     assert [line.split(": ", 2)[1] for line in lines] == [
         "profiles.main.plugin_config.echo.prefx", 'numbers."+13125550100".plugin_config.fallback.txt']
+
+
+def test_check_tells_the_file_s_mistakes_and_the_plugins_settings_in_one_run(tmp_path):
+    path = write_config(tmp_path, '["fallback"]', extra='''
+[profiles.main.plugin_config.echo]
+prefx = "> "
+''')
+    path.write_text(path.read_text().replace("sandbox = true", "sandbox = true\nmax_parts = 0"))
+    out = check(path)
+    assert out.returncode == 1
+    assert "2 problems:" in out.stderr
+    assert f"{path}: bot.max_parts: must be an integer from 1 to 10, not 0" in out.stderr
+    assert f"{path}: profiles.main.plugin_config.echo.prefx: unknown setting" in out.stderr

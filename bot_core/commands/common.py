@@ -60,13 +60,16 @@ def failure(exc: BotError) -> click.ClickException:
     return click.ClickException(f"{len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines))
 
 
-def load(path: str | None) -> Config:
-    """The config at ``path``, or the bundled demo bot (its database in the current folder)."""
+def load(path: str | None, problems: list[str] | None = None) -> Config:
+    """The config at ``path``, or the bundled demo bot (its database in the current folder).
+
+    ``problems``: collect the config's mistakes there instead of failing (see Config.from_dict).
+    """
     try:
         if path is None:
             text = resources.files("bot_core").joinpath("demo.toml").read_text()
-            return Config.from_dict(tomllib.loads(text), base_dir=Path.cwd(), source=DEMO)
-        return load_config(path)
+            return Config.from_dict(tomllib.loads(text), base_dir=Path.cwd(), source=DEMO, problems=problems)
+        return load_config(path, problems=problems)
     except ConfigError as exc:
         raise failure(exc) from None
 
