@@ -48,6 +48,18 @@ class Plugins:
     def names(self) -> list[str]:
         return sorted(self.sources)
 
+    def add(self, name: str, plugin: object, source: str) -> None:
+        """Register ``plugin`` (a module or object with hook implementations) as ``name``.
+
+        ``source`` says where it came from (``bot-core plugins`` prints it). Refuses a second
+        plugin of the same name, and pluggy wrappers (see :func:`_refuse_wrappers`).
+        """
+        if name in self.sources:
+            raise ConfigError(f"two plugins are named {name!r}: {self.sources[name]} and {source}; rename one")
+        self.manager.register(plugin, name=name)
+        _refuse_wrappers(self.manager, name, plugin)
+        self.sources[name] = source
+
     def hooks_of(self, name: str) -> list[str]:
         plugin = self.manager.get_plugin(name)
         return sorted(
@@ -246,11 +258,11 @@ def load_plugins(config: Config | None = None, *, installed: bool | Iterable[str
         if not bundled and wanted is not None and entry_point.name not in wanted:
             continue
         source = "bundled" if bundled else f"entry point {dist}"
-        _register(plugins, entry_point.name, entry_point.load(), source)
+        plugins.add(entry_point.name, entry_point.load(), source)
     if config is not None and config.bot.plugins_dir is not None:
         for path in sorted(config.bot.plugins_dir.glob("*.py")):
             if not path.name.startswith("_"):
-                _register(plugins, path.stem, _import_file(path), f"plugins_dir {path}")
+                plugins.add(path.stem, _import_file(path), f"plugins_dir {path}")
     try:
         manager.check_pending()  # a hookimpl with no hookspec is a typo, not a feature
     except pluggy.PluginValidationError as exc:
@@ -258,16 +270,6 @@ def load_plugins(config: Config | None = None, *, installed: bool | Iterable[str
     if config is not None:
         plugins.check(config)
     return plugins
-
-
-def _register(plugins: Plugins, name: str, module: ModuleType, source: str) -> None:
-    if name in plugins.sources:
-        raise ConfigError(
-            f"two plugins are named {name!r}: {plugins.sources[name]} and {source}; rename one"
-        )
-    plugins.manager.register(module, name=name)
-    plugins.sources[name] = source
-    _refuse_wrappers(plugins.manager, name, module)
 
 
 def _refuse_wrappers(manager: pluggy.PluginManager, name: str, module: object) -> None:

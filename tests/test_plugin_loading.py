@@ -273,3 +273,20 @@ prefx = "> "
     assert "2 problems:" in out.stderr
     assert f"{path}: bot.max_parts: must be an integer from 1 to 10, not 0" in out.stderr
     assert f"{path}: profiles.main.plugin_config.echo.prefx: unknown setting" in out.stderr
+
+
+def test_the_test_harness_refuses_a_wrapper_too(tmp_path):
+    import types
+
+    from bot_core import hookimpl
+    from bot_core.testing import BotTester
+
+    def handle_message(message):
+        return (yield)
+
+    audit = types.ModuleType("audit")
+    audit.handle_message = hookimpl(hookwrapper=True)(handle_message)
+    config = {"profiles": {"p": {"secret": "s", "numbers": ["+13125550100"], "plugins": ["audit"]}}}
+    with pytest.raises(ConfigError, match=r"plugin 'audit': hook 'handle_message' is implemented with "
+                                          r"@hookimpl\(hookwrapper=True\)"):  # fmt: skip
+        BotTester(config, tmp_path=tmp_path, plugins=[audit])
