@@ -89,11 +89,12 @@ def test_installed_plugins_stay_out_unless_asked_for(tmp_path, monkeypatch):
     """))
     monkeypatch.syspath_prepend(str(site))
     assert load_plugins().sources["leaky"] == "entry point leaky"  # it really is installed
-    unlisted = {"profiles": {"main": {"secret": "s", "numbers": [OURS]}}}  # every loaded plugin is active
-    with BotTester(unlisted, tmp_path=tmp_path / "a") as bot:
+    echo = {"profiles": {"main": {"secret": "s", "numbers": [OURS], "plugins": ["echo"]}}}
+    with BotTester(echo, tmp_path=tmp_path / "a") as bot:
         assert "leaky" not in bot.bot.plugins.names
         assert bot.text("hi") == ["echo hi #1"]
-    with BotTester(unlisted, tmp_path=tmp_path / "b", installed=["leaky"]) as bot:
+    leaky = {"profiles": {"main": {"secret": "s", "numbers": [OURS], "plugins": ["leaky"]}}}
+    with BotTester(leaky, tmp_path=tmp_path / "b", installed=["leaky"]) as bot:
         assert bot.bot.plugins.sources["leaky"] == "entry point leaky"
         assert bot.text("hi") == ["leaked"]
 

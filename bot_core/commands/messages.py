@@ -45,8 +45,6 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
       bot-core messages --config bot.toml --direction outbound --status failed --json
       bot-core messages --config bot.toml show 42 --refresh
     """
-    ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
     if ctx.invoked_subcommand is not None:
         return
     config = load(config_path)
@@ -61,7 +59,7 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
     if since is not None:
         where.append("created_at >= :since")
         params["since"] = since_option(since)
-    store = open_store(config)
+    store = open_store(config, create=False)
     try:
         rows = store.mdrs(limit=limit, where=" AND ".join(where), params=params)
     finally:
@@ -74,10 +72,10 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
 
 @messages.command()
 @click.argument("mdr_id", metavar="ID", type=int)
+@config_option
 @json_option
 @click.option("--refresh", is_flag=True, help="Fetch the message from Telnyx first and update the local copy.")
-@click.pass_context
-def show(ctx: click.Context, mdr_id: int, as_json: bool, refresh: bool) -> None:
+def show(mdr_id: int, config_path: str | None, as_json: bool, refresh: bool) -> None:
     """Show one MDR in full, with the delivery statuses Telnyx reported for it.
 
     --refresh asks Telnyx for its record of the message (GET {api_base}/messages/{id}, with
@@ -85,11 +83,11 @@ def show(ctx: click.Context, mdr_id: int, as_json: bool, refresh: bool) -> None:
 
     \b
     Examples:
-      bot-core messages --config bot.toml show 42
+      bot-core messages show 42 --config bot.toml
       bot-core messages --config bot.toml show 42 --refresh --json
     """
-    config = load(ctx.obj["config_path"])
-    store = open_store(config)
+    config = load(config_path)
+    store = open_store(config, create=False)
     try:
         before = store.mdr(mdr_id)
         if before is None:
@@ -176,7 +174,7 @@ def optouts(config_path: str | None, as_json: bool, history: bool) -> None:
       bot-core optouts --config bot.toml --history --json
     """
     config = load(config_path)
-    store = open_store(config)
+    store = open_store(config, create=False)
     try:
         rows = store.consent_log() if history else store.optouts()
     finally:

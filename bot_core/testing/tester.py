@@ -138,9 +138,7 @@ class BotTester:
         # A config with no profiles passes the plugin-name check, which must wait for `plugins`.
         registry = load_plugins(dataclasses.replace(self.config, profiles={}, numbers={}), installed=list(installed))
         for plugin in plugins:
-            name = getattr(plugin, "__name__", type(plugin).__name__).rsplit(".", 1)[-1]
-            registry.manager.register(plugin, name=name)
-            registry.sources[name] = "test"
+            registry.add(getattr(plugin, "__name__", type(plugin).__name__).rsplit(".", 1)[-1], plugin, "test")
         registry.check(self.config)
         self.bot = self._new_bot(registry)
         self._portal_cm = None
