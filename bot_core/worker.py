@@ -201,8 +201,9 @@ def backoff(attempt: int, initial: float, maximum: float, retry_after: float | N
     """Exponential backoff with jitter; Telnyx's Retry-After wins when it is longer.
 
     The delay is drawn from the upper half of the exponential step, so retries of many
-    messages spread out while each still waits at least half its step.
+    messages spread out while each still waits at least half its step. Retry-After is capped
+    by ``maximum`` (backoff_max) too: a header saying "a day" must not park a conversation.
     """
     ceiling = min(maximum, initial * 2 ** (max(attempt, 1) - 1))
     delay = random.uniform(ceiling / 2, ceiling)
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, maximum))

@@ -50,20 +50,11 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
     if ctx.invoked_subcommand is not None:
         return
     config = load(config_path)
-    where, params = [], {}
-    for column, value in (("profile", profile), ("direction", direction), ("status", status)):
-        if value is not None:
-            where.append(f"{column} = :{column}")
-            params[column] = value
-    if number is not None:
-        where.append("(from_number = :number OR to_number = :number)")
-        params["number"] = number_option(number, "--number")
-    if since is not None:
-        where.append("created_at >= :since")
-        params["since"] = since_option(since)
+    filters = {"profile": profile, "direction": direction, "status": status,
+               "number": number_option(number, "--number"), "since": since_option(since)}  # fmt: skip
     store = open_store(config)
     try:
-        rows = store.mdrs(limit=limit, where=" AND ".join(where), params=params)
+        rows = store.mdrs(limit=limit, **filters)
     finally:
         store.close()
     if as_json:
