@@ -17,8 +17,8 @@ from .common import (clip, config_option, echo_json, echo_json_lines, echo_table
 
 LIST_COLUMNS = ("id", "created_at", "direction", "status", "from", "to", "parts", "text")
 # What `show` adds to the columns of the list.
-DETAIL_COLUMNS = ("media", "conversation_id", "in_reply_to", "claimed_by", "attempts", "next_attempt_at",
-                  "ignore_optout")
+DETAIL_COLUMNS = ("media", "other_recipients", "conversation_id", "in_reply_to", "claimed_by", "attempts",
+                  "next_attempt_at", "ignore_optout")
 
 
 @click.group(invoke_without_command=True)
@@ -109,6 +109,7 @@ def _detail(store: Any, mdr_id: int) -> dict[str, Any]:
     full = store.db.execute_returning_dicts("SELECT * FROM mdrs WHERE id = ?", [mdr_id])[0]
     row = {**store.mdr(mdr_id), **{k: full[k] for k in DETAIL_COLUMNS}}
     row["media"] = json.loads(row["media"]) if row["media"] else []
+    row["other_recipients"] = json.loads(row["other_recipients"]) if row["other_recipients"] else []
     row["ignore_optout"] = bool(row["ignore_optout"])
     if row["next_attempt_at"] is not None:
         row["next_attempt_at"] = iso(row["next_attempt_at"])
