@@ -146,9 +146,11 @@ class Sender:
     async def _attempt(self, message: Outbound, profile: Profile, attempt: int) -> float | None:
         """One HTTP request; the seconds to wait before the next one, or None when settled."""
         try:
+            alphanumeric = message.from_number == profile.alphanumeric_sender_id
             result = await self.client.send(
                 secret=profile.secret, from_=message.from_number, to=message.to_number,
                 text=message.text, webhook_url=self._status_url,
+                messaging_profile_id=profile.telnyx_profile_id if alphanumeric else None,
             )  # fmt: skip
         except SendError as exc:
             if exc.opted_out:

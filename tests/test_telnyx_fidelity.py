@@ -16,6 +16,8 @@ import httpx
 import nacl.signing
 import pytest
 
+from bot_core.errors import ConfigError
+from bot_core.fake_telnyx import FakeTelnyx
 from bot_core.webhooks import sign_v1, sign_v2
 
 from .harness import OURS, SECRET, THEIRS, Running, ScriptedTelnyx, make_config, plugin
@@ -129,3 +131,45 @@ async def test_a_group_message_is_answered_at_our_number_wherever_it_is_listed(t
         body = json.dumps({"data": {"event_type": "message.received", "payload": payload}}).encode()
         answer = await run.post(body, sign_v2(body, key))
         assert answer.status_code == 404 and f"none of {stranger}, {friend} is assigned" in answer.json()["error"]
+
+
+# Telnyx's OpenAPI spec (team-telnyx/openapi, openapi/spec3.yml, CreateMessageRequest):
+# messaging_profile_id is "required if sending via number pool or with an alphanumeric sender ID".
+TELNYX_PROFILE_ID = "4001a2b3-0000-4000-8000-000000000002"
+
+
+def v2_alphanumeric(tmp_path, **profile):
+    profiles = {"main": {"secret": SECRET, "numbers": [OURS], "plugins": ["echo"], "alphanumeric_sender_id": "ACME",
+                         **profile}}  # fmt: skip
+    return make_config(tmp_path, ["echo"], profiles=profiles,
+                       telnyx={"api_version": 2, "api_key": "KEY-v2", "api_base": "http://telnyx.test/v2"})
+
+
+async def test_v2_sends_from_an_alphanumeric_sender_carry_the_messaging_profile_id(tmp_path):
+    telnyx = ScriptedTelnyx()
+    answer = {"data": {"id": str(uuid.uuid4()), "to": [{"status": "queued"}], "parts": 1}}
+    telnyx.then(httpx.Response(200, json=answer), httpx.Response(200, json=answer))
+    async with Running(v2_alphanumeric(tmp_path, telnyx_profile_id=TELNYX_PROFILE_ID), telnyx, echo()) as run:
+        run.bot.send("+4915123456789", "Code 1234", profile="main", alphanumeric=True)
+        run.bot.send("+4915123456788", "from a number", profile="main")
+        await run.settle()
+    by_text = {c.json["text"]: c.json for c in telnyx.calls}
+    assert by_text["Code 1234"]["from"] == "ACME"
+    assert by_text["Code 1234"]["messaging_profile_id"] == TELNYX_PROFILE_ID
+    assert "messaging_profile_id" not in by_text["from a number"]  # a number's profile is Telnyx's to know
+
+
+def test_check_requires_the_telnyx_profile_id_where_v2_alphanumeric_sending_is_configured(tmp_path):
+    with pytest.raises(ConfigError, match=r"profiles.main.telnyx_profile_id: is required with alphanumeric_sender_id"):
+        v2_alphanumeric(tmp_path)
+    v2_alphanumeric(tmp_path, telnyx_profile_id=TELNYX_PROFILE_ID)
+    make_config(tmp_path, ["echo"], profiles={"main": {"secret": SECRET, "alphanumeric_sender_id": "ACME"}})  # V1
+
+
+def test_the_fake_refuses_a_v2_alphanumeric_send_without_it_as_telnyx_does():
+    with FakeTelnyx() as fake:
+        answer = httpx.post(f"{fake.url}/v2/messages", json={"from": "ACME", "to": "+4915123456789", "text": "x"})
+        assert answer.status_code == 400 and "messaging_profile_id is required" in answer.text
+        answer = httpx.post(f"{fake.url}/v2/messages", json={"from": "ACME", "to": "+4915123456789", "text": "x",
+                                                             "messaging_profile_id": TELNYX_PROFILE_ID})  # fmt: skip
+        assert answer.status_code == 200
