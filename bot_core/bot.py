@@ -351,13 +351,16 @@ class Bot:
         return self.store.cancel_timers(conversation.id, plugin=plugin, name=name)
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
+        """Whether ``number`` opted out of ``profile`` or of the whole account (``profile`` None)."""
         return self.store.is_opted_out(profile, number)
 
     def opt_out(self, profile: str | None, number: str, source: str) -> bool:
-        """Stop every message to ``number`` from ``profile``; ``source`` goes in the consent log."""
+        """Stop every message to ``number`` from ``profile`` (None: from every profile, as
+        Telnyx's account-wide opt-outs do); ``source`` goes in the consent log."""
         return self.store.set_opted_out(profile, number, True, source)
 
     def opt_in(self, profile: str | None, number: str, source: str) -> bool:
+        """Lift the opt-out :meth:`opt_out` recorded for the same ``profile`` (None: account-wide)."""
         return self.store.set_opted_out(profile, number, False, source)
 
 

@@ -43,6 +43,9 @@ SENDING = "sending_local"  # handed to the HTTP client; may have reached Telnyx
 SANDBOX = "sandbox"  # recorded, never sent (sandbox mode)
 BLOCKED = "blocked"  # not sent: the recipient opted out
 
+# The profile key of an account-wide opt-out: it covers every profile.
+ACCOUNT = "*"
+
 # The WHERE clause of the outbox's partial index. SQLite uses a partial index only for a query
 # that repeats its WHERE clause, so every outbox query includes this text verbatim.
 _IN_OUTBOX = f"status IN ('{PENDING}', '{SENDING}')"
@@ -416,14 +419,22 @@ class Store:
     # -- opt-outs ----------------------------------------------------------------------------
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
+        """Whether ``number`` opted out of ``profile``, or of the whole account (``profile`` None),
+        which covers every profile, as Telnyx's account-wide opt-outs do."""
+        row = self.conn.execute(
+            "SELECT max(opted_out) FROM optouts WHERE profile IN (?, ?) AND number = ?",
+            (ACCOUNT if profile is None else profile, ACCOUNT, number),
+        ).fetchone()
+        return bool(row[0])
+
+    def set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str) -> bool:
+        """Record a consent change for ``profile`` (None: the whole account); returns False when
+        that record already had that state."""
+        profile = ACCOUNT if profile is None else profile
         row = self.conn.execute(
             "SELECT opted_out FROM optouts WHERE profile = ? AND number = ?", (profile, number)
         ).fetchone()
-        return bool(row and row[0])
-
-    def set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str) -> bool:
-        """Record a consent change; returns False when the number already had that state."""
-        if self.is_opted_out(profile, number) == opted_out:
+        if bool(row and row[0]) == opted_out:
             return False
         now = self.now()
         with self.transaction() as conn:
@@ -439,16 +450,17 @@ class Store:
         return True
 
     def optouts(self) -> list[dict[str, Any]]:
-        """Every number currently opted out, with the latest consent change."""
+        """Every number currently opted out, with the latest consent change (profile None: all)."""
         return self._rows(
-            "SELECT o.profile, o.number, o.updated_at AS opted_out_at,"
+            f"SELECT NULLIF(o.profile, '{ACCOUNT}') AS profile, o.number, o.updated_at AS opted_out_at,"
             " (SELECT source FROM consent_log c WHERE c.profile = o.profile"
             "  AND c.number = o.number ORDER BY c.id DESC LIMIT 1) AS source"
             " FROM optouts o WHERE o.opted_out = 1 ORDER BY o.updated_at DESC"
         )
 
     def consent_log(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM consent_log ORDER BY id")
+        return self._rows(f"SELECT id, NULLIF(profile, '{ACCOUNT}') AS profile, number, action, source, at"
+                          " FROM consent_log ORDER BY id")
 
     # -- timers ------------------------------------------------------------------------------
 

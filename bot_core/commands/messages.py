@@ -159,8 +159,9 @@ async def _refresh(config: Config, row: dict[str, Any]) -> Any:
 def optouts(config_path: str | None, as_json: bool, history: bool) -> None:
     """List the numbers that opted out, with when and how (STOP, Telnyx 40300, a plugin).
 
-    Opt-outs are per messaging profile; nothing but compliance answers reaches these numbers
-    from that profile.
+    An opt-out is account-wide (profile "-": no profile may message the number, Telnyx's
+    default) or for one messaging profile, as the optout plugin's scope setting says; nothing
+    but compliance answers reaches these numbers.
 
     \b
     Examples:
