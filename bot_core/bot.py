@@ -280,15 +280,9 @@ class Bot:
         normalised to E.164. Raises ValueError when ``to`` is not a phone number, no sender
         fits, or an alphanumeric sender ID cannot reach ``to``.
         """
-        try:
-            to = normalize_number(to)
-        except ValueError as exc:
-            raise ValueError(f"cannot send to {to!r}: {exc}") from None
+        to = _e164(to, "cannot send to")
         if from_number is not None and sender_kind(from_number) != "alphanumeric":
-            try:
-                from_number = normalize_number(from_number)
-            except ValueError as exc:
-                raise ValueError(f"cannot send from {from_number!r}: {exc}") from None
+            from_number = _e164(from_number, "cannot send from")
         sender_profile = self.config.profile_for_sender(from_number) if from_number else None
         name = profile or (sender_profile.name if sender_profile else None)
         if name not in self.config.profiles:
@@ -352,16 +346,24 @@ class Bot:
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
         """Whether ``number`` opted out of ``profile`` or of the whole account (``profile`` None)."""
-        return self.store.is_opted_out(profile, number)
+        return self.store.is_opted_out(profile, _e164(number, "not a number to look up"))
 
     def opt_out(self, profile: str | None, number: str, source: str) -> bool:
         """Stop every message to ``number`` from ``profile`` (None: from every profile, as
         Telnyx's account-wide opt-outs do); ``source`` goes in the consent log."""
-        return self.store.set_opted_out(profile, number, True, source)
+        return self.store.set_opted_out(profile, _e164(number, "cannot opt out"), True, source)
 
     def opt_in(self, profile: str | None, number: str, source: str) -> bool:
         """Lift the opt-out :meth:`opt_out` recorded for the same ``profile`` (None: account-wide)."""
-        return self.store.set_opted_out(profile, number, False, source)
+        return self.store.set_opted_out(profile, _e164(number, "cannot opt in"), False, source)
+
+
+def _e164(number: str, what: str) -> str:
+    """A number a plugin gave, in E.164 (the form every table is keyed by), or ValueError saying why."""
+    try:
+        return normalize_number(number)
+    except ValueError as exc:
+        raise ValueError(f"{what} {number!r}: {exc}") from None
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -280,7 +280,7 @@ class FakeTelnyx:
                                      "msg": {"src": payload["from"], "dst": payload["to"], "body": text}}  # fmt: skip
         if v2:
             return JSONResponse({"data": self._v2_record(sms_id)})
-        segments = count_segments(text)
+        segments = count_segments(text, payload["from"])
         coding = 0 if segments.encoding == "GSM-7" else 8
         status_url = payload.get("delivery_status_webhook_url", "")
         return JSONResponse({**self._public(sms_id), "parts": segments.parts, "coding": coding,
@@ -305,7 +305,8 @@ class FakeTelnyx:
     def _v2_record(self, sms_id: str) -> dict[str, Any]:
         """A message as V2 describes it (``GET /v2/messages/{id}``)."""
         message = self.messages[sms_id]
-        msg, segments = message["msg"], count_segments(message["msg"]["body"])
+        msg = message["msg"]
+        segments = count_segments(msg["body"], msg["src"])
         return {"record_type": "message", "id": sms_id, "direction": "outbound", "type": "SMS",
                 "from": {"phone_number": msg["src"]}, "to": [{"phone_number": msg["dst"], "status": message["status"]}],
                 "text": msg["body"], "encoding": segments.encoding, "parts": segments.parts, "errors": []}  # fmt: skip

@@ -276,6 +276,9 @@ def test_bot_send_normalises_the_recipient_and_refuses_what_is_not_a_number(tmp_
             bot.bot.send("+1 787 555 0100", "news", profile="main", alphanumeric=True)
         with pytest.raises(ValueError, match="the United States"):  # the sender ID given as from_number
             bot.bot.send("13125550123", "news", profile="main", from_number="ACME")
+        with pytest.raises(ValueError, match="cannot opt out '3125550123'"):
+            bot.bot.opt_out(None, "3125550123", "a plugin")
+        assert bot.bot.opt_out(None, "13125550123", "a plugin") and bot.bot.is_opted_out("main", THEIRS)
         before = len(bot.messages(direction="outbound"))
         with pytest.raises(ValueError, match="cannot send from"):
             bot.bot.send(THEIRS, "hi", profile="main", from_number="3125550100")
