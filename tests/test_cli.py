@@ -264,11 +264,13 @@ def test_optouts_list_who_and_how_and_the_history(tmp_path):
     assert chatted.returncode == 0, chatted.stderr
     code, out = invoke("optouts", "--config", str(config), "--json")
     (row,) = json_lines(out)
-    assert (row["profile"], row["number"]) == ("support", CUSTOMER) and row["source"].startswith("texted STOP")
+    # Account-wide (profile None, "-" in the table), as Telnyx's opt-outs are by default.
+    assert (row["profile"], row["number"]) == (None, CUSTOMER) and row["source"].startswith("texted STOP")
     code, out = invoke("optouts", "--config", str(config), "--history", "--json")
     assert [r["action"] for r in json_lines(out)] == ["opt_out", "opt_in", "opt_out"]
     code, out = invoke("optouts", "--config", str(config))
     assert code == 0 and CUSTOMER in out and "texted STOP" in out
+    assert out.splitlines()[1].startswith("-  ")  # the profile column of an account-wide opt-out
 
 
 # -- send -----------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ public_key = "{public_key}"
 timeout = "300ms"
 backoff_initial = "50ms"
 backoff_max = "100ms"
-max_attempts = 3
+max_attempts = 4  # one more than the faults injected below, whichever sends they hit: 5 are sent
 
 [profiles.main]
 secret = "${{MAIN_SECRET}}"
