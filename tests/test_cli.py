@@ -308,6 +308,13 @@ def test_send_respects_opt_outs(tmp_path):
     assert (row["status"], row["error"]) == ("blocked", "recipient opted out")
 
 
+def test_send_refuses_a_number_without_its_country_code_saying_what_it_should_be(tmp_path):
+    # Never read "3125550123" as "+3125550123" (the Netherlands): refuse it and show E.164.
+    result = run("send", "--config", str(sandbox(tmp_path)), "--profile", "support", "--to", "3125550123", "hi")
+    assert result.returncode == 2
+    assert "--to" in result.stderr and "write +13125550123" in result.stderr
+
+
 # Telnyx's Alphanumeric Sender ID page: not supported to the United States, Canada or Puerto
 # Rico; the other US territories of the NANP (here Guam) are our reading (changes/fidelity.md).
 @pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the United States"), ("+14165550123", "Canada"),
