@@ -9,6 +9,7 @@ import phonenumbers
 
 _ALPHANUMERIC = re.compile(r"[A-Za-z0-9 ]{1,11}")
 _SHORT_CODE = re.compile(r"[0-9]{3,8}")
+_E164 = phonenumbers.PhoneNumberFormat.E164
 
 # Where Telnyx does not deliver an Alphanumeric Sender ID. Telnyx's Alphanumeric Sender ID page
 # names the United States, Canada and Puerto Rico; our reading adds the other US territories in
@@ -49,7 +50,7 @@ def _normalize(text: str, strict: bool) -> str:
         raise ValueError(f"{text!r} is not a valid phone number in E.164 form{_suggestion(text)}")
     if not phonenumbers.is_possible_number(parsed):
         raise ValueError(f"{text!r} is not a possible phone number{_suggestion(text)}")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return phonenumbers.format_number(parsed, _E164)
 
 
 def _suggestion(text: str) -> str:
@@ -61,9 +62,9 @@ def _suggestion(text: str) -> str:
         parsed = phonenumbers.parse(text, "US")
     except phonenumbers.NumberParseException:
         return hint
-    if phonenumbers.is_valid_number(parsed):
-        return f"{hint}; if it is a North American number, write {phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)}"
-    return hint
+    if not phonenumbers.is_valid_number(parsed):
+        return hint
+    return f"{hint}; if it is a North American number, write {phonenumbers.format_number(parsed, _E164)}"
 
 
 def region_of(number: str) -> str | None:

@@ -344,7 +344,8 @@ def test_numbers_are_normalised_to_e164(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "suggestion"),
-    [("3125550100", "write +13125550100"), ("13125550100", "write +13125550100"), ("+3125550100", "+ then the country code")],
+    [("3125550100", "write +13125550100"), ("13125550100", "write +13125550100"),
+     ("+3125550100", "+ then the country code")],
 )
 def test_config_numbers_must_be_valid_e164_and_the_error_says_what_they_would_look_like(tmp_path, text, suggestion):
     # E.164 (ITU-T): "+", country code, national number. "3125550100" used to be read as

@@ -32,8 +32,8 @@ def config(optout=None, plugins=("echo",), sales_optout=None):
     return {"profiles": {"support": support, "sales": sales}}
 
 
-@pytest.mark.parametrize("word", ["STOP", "stop", "  Stop! ", "STOPALL", "STOP ALL", "stop all", "unsubscribe", "Cancel.", "END", "quit",
-                                  "revoke", "opt out", "OPTOUT"])  # fmt: skip
+@pytest.mark.parametrize("word", ["STOP", "stop", "  Stop! ", "STOPALL", "STOP ALL", "stop all", "unsubscribe",
+                                  "Cancel.", "END", "quit", "revoke", "opt out", "OPTOUT"])  # fmt: skip
 def test_an_opt_out_word_opts_out_with_one_confirmation_and_silences_everything(tmp_path, word):
     with BotTester(config(), tmp_path=tmp_path) as bot:
         assert bot.text("hello") == ["echo hello #1"]

@@ -247,8 +247,7 @@ def test_bot_core_explain_never_prints_a_secret(tmp_path, environment):
 def test_bot_core_profiles_masks_values_from_the_environment(tmp_path, environment, monkeypatch):
     monkeypatch.setenv("SUPPORT_PROFILE_ID", "4001a2b3-0000-4000-8000-000000000002")
     text = config_text(tmp_path, "http://127.0.0.1:9", 1).replace(
-        'plugins = ["leaky"]\n\n[profiles.sales]', 'plugins = ["leaky"]\ntelnyx_profile_id = "${SUPPORT_PROFILE_ID}"\n\n'
-        "[profiles.sales]")  # fmt: skip
+        '\n\n[profiles.sales]', '\ntelnyx_profile_id = "${SUPPORT_PROFILE_ID}"\n\n[profiles.sales]')
     (tmp_path / "bot.toml").write_text(text)
     result = _cli("profiles", "--config", str(tmp_path / "bot.toml"), "--json")
     assert result.returncode == 0, result.stderr
