@@ -57,7 +57,7 @@ class Session:
         self.webhooks = webhooks
         self._http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(bot)), base_url="http://bot")
         if seen is None:  # only what is sent from now on counts
-            latest = bot.store.mdrs(limit=1, where="direction = 'outbound'")
+            latest = bot.store.mdrs(limit=1, direction="outbound")
             seen = latest[0]["id"] if latest else 0
         self.seen = seen
 
@@ -105,8 +105,7 @@ class Session:
         """
         if settle:
             await self.settle()
-        rows = self.bot.store.mdrs(limit=None, where="direction = 'outbound' AND id > :seen",
-                                   params={"seen": self.seen})  # fmt: skip
+        rows = self.bot.store.mdrs(limit=None, direction="outbound", after_id=self.seen)
         done = list(takewhile(lambda row: row["status"] not in (PENDING, SENDING), reversed(rows)))
         if done:
             self.seen = done[-1]["id"]

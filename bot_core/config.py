@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bot_core.errors import ConfigError
+from bot_core.logs import Secret
 from bot_core.phone import alphanumeric_sender_id_error, normalize_number
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -31,6 +32,7 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _URL = re.compile(r"https?://[^/?#\s]+([/?#]\S*)?")
 _API_BASES = {1: "https://sms.telnyx.com", 2: "https://api.telnyx.com/v2"}
 _MANAGEMENT_BASE = "https://api.telnyx.com/v2"
+MIN_MASKED = 6
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array"}
 
 
@@ -66,20 +68,28 @@ def _type_name(value: object) -> str:
     return "a table" if isinstance(value, Mapping) else _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _interpolate(value: Any, key: str, source: str, environ: Mapping[str, str], problems: list[str]) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string under ``value`` (keys are left alone)."""
+def _interpolate(value: Any, key: str, source: str, environ: Mapping[str, str], problems: list[str],
+                 secrets: list[str]) -> Any:  # fmt: skip
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string under ``value`` (keys are left alone).
+
+    Every value taken from the environment is a secret: it is added to ``secrets`` (for masking
+    in logs, errors and output) and the string holding it becomes a :class:`Secret`, whose
+    repr is masked (``repr(bot.config)``). Mistakes are added to ``problems``.
+    """
     if isinstance(value, Mapping):
-        return {k: _interpolate(v, _join(key, k), source, environ, problems) for k, v in value.items()}
+        return {k: _interpolate(v, _join(key, k), source, environ, problems, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_interpolate(v, f"{key}[{i}]", source, environ, problems) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{key}[{i}]", source, environ, problems, secrets) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
+    before = len(secrets)
 
     def substitute(match: re.Match[str]) -> str:
         name, has_default, default = match[1].partition(":-")
         if not match[2] or not _VARIABLE.fullmatch(name):
             problems.append(str(_error(source, key, "malformed ${...}: write ${NAME} or ${NAME:-default}")))
         elif environ.get(name):
+            secrets.append(environ[name])
             return environ[name]
         elif has_default:  # as in the shell, an empty variable also takes the default
             return default
@@ -90,7 +100,8 @@ def _interpolate(value: Any, key: str, source: str, environ: Mapping[str, str], 
                                                     f"(use ${{{name}:-default}} for a default)")))  # fmt: skip
         return match[0]  # left as written: the mistake is reported once, not again as an empty value
 
-    return _REFERENCE.sub(substitute, value)
+    result = _REFERENCE.sub(substitute, value)
+    return Secret(result) if len(secrets) > before else result
 
 
 class _Table:
@@ -187,7 +198,7 @@ class _Table:
         numbers = []
         for i, text in enumerate(self.get(name, (list, tuple), "an array of phone numbers", [])):
             try:
-                numbers.append(normalize_number(text))
+                numbers.append(normalize_number(text, strict=True))
             except ValueError as exc:
                 self.problems.append(str(_error(self.source, f"{_join(self.key, name)}[{i}]",
                                                 f"invalid phone number: {exc}")))  # fmt: skip
@@ -305,6 +316,7 @@ class Config:
     sending: SendingSettings
     profiles: dict[str, Profile]
     numbers: dict[str, NumberSettings]
+    environment_values: tuple[str, ...] = field(default=(), repr=False)  # what ${VAR} filled in
 
     @classmethod
     def from_dict(cls, data: Mapping, *, base_dir: str | os.PathLike = ".", source: str = "<dict>",
@@ -318,8 +330,9 @@ class Config:
         if not isinstance(data, Mapping):
             raise _error(source, "", f"must be a table, not {_type_name(data)}")
         found: list[str] = []
+        from_environment: list[str] = []
         environ = os.environ if environ is None else environ
-        root = _Table(_interpolate(data, "", source, environ, found), "", source, found)
+        root = _Table(_interpolate(data, "", source, environ, found, from_environment), "", source, found)
         base = Path(base_dir).absolute()
         bot = _bot(root.table("bot"), base)
         telnyx = _telnyx(root.table("telnyx"), bot.sandbox)
@@ -328,7 +341,7 @@ class Config:
         numbers: dict[str, NumberSettings] = {}
         for key, table in root.table("numbers").subtables().items():
             try:
-                number = normalize_number(key)
+                number = normalize_number(key, strict=True)
             except ValueError as exc:
                 table.report(f"invalid phone number: {exc}")
                 continue
@@ -339,12 +352,14 @@ class Config:
                 NumberSettings, number=number, profile=table.string("profile"), plugins=table.names("plugins"),
                 plugin_config=table.plugin_config(), send_rate=table.rate("send_rate"))
         root.done()
+        _check_v2_alphanumeric(telnyx, bot.sandbox, profiles, source, found)
         profiles = _assign(profiles, numbers, source, found)
         if problems is not None:
             problems.extend(found)
         elif found:
             raise ConfigError("\n".join(found))
-        return cls(None, base, bot, telnyx, sending, profiles, numbers)
+        return cls(None, base, bot, telnyx, sending, profiles, numbers,
+                   environment_values=tuple(dict.fromkeys(from_environment)))
 
     @cached_property
     def _owners(self) -> dict[str, str]:
@@ -401,8 +416,15 @@ class Config:
         return next((p for p in self.profiles.values() if p.alphanumeric_sender_id == sender), None)
 
     def secrets(self) -> list[str]:
-        """Every secret in the config, for masking them in logs."""
-        return [p.secret for p in self.profiles.values()] + [k for k in (self.telnyx.api_key,) if k]
+        """Every secret in the config, for masking them in logs, errors and output.
+
+        The profile secrets, the API key, and every value filled in from the environment
+        (``${VAR}``, in ``plugin_config`` too) of at least :data:`MIN_MASKED` characters:
+        masking a shorter one (``LOG_FORMAT=json``) would mangle every line, and a secret that
+        short protects nothing.
+        """
+        environment = [v for v in self.environment_values if len(v) >= MIN_MASKED]
+        return [p.secret for p in self.profiles.values()] + [k for k in (self.telnyx.api_key,) if k] + environment
 
     def send_rate_for(self, number: str) -> float:
         """Messages per second for ``number``: its own, its profile's, else ``[sending] rate``."""
@@ -480,6 +502,23 @@ def _profile(name: str, t: _Table) -> Profile:
         Profile, name=name, enabled=enabled, secret=secret, numbers=t.phone_numbers("numbers"),
         plugins=t.names("plugins"), plugin_config=t.plugin_config(), alphanumeric_sender_id=sender_id,
         send_rate=t.rate("send_rate"), telnyx_profile_id=t.string("telnyx_profile_id", empty_is_unset=True))
+
+
+def _check_v2_alphanumeric(telnyx: TelnyxSettings, sandbox: bool, profiles: dict[str, Profile], source: str,
+                           problems: list[str]) -> None:  # fmt: skip
+    """V2 sends from an alphanumeric sender ID need the profile's Telnyx id.
+
+    Telnyx's OpenAPI spec (team-telnyx/openapi, openapi/spec3.yml, CreateMessageRequest):
+    ``messaging_profile_id`` is "required if sending via number pool or with an alphanumeric
+    sender ID"; without it Telnyx refuses the send, for good.
+    """
+    if telnyx.api_version != 2 or sandbox:
+        return
+    for profile in profiles.values():
+        if profile.alphanumeric_sender_id and not profile.telnyx_profile_id:
+            problems.append(str(_error(source, _join("profiles", profile.name, "telnyx_profile_id"),
+                                       "is required with alphanumeric_sender_id when api_version = 2: Telnyx's V2 API "
+                                       "needs the messaging profile id to send from an alphanumeric sender ID")))  # fmt: skip
 
 
 def _assign(profiles: dict[str, Profile], numbers: dict[str, NumberSettings], source: str,

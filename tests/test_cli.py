@@ -51,6 +51,7 @@ def write_config(tmp_path: Path, extra: str = "", telnyx: str = "", bot: str = "
         numbers = ["{OURS}", "{OTHER}"]
         plugins = ["boom", "echo"]
         alphanumeric_sender_id = "ACME"
+        telnyx_profile_id = "4001a2b3-0000-4000-8000-000000000002"
 
         [profiles.closed]
         enabled = false
@@ -263,11 +264,13 @@ def test_optouts_list_who_and_how_and_the_history(tmp_path):
     assert chatted.returncode == 0, chatted.stderr
     code, out = invoke("optouts", "--config", str(config), "--json")
     (row,) = json_lines(out)
-    assert (row["profile"], row["number"]) == ("support", CUSTOMER) and row["source"].startswith("texted STOP")
+    # Account-wide (profile None, "-" in the table), as Telnyx's opt-outs are by default.
+    assert (row["profile"], row["number"]) == (None, CUSTOMER) and row["source"].startswith("texted STOP")
     code, out = invoke("optouts", "--config", str(config), "--history", "--json")
     assert [r["action"] for r in json_lines(out)] == ["opt_out", "opt_in", "opt_out"]
     code, out = invoke("optouts", "--config", str(config))
     assert code == 0 and CUSTOMER in out and "texted STOP" in out
+    assert out.splitlines()[1].startswith("-  ")  # the profile column of an account-wide opt-out
 
 
 # -- send -----------------------------------------------------------------------------------
@@ -305,8 +308,18 @@ def test_send_respects_opt_outs(tmp_path):
     assert (row["status"], row["error"]) == ("blocked", "recipient opted out")
 
 
-@pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the US"), ("+14165550123", "Canada")])
-def test_send_refuses_an_alphanumeric_sender_to_us_and_canada(tmp_path, to, country):
+def test_send_refuses_a_number_without_its_country_code_saying_what_it_should_be(tmp_path):
+    # Never read "3125550123" as "+3125550123" (the Netherlands): refuse it and show E.164.
+    result = run("send", "--config", str(sandbox(tmp_path)), "--profile", "support", "--to", "3125550123", "hi")
+    assert result.returncode == 2
+    assert "--to" in result.stderr and "write +13125550123" in result.stderr
+
+
+# Telnyx's Alphanumeric Sender ID page: not supported to the United States, Canada or Puerto
+# Rico; the other US territories of the NANP (here Guam) are our reading (changes/fidelity.md).
+@pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the United States"), ("+14165550123", "Canada"),
+                                             ("+17875550100", "Puerto Rico"), ("+16715550100", "Guam")])
+def test_send_refuses_an_alphanumeric_sender_to_us_canada_and_us_territories(tmp_path, to, country):
     config = sandbox(tmp_path)
     result = run("send", "--config", str(config), "--profile", "support", "--alphanumeric", "--to", to, "Code 1")
     assert result.returncode == 1

@@ -392,7 +392,7 @@ def test_a_number_assigned_to_another_profile_than_its_lister_names_both(tmp_pat
 
 
 def test_numbers_are_normalised_to_e164(tmp_path):
-    text = '[profiles.p]\nsecret = "x"\nnumbers = ["+1 (312) 555-0100", "+13125550100"]\n[numbers."13125550101"]'
+    text = '[profiles.p]\nsecret = "x"\nnumbers = ["+1 (312) 555-0100", "+13125550100"]\n[numbers."+13125550101"]'
     config = load(tmp_path, text)
     assert config.profiles["p"].numbers == ("+13125550100",)
     assert list(config.numbers) == ["+13125550101"]
@@ -400,6 +400,22 @@ def test_numbers_are_normalised_to_e164(tmp_path):
     assert config.number("13125550101").number == "+13125550101"
     assert config.number("+13125550199") is None
     assert config.number("not a number") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "suggestion"),
+    [("3125550100", "write +13125550100"), ("13125550100", "write +13125550100"),
+     ("+3125550100", "+ then the country code")],
+)
+def test_config_numbers_must_be_valid_e164_and_the_error_says_what_they_would_look_like(tmp_path, text, suggestion):
+    # E.164 (ITU-T): "+", country code, national number. "3125550100" used to be read as
+    # "+3125550100", a Dutch number phonenumbers calls invalid, and listed as messaging-enabled.
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f'[profiles.p]\nsecret = "x"\nnumbers = ["{text}"]')
+    assert "profiles.p.numbers[0]: invalid phone number" in str(caught.value) and "E.164" in str(caught.value)
+    assert suggestion in str(caught.value)
+    with pytest.raises(ConfigError, match="E.164"):
+        load(tmp_path, f'[profiles.p]\nsecret = "x"\n[numbers."{text}"]\nprofile = "p"')
 
 
 def test_enabled_and_reason_resolution(tmp_path):

@@ -124,6 +124,16 @@ def test_backoff_is_capped_jittered_and_yields_to_retry_after():
     assert all(150.0 <= backoff(30, 1.0, 300.0) <= 300.0 for _ in range(20))
     assert backoff(1, 1.0, 300.0, retry_after=42.0) == 42.0
     assert backoff(10, 1.0, 300.0, retry_after=0.5) >= 150.0
+    assert backoff(1, 1.0, 300.0, retry_after=86400.0) == 300.0  # Retry-After is capped by backoff_max
+
+
+async def test_a_retry_after_longer_than_backoff_max_waits_only_backoff_max(tmp_path):
+    telnyx = ScriptedTelnyx()
+    telnyx.then(httpx.Response(429, headers={"retry-after": "86400"}, json={"code": "10011", "message": "slow down"}))
+    async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:  # backoff_max = 50ms
+        await run.text("hi")
+        assert await run.bot.idle(timeout=30)  # a day's Retry-After would never settle in time
+    assert len(telnyx.calls) == 2
 
 
 @pytest.mark.parametrize("header", ["1", "date"])
@@ -134,7 +144,7 @@ async def test_429_waits_as_long_as_retry_after_says(tmp_path, header):
 
     telnyx = ScriptedTelnyx()
     telnyx.then(slow_down)
-    async with Running(make_config(tmp_path, ["echo"]), telnyx, echo()) as run:
+    async with Running(make_config(tmp_path, ["echo"], sending={"backoff_max": "5s"}), telnyx, echo()) as run:
         await run.text("hi")
         await run.settle()
     assert len(telnyx.calls) == 2

@@ -8,7 +8,9 @@ import click
 
 from ..config import Config
 from ..errors import ConfigError
+from ..logs import Masker
 from ..plugins import Plugins, load_plugins
+from ..store import ACCOUNT
 from .common import config_option, failure, echo_json_lines, echo_table, json_option, load, open_store
 
 
@@ -52,7 +54,9 @@ def profiles(config_path: str | None, as_json: bool) -> None:
     if config.bot.database.exists():
         store = open_store(config)
         try:
-            opted_out = dict(store.conn.execute("SELECT profile, count(*) FROM optouts WHERE opted_out = 1 GROUP BY 1"))
+            opted_out = {name: store.conn.execute(  # an account-wide opt-out counts for every profile
+                "SELECT count(DISTINCT number) FROM optouts WHERE opted_out = 1 AND profile IN (?, ?)",
+                (name, ACCOUNT)).fetchone()[0] for name in config.profiles}  # fmt: skip
         finally:
             store.close()
     rows = [
@@ -65,6 +69,7 @@ def profiles(config_path: str | None, as_json: bool) -> None:
         }
         for p in config.profiles.values()
     ]  # fmt: skip
+    rows = Masker(config.secrets()).mask_data(rows)  # a value from ${VAR} is a secret, printed or not
     if as_json:
         echo_json_lines(rows)
     else:
@@ -99,6 +104,7 @@ def numbers(config_path: str | None, as_json: bool) -> None:
         }
         for n in config.numbers_state()
     ]  # fmt: skip
+    rows = Masker(config.secrets()).mask_data(rows)
     if as_json:
         echo_json_lines(rows)
     else:

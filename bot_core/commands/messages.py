@@ -17,8 +17,8 @@ from .common import (clip, config_option, echo_json, echo_json_lines, echo_table
 
 LIST_COLUMNS = ("id", "created_at", "direction", "status", "from", "to", "parts", "text")
 # What `show` adds to the columns of the list.
-DETAIL_COLUMNS = ("media", "conversation_id", "in_reply_to", "claimed_by", "attempts", "next_attempt_at",
-                  "ignore_optout")
+DETAIL_COLUMNS = ("media", "other_recipients", "conversation_id", "in_reply_to", "claimed_by", "attempts",
+                  "next_attempt_at", "ignore_optout")
 
 
 @click.group(invoke_without_command=True)
@@ -48,20 +48,11 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
     if ctx.invoked_subcommand is not None:
         return
     config = load(config_path)
-    where, params = [], {}
-    for column, value in (("profile", profile), ("direction", direction), ("status", status)):
-        if value is not None:
-            where.append(f"{column} = :{column}")
-            params[column] = value
-    if number is not None:
-        where.append("(from_number = :number OR to_number = :number)")
-        params["number"] = number_option(number, "--number")
-    if since is not None:
-        where.append("created_at >= :since")
-        params["since"] = since_option(since)
+    filters = {"profile": profile, "direction": direction, "status": status,
+               "number": number_option(number, "--number"), "since": since_option(since)}  # fmt: skip
     store = open_store(config, create=False)
     try:
-        rows = store.mdrs(limit=limit, where=" AND ".join(where), params=params)
+        rows = store.mdrs(limit=limit, **filters)
     finally:
         store.close()
     if as_json:
@@ -116,6 +107,7 @@ def _detail(store: Any, mdr_id: int) -> dict[str, Any]:
     full = store.db.execute_returning_dicts("SELECT * FROM mdrs WHERE id = ?", [mdr_id])[0]
     row = {**store.mdr(mdr_id), **{k: full[k] for k in DETAIL_COLUMNS}}
     row["media"] = json.loads(row["media"]) if row["media"] else []
+    row["other_recipients"] = json.loads(row["other_recipients"]) if row["other_recipients"] else []
     row["ignore_optout"] = bool(row["ignore_optout"])
     if row["next_attempt_at"] is not None:
         row["next_attempt_at"] = iso(row["next_attempt_at"])
@@ -165,8 +157,9 @@ async def _refresh(config: Config, row: dict[str, Any]) -> Any:
 def optouts(config_path: str | None, as_json: bool, history: bool) -> None:
     """List the numbers that opted out, with when and how (STOP, Telnyx 40300, a plugin).
 
-    Opt-outs are per messaging profile; nothing but compliance answers reaches these numbers
-    from that profile.
+    An opt-out is account-wide (profile "-": no profile may message the number, Telnyx's
+    default) or for one messaging profile, as the optout plugin's scope setting says; nothing
+    but compliance answers reaches these numbers.
 
     \b
     Examples:

@@ -7,7 +7,8 @@ It plays both sides of Telnyx:
   (:meth:`FakeTelnyx.rate_limit`), 5xx (:meth:`~FakeTelnyx.fail`), 40300 for a recipient who
   texted STOP (:meth:`~FakeTelnyx.opt_out`) and timeouts (:meth:`~FakeTelnyx.timeout`);
 - the **management API** ``bot-core telnyx sync`` calls (``/v2/messaging_profiles/{id}``,
-  ``/v2/messaging_phone_numbers/{number}``), with the account's profiles and numbers in
+  ``/v2/phone_numbers`` and ``/v2/phone_numbers/{id}/messaging``, as Telnyx's OpenAPI spec
+  team-telnyx/openapi ``openapi/spec3.yml`` has them), with the account's profiles and numbers in
   :attr:`~FakeTelnyx.profiles` and :attr:`~FakeTelnyx.phone_numbers`;
 - the **webhooks** Telnyx posts: :attr:`~FakeTelnyx.webhooks` builds signed V1 and V2 inbound
   messages and delivery statuses, :meth:`~FakeTelnyx.report` one for a message the fake
@@ -178,7 +179,8 @@ class FakeTelnyx:
             Route("/messages/{sms_id}", self._get, methods=["GET"]),
             Route("/v2/messages/{sms_id}", self._get, methods=["GET"]),
             Route("/v2/messaging_profiles/{id}", self._profile, methods=["GET", "PATCH"]),
-            Route("/v2/messaging_phone_numbers/{number}", self._phone_number, methods=["GET", "PATCH"]),
+            Route("/v2/phone_numbers", self._list_numbers, methods=["GET"]),
+            Route("/v2/phone_numbers/{id}/messaging", self._phone_number, methods=["GET", "PATCH"]),
         ])  # fmt: skip
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -276,6 +278,10 @@ class FakeTelnyx:
                 return JSONResponse(_v2_error(fault.body) if v2 else fault.body, fault.status, fault.headers)
         if not isinstance(payload, dict) or not all(isinstance(payload.get(k), str) for k in ("from", "to")):
             return _refuse(v2, 400, "10002", "bad request: 'from' and 'to' must be strings")
+        if v2 and not payload["from"].startswith("+") and not payload.get("messaging_profile_id"):
+            # Telnyx's OpenAPI spec: messaging_profile_id is "required if sending via number pool
+            # or with an alphanumeric sender ID".
+            return _refuse(v2, 400, "10002", "messaging_profile_id is required to send from an alphanumeric sender ID")
         if payload["to"] in self.opted_out:
             return _refuse(v2, 400, "40300", "Blocked due to STOP message")
         sms_id = str(uuid.uuid4())
@@ -290,7 +296,7 @@ class FakeTelnyx:
                                      "msg": {"src": payload["from"], "dst": payload["to"], "body": text}}  # fmt: skip
         if v2:
             return JSONResponse({"data": self._v2_record(sms_id)})
-        segments = count_segments(text)
+        segments = count_segments(text, payload["from"])
         coding = 0 if segments.encoding == "GSM-7" else 8
         status_url = payload.get("delivery_status_webhook_url", "")
         return JSONResponse({**self._public(sms_id), "parts": segments.parts, "coding": coding,
@@ -315,7 +321,8 @@ class FakeTelnyx:
     def _v2_record(self, sms_id: str) -> dict[str, Any]:
         """A message as V2 describes it (``GET /v2/messages/{id}``)."""
         message = self.messages[sms_id]
-        msg, segments = message["msg"], count_segments(message["msg"]["body"])
+        msg = message["msg"]
+        segments = count_segments(msg["body"], msg["src"])
         return {"record_type": "message", "id": sms_id, "direction": "outbound", "type": "SMS",
                 "from": {"phone_number": msg["src"]}, "to": [{"phone_number": msg["dst"], "status": message["status"]}],
                 "text": msg["body"], "encoding": segments.encoding, "parts": segments.parts, "errors": []}  # fmt: skip
@@ -342,8 +349,9 @@ class FakeTelnyx:
 
     def add_number(self, number: str, messaging_profile_id: str | None = None) -> dict[str, Any]:
         """A phone number in the fake account, assigned to a messaging profile or not."""
-        record = {"record_type": "messaging_phone_number", "id": number, "phone_number": number,
-                  "messaging_profile_id": messaging_profile_id}  # fmt: skip
+        # Telnyx ids a number by a numeric string of its own, not by the number (spec3.yml).
+        record = {"record_type": "messaging_settings", "id": str(1293384261075731000 + len(self.phone_numbers)),
+                  "phone_number": number, "messaging_profile_id": messaging_profile_id}  # fmt: skip
         self.phone_numbers[number] = record
         return record
 
@@ -351,9 +359,20 @@ class FakeTelnyx:
         return await self._manage(request, self.profiles, request.path_params["id"], "messaging profile",
                                   _check_profile)  # fmt: skip
 
+    async def _list_numbers(self, request: Request) -> Response:
+        """``GET /v2/phone_numbers``; ``filter[phone_number]`` matches digits anywhere in the number."""
+        with self._lock:
+            self.requests.append(Recorded("GET", request.url.path, dict(request.headers), None))
+        if refused := self._unauthorized(request):
+            return refused
+        digits = "".join(c for c in request.query_params.get("filter[phone_number]", "") if c.isdigit())
+        found = [{**record, "record_type": "phone_number"} for record in self.phone_numbers.values()
+                 if digits in record["phone_number"]]  # fmt: skip
+        return JSONResponse({"data": found, "meta": {"total_results": len(found), "page_number": 1}})
+
     async def _phone_number(self, request: Request) -> Response:
-        return await self._manage(request, self.phone_numbers, request.path_params["number"], "phone number",
-                                  self._check_number)  # fmt: skip
+        by_id = {record["id"]: record for record in self.phone_numbers.values()}
+        return await self._manage(request, by_id, request.path_params["id"], "phone number", self._check_number)
 
     async def _manage(self, request: Request, records: dict[str, dict[str, Any]], key: str, what: str,
                       check: Callable[[dict[str, Any]], str | None]) -> Response:  # fmt: skip
