@@ -33,9 +33,10 @@ def free_port() -> int:
 class Server:
     """`bot-core serve` as a child process on a loopback port."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *args: str) -> None:
         self.config = config
         self.log_path = log
+        self.args = args  # more `serve` options, e.g. "--workers", "2"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -45,7 +46,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", str(self.port)],
+                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", str(self.port),
+                 *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + 20
@@ -89,10 +91,10 @@ def fake_telnyx_server() -> Iterator[FakeTelnyx]:
 def server_factory(tmp_path: Path) -> Iterator:
     servers: list[Server] = []
 
-    def make(config_text: str) -> Server:
+    def make(config_text: str, *args: str) -> Server:
         config = tmp_path / "bot.toml"
         config.write_text(config_text)
-        server = Server(config, tmp_path / "server.log")
+        server = Server(config, tmp_path / "server.log", *args)
         servers.append(server)
         return server
 
