@@ -218,11 +218,19 @@ class Texters:
         self.refused: list[str] = []  # any answer but 200 and 503
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._clients: list[httpx.Client] = []
+
+    def _client(self, fresh: bool = False) -> httpx.Client:
+        """This thread's connection to the server; ``fresh`` after its worker was killed."""
+        client = getattr(self._local, "client", None)
+        if client is None or fresh:
+            client = self._local.client = httpx.Client(base_url=self.url, timeout=10)
+            with self._lock:
+                self._clients.append(client)
+        return client
 
     def post(self, sms_id: str, body: bytes, headers: dict[str, str], barrier: threading.Barrier | None = None) -> None:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = httpx.Client(base_url=self.url, timeout=10)
+        client = self._client()
         if barrier is not None:  # the duplicate posted at the same instant
             try:
                 barrier.wait(2)
@@ -233,8 +241,7 @@ class Texters:
             try:
                 response = client.post("/webhooks/telnyx", content=body, headers=headers)
             except httpx.TransportError:  # the worker holding the connection was killed
-                client.close()
-                client = self._local.client = httpx.Client(base_url=self.url, timeout=10)
+                client = self._client(fresh=True)
                 continue
             if response.status_code == 200:
                 with self._lock:
@@ -282,6 +289,8 @@ class Texters:
                 for future in [pool.submit(self.post, *item) for item in redelivered]:
                     future.result()
                 duplicates += len(redelivered)
+        for client in self._clients:
+            client.close()
         return duplicates
 
 
