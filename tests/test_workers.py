@@ -188,6 +188,17 @@ def test_sigterm_ends_the_whole_tree_within_the_grace_even_with_a_worker_stuck(
     assert not any(alive(pid) for pid in pids)
 
 
+def test_workers_drain_and_exit_by_themselves_when_the_supervisor_is_killed(
+    server_factory, fake_telnyx_server, tmp_path
+):
+    server = server_factory(config_text(tmp_path, fake_telnyx_server.url), "--workers", "2").start()
+    wait_for(lambda: started(server, 2), timeout=30)
+    pids = list(workers(server).values())
+    server.stop(signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=2 + 5)
+    assert server.log.count("bot-core stopped") == 2  # each drained, not killed
+
+
 def test_a_config_error_stops_serve_before_any_worker_starts(server_factory, tmp_path):
     server = server_factory(config_text(tmp_path, "http://127.0.0.1:9").replace('["counter"]', '["nope"]'),
                             "--workers", "2")  # fmt: skip
