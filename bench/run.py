@@ -211,12 +211,11 @@ def side_by_side(report: Report, work: Path) -> None:
     log = work / "echo" / "server.log"
     stack = re.search(r"uvicorn [\d.]+, \w+, \w+", log.read_text(errors="replace")) if log.exists() else None
     report.line("server stack (bot-core and the floor alike)", stack[0] if stack else "unknown")
-    if "e2e" in figures and "e2e-w2" in figures:
-        report.line("end to end: --workers 2 / --workers 1",
-                    f"{figures['e2e-w2']:8.0f} / {figures['e2e']:.0f} replies/s = {figures['e2e-w2'] / figures['e2e']:.2f}x")  # fmt: skip
-    if "acks" in figures and "bare" in figures:
-        report.line("ack path / bare floor (plugins parked)",
-                    f"{figures['acks']:8.0f} / {figures['bare']:.0f} acks/s = {figures['acks'] / figures['bare']:.2f}")  # fmt: skip
+    for key, base, label, unit in (("e2e-w2", "e2e", "end to end: --workers 2 / --workers 1", "replies/s"),
+                                   ("acks", "bare", "ack path / bare floor (plugins parked)", "acks/s")):  # fmt: skip
+        if key in figures and base in figures:
+            ratio = figures[key] / figures[base]
+            report.line(label, f"{figures[key]:8.0f} / {figures[base]:.0f} {unit} = {ratio:.2f}x")
     for key, label in (("ack-p99-busy", "--workers 1"), ("ack-p99-busy-w2", "--workers 2")):
         if key in figures:
             report.line(f"ack p99 in a burst, handling and sending ({label})", ms(figures[key]))

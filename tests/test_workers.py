@@ -209,7 +209,8 @@ def test_a_config_error_stops_serve_before_any_worker_starts(server_factory, tmp
 
 
 def test_a_worker_whose_bot_cannot_start_stops_the_supervisor(server_factory, tmp_path):
-    server = server_factory(config_text(tmp_path, "http://127.0.0.1:9", plugin=FAILING_STARTUP_PLUGIN), "--workers", "2")
+    text = config_text(tmp_path, "http://127.0.0.1:9", plugin=FAILING_STARTUP_PLUGIN)
+    server = server_factory(text, "--workers", "2")
     with pytest.raises(RuntimeError, match="exited with 3"):
         server.start()
     assert "cannot reach the CRM" in server.log
