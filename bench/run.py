@@ -208,8 +208,8 @@ def first_arrivals(report: Report, replies: list[tuple[float, str]]) -> list[tup
 def side_by_side(report: Report, work: Path) -> None:
     """The comparisons issue 9 asks for, from the figures above."""
     figures = report.figures
-    log = work / "echo" / "server.log"
-    stack = re.search(r"uvicorn [\d.]+, \w+, \w+", log.read_text(errors="replace")) if log.exists() else None
+    logs = sorted(work.glob("*/server.log"))
+    stack = re.search(r"uvicorn [\d.]+, \w+, \w+", logs[0].read_text(errors="replace")) if logs else None
     report.line("server stack (bot-core and the floor alike)", stack[0] if stack else "unknown")
     for key, base, label, unit in (("e2e-w2", "e2e", "end to end: --workers 2 / --workers 1", "replies/s"),
                                    ("acks", "bare", "ack path / bare floor (plugins parked)", "acks/s")):  # fmt: skip
