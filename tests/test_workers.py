@@ -173,11 +173,17 @@ def test_two_workers_serve_one_port_and_a_killed_one_is_replaced_while_the_other
     replacement = workers(server)[1]
     assert f"worker 1 (pid {first[1]}) was killed by SIGKILL" in server.log
     assert alive(replacement) and parent_of(replacement) == server.process.pid
+
+    # Killed again at once, young: its replacement waits a back-off, so a crash loop cannot spin.
+    os.kill(replacement, signal.SIGKILL)
+    third = wait_for(lambda: workers(server)[1] not in (first[1], replacement) and workers(server)[1], timeout=30)
+    assert re.search(rf"worker 1 \(pid {replacement}\) was killed by SIGKILL after [0-4]\.\d s; starting another"
+                     r" in (0\.5|1) s", server.log)  # fmt: skip
     wait_for(lambda: started(server, 3), timeout=30)
 
     assert server.stop(signal.SIGTERM, timeout=2 + 5 + 5) == 0
     assert "SIGTERM: stopping 2 worker(s)" in server.log and "all workers stopped" in server.log
-    assert not any(alive(pid) for pid in [first[2], replacement])
+    assert not any(alive(pid) for pid in [first[2], replacement, third])
 
 
 def test_sigterm_ends_the_whole_tree_within_the_grace_even_when_workers_ignore_it(server_factory, tmp_path):
