@@ -56,8 +56,8 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def raise_open_files_limit() -> tuple[int, int]:
-    """Raise the soft open-files limit to the hard one; returns (soft, hard) as they end up.
+def raise_open_files_limit() -> None:
+    """Raise the soft open-files limit to the hard one, and log both.
 
     Every webhook connection, send and SQLite file holds a descriptor; the usual soft default
     (1024) is what a burst of connections runs into first, the hard limit is what the operator
@@ -72,7 +72,6 @@ def raise_open_files_limit() -> tuple[int, int]:
         except (ValueError, OSError) as exc:  # macOS refuses an unlimited soft limit
             log.warning("cannot raise the open files limit from %s to %s: %s", _limit(soft), _limit(hard), exc)
     log.info("open files limit: soft %s (was %s), hard %s", _limit(soft), _limit(before), _limit(hard))
-    return soft, hard
 
 
 def _limit(value: int) -> str:
