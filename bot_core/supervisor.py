@@ -86,8 +86,9 @@ def serve(bot: Bot, sock: socket.socket) -> None:
     config.load()
     loop = config.get_loop_factory()
     host, port = sock.getsockname()[:2]
-    log.info("listening on http://%s:%d (pid %d; uvicorn %s, %s, %s)", host, port, os.getpid(), uvicorn.__version__,
-             "uvloop" if loop and loop.__module__.startswith("uvloop") else "asyncio",
+    # uvicorn logs this line itself only when it binds the socket; the same words, for who greps them.
+    log.info("Uvicorn running on http://%s:%d (pid %d; uvicorn %s, %s, %s)", host, port, os.getpid(),
+             uvicorn.__version__, "uvloop" if loop and loop.__module__.startswith("uvloop") else "asyncio",
              "httptools" if "httptools" in config.http_protocol_class.__module__ else "h11")  # fmt: skip
     uvicorn.Server(config).run(sockets=[sock])
 
@@ -155,7 +156,7 @@ class Supervisor:
         previous_fd = signal.set_wakeup_fd(wakeup_writer.fileno())
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         host, port = self.sock.getsockname()[:2]
-        log.info("serving http://%s:%d with %d worker processes (supervisor pid %d)", host, port, self.count,
+        log.info("Uvicorn running on http://%s:%d with %d worker processes (supervisor pid %d)", host, port, self.count,
                  os.getpid())  # fmt: skip
         code = 0
         try:

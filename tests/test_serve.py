@@ -59,5 +59,5 @@ def test_serve_raises_the_open_files_limit_and_runs_on_uvloop_and_httptools(serv
         [str(hard), str(hard)]
     ]
     assert f"open files limit: soft {hard} (was {low}), hard {hard}" in server.log
-    assert f"listening on {server.url} (pid {server.process.pid}; uvicorn" in server.log
+    assert f"Uvicorn running on {server.url} (pid {server.process.pid}; uvicorn" in server.log
     assert "uvloop, httptools)" in server.log  # uvicorn[standard] is installed, and serve uses it
