@@ -373,6 +373,7 @@ def chaos(run: Chaos, server_factory, fake: FakeTelnyx, tmp_path: Path) -> None:
         mine.append(f"{text} #{len(mine) + 1}")
     every = {text for texts in expected.values() for text in texts}
     wait_for(lambda: every <= {r.json["body"] for r in fake.sent}, timeout=run.settle, interval=0.2)
+    wait_for(lambda: server.log.count("was killed by SIGKILL") == len(kills))  # the supervisor saw each
     began = time.monotonic()
     assert server.stop(signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - began < 2 + 5 + 3
@@ -394,7 +395,6 @@ def chaos(run: Chaos, server_factory, fake: FakeTelnyx, tmp_path: Path) -> None:
     ]
     assert rows(database, "SELECT COUNT(*) FROM mdrs WHERE direction = 'outbound'") == [(len(every),)]
     assert rows(database, "PRAGMA integrity_check") == [("ok",)]
-    assert server.log.count("was killed by SIGKILL") == len(kills)
     print(f"chaos: {len(stored)} messages, {duplicates} duplicate deliveries, {len(kills)} kills, "
           f"{sum(sent.values())} sends, {len(repeated)} repeated (in flight logged: {in_flight})")  # fmt: skip
 
