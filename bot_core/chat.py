@@ -93,7 +93,7 @@ class Session:
             if not self.bot.store.due_timers(self.bot.clock()):
                 return
             # A due timer reaches the dispatcher through the timer loop: let it hand it over.
-            self.bot.timers.poke()
+            self.bot.timers.wake()
             await asyncio.sleep(0.001)
         raise AssertionError(f"the bot did not settle within {timeout:g} s")
 
