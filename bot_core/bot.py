@@ -103,9 +103,10 @@ class Bot:
             impl = self.plugins.impl("startup", name)
             if impl is not None:
                 await call_impl(impl, {"bot": self})
-        pending = self.store.outstanding()
-        if pending:
-            log.info("resuming %d unit(s) of work left before this start", pending)
+        backlog = self.store.backlog()
+        if any(backlog.values()):
+            log.info("resuming work left before this start: %s",
+                     ", ".join(f"{n} {kind}" for kind, n in backlog.items() if n))  # fmt: skip
         loop = asyncio.get_running_loop()
         loops = [*self.dispatcher.loops, self.sender.claims]
         self._tasks = [loop.create_task(claims.run()) for claims in loops] + [loop.create_task(self._heartbeat())]

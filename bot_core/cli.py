@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
 from typing import Any
 
 import click
@@ -66,10 +69,20 @@ def serve(config_path: str | None, host: str, port: int) -> None:
         bot = Bot(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    threading.Thread(target=_exit_after_grace, args=(bot,), name="bot-core-exit-watchdog", daemon=True).start()
     uvicorn.run(
         create_app(bot), host=host, port=port, log_config=None, access_log=False,
         timeout_graceful_shutdown=max(1, int(config.bot.shutdown_grace)),
     )  # fmt: skip
+
+
+def _exit_after_grace(bot: Any) -> None:
+    """Exit within ``shutdown_grace`` + 4 s of the stop, whatever a plugin does: a hook that
+    ignores its cancellation, or blocks the event loop, must not keep the process alive."""
+    bot.stopping.wait()
+    time.sleep(bot.config.bot.shutdown_grace + 4)
+    logging.getLogger("bot_core").error("still stopping %gs past shutdown_grace: exiting now", 4)
+    os._exit(1)
 
 
 @cli.command()

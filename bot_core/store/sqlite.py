@@ -360,13 +360,18 @@ class Store:
             " AND (lease_owner IS NULL OR lease_until < ?)", (now,)
         )[0]  # fmt: skip
 
+    def backlog(self) -> dict[str, int]:
+        """Units not finished yet, by kind (timers not counted: they wait for their time)."""
+        row = self._read_one(
+            f"SELECT (SELECT COUNT(*) FROM mdrs WHERE status = '{RECEIVED}'),"
+            f" (SELECT COUNT(*) FROM mdrs WHERE {IN_OUTBOX}),"
+            " (SELECT COUNT(*) FROM delivery_events WHERE hook = 'pending')"
+        )  # fmt: skip
+        return dict(zip(("messages", "sends", "delivery status hook calls"), row))
+
     def outstanding(self) -> int:
-        """Messages, sends and status hook calls not finished yet (timers not counted)."""
-        return self._read_one(
-            f"SELECT (SELECT COUNT(*) FROM mdrs WHERE status = '{RECEIVED}')"
-            f" + (SELECT COUNT(*) FROM mdrs WHERE {IN_OUTBOX})"
-            " + (SELECT COUNT(*) FROM delivery_events WHERE hook = 'pending')"
-        )[0]  # fmt: skip
+        """How many units are not finished yet (see :meth:`backlog`)."""
+        return sum(self.backlog().values())
 
     # -- conversations -----------------------------------------------------------------------
 
