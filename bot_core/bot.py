@@ -92,8 +92,9 @@ class Bot:
         self.sender = Sender(self.store, self.client, config, self.metrics, self.clock, self.owner, self.stored)
         self.dispatcher = Dispatcher(self)
         self.timers = self.dispatcher.timers
-        self.metrics.track_queue("inbox", lambda: len(self.dispatcher.inbox))
-        self.metrics.track_queue("outbox", lambda: len(self.sender.claims))
+        # Depths count the database's backlog, what every process of the bot has left to do.
+        self.metrics.track_queue("inbox", lambda: self._backlog("messages"))
+        self.metrics.track_queue("outbox", lambda: self._backlog("sends"))
         self._take_over_dead()
         in_flight = self.store.unheld_in_flight()
         if in_flight:
@@ -112,6 +113,9 @@ class Bot:
         self._tasks = [loop.create_task(claims.run()) for claims in loops] + [loop.create_task(self._heartbeat())]
         self.started = True
         self._announce()
+
+    def _backlog(self, kind: str) -> int:
+        return self.store.backlog()[kind] if hasattr(self, "store") else 0
 
     def _take_over_dead(self) -> bool:
         """End the leases of owners on this host whose process is gone; True if there were any."""
@@ -300,7 +304,11 @@ class Bot:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """The bot's SQLite database, for plugins' own tables (prefix them with the plugin name)."""
+        """The bot's SQLite database, for plugins' own tables (prefix them with the plugin name).
+
+        A connection of its own, on the event loop's thread: its writes take effect at once,
+        not with the outcome of the message being handled, and wait for the file's write lock
+        (a few seconds at most). Keep them small and idempotent."""
         return self.store.db
 
     def send(
