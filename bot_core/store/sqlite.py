@@ -261,15 +261,12 @@ class Store:
         """Lease the rows ``select`` picks (ids) to ``owner``; returns ``returning`` (id first) of each, by id."""
         now = self.lease_clock()
         params = {**params, "now": now}
-        with self._lock:
-            if not self.conn.execute(select, params).fetchone():  # the idle case: no write at all
-                return []
-            with self.transaction() as conn:
-                rows = conn.execute(
-                    f"UPDATE {table} SET lease_owner = :owner, lease_until = :until WHERE id IN ({select})"
-                    f" RETURNING {returning}",
-                    {**params, "owner": owner, "until": now + lease},
-                ).fetchall()
+        with self.transaction() as conn:  # claiming nothing writes nothing to the WAL
+            rows = conn.execute(
+                f"UPDATE {table} SET lease_owner = :owner, lease_until = :until WHERE id IN ({select})"
+                f" RETURNING {returning}",
+                {**params, "owner": owner, "until": now + lease},
+            ).fetchall()
         return sorted(rows)
 
     def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]:
@@ -340,6 +337,12 @@ class Store:
             for table in _UNIT_TABLES:
                 conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
                              (owner,))  # fmt: skip
+
+    def release_unit(self, table: str, row_id: int, owner: str) -> None:
+        """Give back one unit ``owner`` holds, for any process to claim again."""
+        assert table in _UNIT_TABLES
+        self._statement(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                        (row_id, owner))  # fmt: skip
 
     def owners(self) -> set[str]:
         """Every process holding a lease now, live or not."""
