@@ -91,7 +91,8 @@ class Dispatcher:
                         extra={"message_id": message.id, "mdr_id": message.mdr_id})
             await bot.stored(store.finish_inbound, message.mdr_id, status=IGNORED, error=reason, owner=bot.owner)
             return
-        conversation = await bot.stored(store.conversation, number.profile, message.to_number, message.from_number)
+        conversation = store.find_conversation(message.to_number, message.from_number) or await bot.stored(
+            store.conversation, number.profile, message.to_number, message.from_number)  # the first message
         outcome = await self.consult(message, conversation)
         await self._commit(message.mdr_id, conversation, outcome, message_id=message.id)
 

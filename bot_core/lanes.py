@@ -61,7 +61,8 @@ class Claims(Generic[T]):
             self._wake.clear()
             await self.claim_once()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+                async with asyncio.timeout(self.poll):  # unlike wait_for, no task per wake-up
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

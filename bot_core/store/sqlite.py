@@ -380,16 +380,18 @@ class Store:
 
     def conversation(self, profile: str | None, our_number: str, their_number: str) -> Conversation:
         """The conversation between two numbers, created on first use."""
-        sql = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
-        row = self._read_one(sql, (our_number, their_number))
-        if row is None:
-            with self.transaction() as conn:
-                self._conversation_id(profile, our_number, their_number, self.now())
-                row = conn.execute(sql, (our_number, their_number)).fetchone()
-        return Conversation(
-            id=row[0], profile=row[1], our_number=our_number, their_number=their_number,
-            state=json.loads(row[2]),
-        )  # fmt: skip
+        found = self.find_conversation(our_number, their_number)
+        if found is not None:
+            return found
+        with self.transaction():
+            self._conversation_id(profile, our_number, their_number, self.now())
+            row = self.conn.execute(_CONVERSATION_SQL, (our_number, their_number)).fetchone()
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2]))
+
+    def find_conversation(self, our_number: str, their_number: str) -> Conversation | None:
+        """The conversation between two numbers, if it exists (a read: never waits for a writer)."""
+        row = self._read_one(_CONVERSATION_SQL, (our_number, their_number))
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2])) if row else None
 
     def _conversation_id(self, profile: str | None, our_number: str, their_number: str, now: str) -> int:
         self.conn.execute(
@@ -682,6 +684,7 @@ class Store:
         return rows[0] if rows else None
 
 
+_CONVERSATION_SQL = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
 _INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at"
 
 
