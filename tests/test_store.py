@@ -13,7 +13,7 @@ import sqlite_utils
 from bot_core.messages import InboundMessage
 from bot_core.store import (
     FAILED, HANDLED, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, LeaseLost, OutboundDraft, SendEffect,
-    Store, TimerEffect,
+    Store, TimerEffect, WorkStore,
 )  # fmt: skip
 from bot_core.store.schema import MIGRATIONS
 
@@ -242,3 +242,10 @@ def test_two_processes_write_at_once_without_database_is_locked(store, tmp_path)
     assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert len(store.pending_outbound()) == 600
     assert store.conn.execute("SELECT COUNT(*) FROM optouts").fetchone()[0] == 300
+
+
+def test_the_sqlite_engine_implements_the_work_contract(store):
+    assert isinstance(store, WorkStore)
+    for name in WorkStore.__dict__:
+        if not name.startswith("_"):
+            assert callable(getattr(store, name)), name
