@@ -197,10 +197,11 @@ def test_the_claims_read_through_their_partial_indexes(store):
     store.conn.set_trace_callback(None)
     checked = 0
     for sql in traced:
-        if sql.startswith(("SELECT m.id", "UPDATE mdrs")):
-            plan = " ".join(row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql.replace(":now", "0")))
-            assert "SCAN m\b" not in plan and "SCAN mdrs " not in plan + " ", (sql, plan)
-            assert "USING INDEX mdrs_inbox" in plan or "USING INDEX mdrs_outbox" in plan or "mdrs_leased" in plan, (sql, plan)
+        if sql.startswith("UPDATE mdrs"):
+            plan = [row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql.replace(":now", "0"))]
+            table_scans = [step for step in plan if step.startswith(("SCAN mdrs", "SCAN m")) and "INDEX" not in step]
+            assert table_scans == [], (sql, plan)  # never the whole table
+            assert any(name in " ".join(plan) for name in ("mdrs_inbox", "mdrs_outbox", "mdrs_leased")), (sql, plan)
             checked += 1
     assert checked >= 3
 
