@@ -2,9 +2,10 @@
 
 Three connections to one WAL file. The *writer* connection runs every write on one thread of
 its own (:meth:`Store.call`), so a write that waits for the file lock (another process holds
-``BEGIN IMMEDIATE``) or fails (the disk is full) never stalls the event loop; webhook inserts
-that arrive together share one transaction (group commit). The *reader* connection answers
-the reads, which WAL never makes wait for a writer. The *plugin* connection is ``bot.db``.
+``BEGIN IMMEDIATE``) or fails (the disk is full) never stalls the event loop; writes queued
+while the thread is busy (webhook inserts in a burst, finishes, send marks) share one
+transaction, each in its own savepoint (group commit). The *reader* connection answers the
+reads, which WAL never makes wait for a writer. The *plugin* connection is ``bot.db``.
 
 Any thread may call the synchronous methods (tests and the CLI do): a lock per connection
 keeps their statements apart. A busy timeout of a few seconds, not 30, makes a write behind
@@ -72,8 +73,8 @@ class Store:
         self._read_lock = threading.Lock()
         self.db = sqlite_utils.Database(self._connect(busy_timeout))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="bot-core-store")
-        self._batch: list[tuple[tuple, asyncio.Future, asyncio.AbstractEventLoop]] = []
-        self._batch_lock = threading.Lock()
+        self._jobs: list[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._jobs_lock = threading.Lock()
         self._migrate()
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
@@ -101,7 +102,45 @@ class Store:
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` (a method of this store) on the writer thread, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        return await self.submit(partial(fn, *args, **kwargs))
+
+    def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``job`` for the writer thread. Jobs queued while it is busy run together in one
+        transaction (group commit: one commit, one wake-up of each thread, for all of them),
+        each in a savepoint of its own, so one failing job fails alone. Cancel the future to
+        give up waiting: a job not started yet is then skipped."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._jobs_lock:
+            self._jobs.append((job, future, loop))
+            if len(self._jobs) > 1:
+                return future  # a drain is queued already and takes this one too
+        loop.run_in_executor(self._executor, self._drain)
+        return future
+
+    def _drain(self) -> None:
+        with self._jobs_lock:
+            jobs, self._jobs = self._jobs, []
+        jobs = [job for job in jobs if not job[1].done()]  # done: its caller gave up (a webhook got 503)
+        if not jobs:
+            return
+        results: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        try:
+            with self.transaction() as conn:
+                for job, future, _ in jobs:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        results.append((future, job(), None))
+                    except Exception as exc:
+                        if not conn.in_transaction:  # SQLite rolled it all back (disk full): all failed
+                            raise
+                        conn.execute("ROLLBACK TO job")
+                        results.append((future, None, exc))
+                    conn.execute("RELEASE job")
+        except Exception as exc:  # BEGIN or COMMIT failed (locked, disk full): every job failed
+            results = [(future, None, exc) for _, future, _ in jobs]
+        loop = jobs[0][2]
+        loop.call_soon_threadsafe(_settle, results)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -175,33 +214,8 @@ class Store:
 
     def insert_inbound(self, message: InboundMessage, *, status: str = RECEIVED,
                        error: str | None = None) -> asyncio.Future[int | None]:  # fmt: skip
-        """:meth:`add_inbound` on the writer thread, in one transaction with the webhooks that
-        arrive meanwhile (group commit). Cancel the future to give up waiting: an insert not
-        started yet is then skipped."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int | None] = loop.create_future()
-        with self._batch_lock:
-            self._batch.append(((message, status, error), future, loop))
-            if len(self._batch) > 1:
-                return future  # a flush is queued already and takes this one too
-        loop.run_in_executor(self._executor, self._flush_inbound)
-        return future
-
-    def _flush_inbound(self) -> None:
-        with self._batch_lock:
-            batch, self._batch = self._batch, []
-        batch = [item for item in batch if not item[1].done()]  # done: its webhook got its 503 already
-        if not batch:
-            return
-        try:
-            with self.transaction():
-                ids = [self.add_inbound(m, status=status, error=error) for (m, status, error), _, _ in batch]
-        except Exception as exc:
-            for _, future, loop in batch:
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-            return
-        for (_, future, loop), mdr_id in zip(batch, ids):
-            loop.call_soon_threadsafe(_settle, future, mdr_id, None)
+        """:meth:`add_inbound` on the writer thread, committed with whatever else is queued."""
+        return self.submit(partial(self.add_inbound, message, status=status, error=error))
 
     def pending_inbound(self) -> list[InboundMessage]:
         """Inbound messages acknowledged but not yet handled, oldest first."""
@@ -695,10 +709,11 @@ def _inbound(row: tuple) -> InboundMessage:
     )  # fmt: skip
 
 
-def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if future.done():  # its waiter gave up
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, result, exc in results:
+        if future.done():  # its waiter gave up
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
