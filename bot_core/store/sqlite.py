@@ -33,7 +33,7 @@ from ..logs import MASK
 from ..messages import Conversation, DeliveryStatus, InboundMessage, Media
 from ..timers import Timer
 from . import (
-    BLOCKED, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
+    PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
     OutboundDraft, SendEffect, StatusEvent, TimerEffect,
 )  # fmt: skip
 from .schema import IN_OUTBOX, MIGRATIONS
@@ -221,10 +221,6 @@ class Store:
         """Inbound messages acknowledged but not yet handled, oldest first."""
         rows = self._read(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE status = '{RECEIVED}' ORDER BY id")
         return [_inbound(row) for row in rows]
-
-    def inbound(self, mdr_id: int) -> InboundMessage | None:
-        row = self._read_one(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE id = ? AND direction = 'inbound'", (mdr_id,))
-        return _inbound(row) if row else None
 
     def finish_inbound(
         self,
