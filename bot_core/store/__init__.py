@@ -63,6 +63,9 @@ SENDING = "sending_local"  # its HTTP request started; it may have reached Telny
 SANDBOX = "sandbox"  # recorded, never sent (sandbox mode)
 BLOCKED = "blocked"  # not sent: the recipient opted out
 
+# The profile key of an account-wide opt-out: it covers every profile.
+ACCOUNT = "*"
+
 
 class LeaseLost(Exception):
     """The unit's lease passed to another process: this one must not commit its outcome."""
@@ -167,7 +170,8 @@ class WorkStore(Protocol):
     """
 
     def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]: ...
-    def claim_timers(self, owner: str, limit: int, lease: float) -> list[Timer]: ...
+    def claim_timers(self, owner: str, limit: int, lease: float, *,
+                     lane: tuple[str, str] | None = None) -> list[Timer]: ...  # fmt: skip
     def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]: ...
     def claim_status_hooks(self, owner: str, limit: int, lease: float) -> list[StatusEvent]: ...
     def finish_inbound(self, mdr_id: int, *, status: str, conversation: Conversation | None = None,
@@ -195,7 +199,7 @@ class WorkStore(Protocol):
 from .sqlite import Store, iso  # noqa: E402  (the engine needs the names above)
 
 __all__ = [
-    "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
+    "ACCOUNT", "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
     "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft", "SendEffect",
     "StatusEvent", "Store", "TimerEffect", "WorkStore", "iso",
 ]  # fmt: skip

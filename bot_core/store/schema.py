@@ -60,7 +60,13 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX timers_due ON timers(due_at) WHERE status = 'pending'")
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _migration_recipients_and_status_profile(db: sqlite_utils.Database) -> None:
+    """A group message keeps its other recipients; a delivery status, the profile that verified it."""
+    db.execute("ALTER TABLE mdrs ADD COLUMN other_recipients TEXT")  # a JSON array of E.164 numbers
+    db.execute("ALTER TABLE delivery_events ADD COLUMN profile TEXT")  # NULL: not profile-signed (V2, CLI)
+
+
+def _migration_claimed_work(db: sqlite_utils.Database) -> None:
     """Claimed work: leases on every unit, lane indexes for the claim queries, stored pacing."""
     for table in ("mdrs", "timers", "delivery_events"):
         db.execute(f"ALTER TABLE {table} ADD COLUMN lease_owner TEXT")
@@ -79,4 +85,8 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE heartbeats (owner TEXT PRIMARY KEY, at REAL NOT NULL)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1,
+    _migration_recipients_and_status_profile,
+    _migration_claimed_work,
+)
