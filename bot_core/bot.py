@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import sqlite_utils
 
-from .config import Config, NumberState, parse_duration
 from . import effects as effects_
+from .config import Config, NumberState, parse_duration
 from .dispatch import Dispatcher
 from .errors import SignatureError, WebhookError
 from .messages import Conversation, InboundMessage, Reply

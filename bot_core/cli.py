@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from .commands.chat import chat_command
-from .commands.conversations import conversations
 from .commands.common import DEMO, config_option, failure, group_config_option, load
+from .commands.conversations import conversations
 from .commands.explain import explain_command
 from .commands.init import init_command
 from .commands.inventory import numbers, plugins_command, profiles
@@ -106,7 +106,7 @@ def check(config_path: str | None) -> None:
         raise failure(ConfigError("\n".join(problems)))
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
-    for profile, answering in zip(config.profiles.values(), plugins.answering(config)):
+    for profile, answering in zip(config.profiles.values(), plugins.answering(config), strict=True):
         state = "enabled" if profile.enabled else "DISABLED"
         click.echo(f"{answering}; {state}")
     click.echo("numbers:")

@@ -13,8 +13,19 @@ import sqlite_utils
 
 from bot_core.messages import InboundMessage
 from bot_core.store import (
-    FAILED, HANDLED, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, LeaseLost, OutboundDraft, SendEffect,
-    Store, TimerEffect, WorkStore,
+    FAILED,
+    HANDLED,
+    PENDING,
+    RECEIVED,
+    SENDING,
+    CancelEffect,
+    ConsentEffect,
+    LeaseLost,
+    OutboundDraft,
+    SendEffect,
+    Store,
+    TimerEffect,
+    WorkStore,
 )  # fmt: skip
 from bot_core.store.schema import MIGRATIONS
 

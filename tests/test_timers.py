@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import types
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,7 +15,7 @@ from bot_core.testing import BotTester, FakeClock
 from .conftest import wait_for
 
 NUMBER, CUSTOMER = "+13125550100", "+13125550123"
-START = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
 def reminder_plugin(calls=None):

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from email.utils import formatdate
+from itertools import pairwise
 
 import httpx
 import pytest
@@ -29,7 +30,7 @@ def echo():
 
 
 def gaps(calls) -> list[float]:
-    return [b.at - a.at for a, b in zip(calls, calls[1:])]
+    return [b.at - a.at for a, b in pairwise(calls)]
 
 
 def outbound(run, text: str) -> dict:
@@ -112,7 +113,7 @@ async def test_backoff_grows_exponentially_with_jitter(tmp_path, monkeypatch):
         await run.settle()
     waits = gaps(telnyx.calls)
     assert len(waits) == len(chosen) == 5
-    for attempt, (delay, wait) in enumerate(zip(chosen, waits), 1):
+    for attempt, (delay, wait) in enumerate(zip(chosen, waits, strict=True), 1):
         ceiling = 0.04 * 2 ** (attempt - 1)
         assert ceiling / 2 <= delay <= ceiling, (attempt, chosen)
         assert wait >= delay - 0.005, (attempt, waits, chosen)  # and it did wait that long

@@ -7,7 +7,7 @@ import json
 import logging
 import tomllib
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,7 +112,7 @@ def since_option(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        return iso(datetime.now(timezone.utc).timestamp() - parse_duration(value))
+        return iso(datetime.now(UTC).timestamp() - parse_duration(value))
     except ValueError:
         pass
     try:
@@ -120,7 +120,7 @@ def since_option(value: str | None) -> str | None:
     except ValueError:
         raise click.BadParameter(f"{value!r} is neither ISO 8601 (2025-11-29T08:00) nor a duration (2h, 7d)",
                                  param_hint="--since") from None  # fmt: skip
-    return iso((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+    return iso((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
 
 
 def echo_json(value: Any) -> None:
@@ -143,7 +143,7 @@ def echo_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
     cells = [[format.get(c, _cell)(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     for line in [list(columns), *cells]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 def _cell(value: Any) -> str:

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..logs import Masker
 from ..plugins import Plugins, load_plugins
 from ..store import ACCOUNT
-from .common import config_option, failure, echo_json_lines, echo_table, json_option, load, open_store
+from .common import config_option, echo_json_lines, echo_table, failure, json_option, load, open_store
 
 
 def _plugins(config: Config) -> Plugins:

@@ -12,8 +12,12 @@ from ..errors import SendError, WebhookError
 from ..store import SANDBOX, iso
 from ..telnyx import make_client
 from ..webhooks import parse_webhook
+
+# Packed by hand (fmt: skip), so isort leaves it alone too.
+# isort: off
 from .common import (clip, config_option, echo_json, echo_json_lines, echo_table, json_option, load, number_option,
                      open_store, run, since_option)  # fmt: skip
+# isort: on
 
 LIST_COLUMNS = ("id", "created_at", "direction", "status", "from", "to", "parts", "text")
 # What `show` adds to the columns of the list.

@@ -13,7 +13,7 @@ from ..config import Config, parse_duration
 from ..errors import ConfigError
 from ..runner import database_in_use, queueing, running
 from ..store import BLOCKED, FAILED, PENDING, SANDBOX, SENDING
-from .common import config_option, failure, echo_json, json_option, load, number_option, quiet_logging, run
+from .common import config_option, echo_json, failure, json_option, load, number_option, quiet_logging, run
 
 
 @click.command()

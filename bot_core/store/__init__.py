@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ..messages import Conversation, InboundMessage
@@ -157,7 +157,7 @@ class ConsentEffect:
     source: str
 
 
-Effect = Union[SendEffect, TimerEffect, CancelEffect, ConsentEffect]
+Effect = SendEffect | TimerEffect | CancelEffect | ConsentEffect
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,8 +34,19 @@ from ..logs import Masker
 from ..messages import Conversation, DeliveryStatus, InboundMessage, Media
 from ..timers import Timer
 from . import (
-    ACCOUNT, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
-    OutboundDraft, SendEffect, StatusEvent, TimerEffect,
+    ACCOUNT,
+    PENDING,
+    RECEIVED,
+    SENDING,
+    CancelEffect,
+    ConsentEffect,
+    Effect,
+    LeaseLost,
+    Outbound,
+    OutboundDraft,
+    SendEffect,
+    StatusEvent,
+    TimerEffect,
 )  # fmt: skip
 from .schema import IN_OUTBOX, MIGRATIONS
 
@@ -49,7 +60,7 @@ _UNIT_TABLES = ("mdrs", "timers", "delivery_events")
 
 def iso(ts: float) -> str:
     """A UTC ISO 8601 timestamp that sorts as text."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 class Store:
@@ -243,7 +254,7 @@ class Store:
         """
         now = self.now()
         conversation_id = conversation.id if conversation else None
-        with self.transaction() as conn:
+        with self.transaction():
             self._finish("mdrs", mdr_id, owner, status=status, claimed_by=claimed_by, error=self.redact(error),
                          conversation_id=conversation_id, updated_at=now)  # fmt: skip
             self._save_state(conversation, now)
@@ -384,7 +395,7 @@ class Store:
             f" (SELECT COUNT(*) FROM mdrs WHERE {IN_OUTBOX}),"
             " (SELECT COUNT(*) FROM delivery_events WHERE hook = 'pending')"
         )  # fmt: skip
-        return dict(zip(("messages", "sends", "delivery status hook calls"), row))
+        return dict(zip(("messages", "sends", "delivery status hook calls"), row, strict=True))
 
     def outstanding(self) -> int:
         """How many units are not finished yet (see :meth:`backlog`)."""
@@ -739,7 +750,7 @@ class Store:
         with self._read_lock:
             cursor = self._reader.execute(sql, params)
             keys = [d[0] for d in cursor.description]
-            return [dict(zip(keys, row)) for row in cursor.fetchall()]
+            return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
 
     def mdr(self, mdr_id: int) -> dict | None:
         rows = self.mdrs(limit=1, mdr_id=mdr_id)

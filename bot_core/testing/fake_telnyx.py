@@ -29,7 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -134,7 +134,7 @@ class TelnyxWebhooks:
                 "meta": {"attempt": 1}}  # fmt: skip
 
     def _now(self) -> str:
-        return datetime.fromtimestamp(self.clock(), timezone.utc).isoformat(timespec="milliseconds")
+        return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass

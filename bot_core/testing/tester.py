@@ -34,7 +34,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -46,9 +46,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ..bot import Bot
 from ..chat import BOT_PREFIX, CUSTOMER, YOU_PREFIX, Exchange, Session, show, webhooks_for
 from ..config import Config, load_config, parse_duration
-from .fake_telnyx import FakeTelnyx, SignedWebhook
 from ..plugins import load_plugins
 from ..webhooks import sign_v1
+from .fake_telnyx import FakeTelnyx, SignedWebhook
 
 __all__ = [
     "BotTester",
@@ -82,7 +82,7 @@ class FakeClock:
 
 def _epoch(when: datetime | float) -> float:
     if isinstance(when, datetime):
-        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     return float(when)
 
 
