@@ -234,7 +234,7 @@ class Supervisor:
         limit = self.config.bot.shutdown_grace + KILL_AFTER
         log.info("%s: stopping %d worker(s), waiting up to %.0f s", reason, len(self._workers), limit)
         for worker in self._workers.values():
-            if worker.process.is_alive():
+            if worker.process.is_alive() and worker.process.pid is not None:  # alive: started, so it has a pid
                 os.kill(worker.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + limit
         running = [w.process for w in self._workers.values()]
