@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 from click.core import ParameterSource
@@ -97,6 +97,10 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
+@overload
+def number_option(value: str, option: str) -> str: ...
+@overload
+def number_option(value: str | None, option: str) -> str | None: ...
 def number_option(value: str | None, option: str) -> str | None:
     """A phone number given on the command line, in E.164, or a usage error naming the option."""
     if value is None:

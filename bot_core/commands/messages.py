@@ -52,11 +52,10 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
     if ctx.invoked_subcommand is not None:
         return
     config = load(config_path)
-    filters = {"profile": profile, "direction": direction, "status": status,
-               "number": number_option(number, "--number"), "since": since_option(since)}  # fmt: skip
+    number, since = number_option(number, "--number"), since_option(since)
     store = open_store(config, create=False)
     try:
-        rows = store.mdrs(limit=limit, **filters)
+        rows = store.mdrs(limit=limit, profile=profile, direction=direction, status=status, number=number, since=since)
     finally:
         store.close()
     if as_json:
