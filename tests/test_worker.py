@@ -130,9 +130,12 @@ async def test_a_retry_after_longer_than_backoff_max_waits_only_backoff_max(tmp_
 
 @pytest.mark.parametrize("header", ["1", "date"])
 async def test_429_waits_as_long_as_retry_after_says(tmp_path, header):
-    value = "1" if header == "1" else formatdate(time.time() + 2, usegmt=True)
+    def slow_down(request: httpx.Request) -> httpx.Response:  # the date is taken when Telnyx answers
+        value = "1" if header == "1" else formatdate(time.time() + 2, usegmt=True)
+        return httpx.Response(429, headers={"retry-after": value}, json={"code": "10011", "message": "slow down"})
+
     telnyx = ScriptedTelnyx()
-    telnyx.then(httpx.Response(429, headers={"retry-after": value}, json={"code": "10011", "message": "slow down"}))
+    telnyx.then(slow_down)
     async with Running(make_config(tmp_path, ["echo"], sending={"backoff_max": "5s"}), telnyx, echo()) as run:
         await run.text("hi")
         await run.settle()
