@@ -29,7 +29,7 @@ from .phone import alphanumeric_destination_error, normalize_number, sender_kind
 from .plugins import Plugins, call_impl, load_plugins
 from .store import IGNORED, Store
 from .telnyx import TelnyxClient, make_client
-from .timers import TimerLoop
+from .timers import Timer, TimerLoop
 from .webhooks import Webhook, verify_v1, verify_v2
 from .worker import Sender
 
@@ -80,7 +80,7 @@ class Bot:
         self.client: TelnyxClient = make_client(config, self._transport)
         self.sender = Sender(self.store, self.client, config, self.metrics, self.clock)
         self.dispatcher = Dispatcher(self, on_outbox=self.sender.wake)
-        self.timers = TimerLoop(lambda: self.store.due_timers(self.clock()), self.dispatcher.submit)
+        self.timers = TimerLoop(self.due_timers, self.dispatcher.submit)
         self.metrics.track_queue("inbox", lambda: len(self.dispatcher.lanes))
         self.metrics.track_queue("outbox", lambda: len(self.sender.lanes))
         requeued = self.store.requeue_in_flight()
@@ -107,8 +107,14 @@ class Bot:
             log.warning("!!! WEBHOOK SIGNATURES ARE NOT VERIFIED (verify_signatures = false): anyone who "
                         "can reach this server can make it send messages. Never run this way in production.")  # fmt: skip
         mode = "SANDBOX: nothing is sent" if config.bot.sandbox else f"Telnyx API v{config.telnyx.api_version}"
-        log.info("bot-core started (%s); messaging-enabled numbers: %s; plugins: %s", mode,
+        log.info("bot-core started (%s); messaging-enabled numbers: %s; plugins loaded: %s", mode,
                  ", ".join(config.enabled_numbers()) or "none", ", ".join(self.plugins.names) or "none")  # fmt: skip
+        for line in self.plugins.answering(config):
+            log.info("%s", line)
+
+    def due_timers(self) -> list[tuple[Timer, tuple[str, str]]]:
+        """The timers the timer loop fires now, each with its conversation's lane key."""
+        return self.store.due_timers(self.clock())
 
     async def stop(self) -> None:
         """Finish in-flight plugin calls and sends within ``shutdown_grace``, then close.

@@ -567,6 +567,31 @@ class Store:
         rows = self.mdrs(limit=1, mdr_id=mdr_id)
         return rows[0] if rows else None
 
+    # -- conversations for operators (bot-core conversations) ----------------------------------
+
+    def conversation_rows(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
+        """Conversations, most recently active first, with their state (decoded), message and
+        pending timer counts, as ``bot-core conversations --json`` prints them."""
+        sql = (
+            "SELECT c.id, c.profile, c.our_number, c.their_number, c.state, c.created_at, c.updated_at,"
+            " (SELECT count(*) FROM mdrs m WHERE m.conversation_id = c.id) AS messages,"
+            " (SELECT count(*) FROM timers t WHERE t.conversation_id = c.id AND t.status = 'pending') AS timers"
+            " FROM conversations c" + (f" WHERE {where}" if where else "")
+            + " ORDER BY c.updated_at DESC, c.id DESC" + (" LIMIT :limit" if limit is not None else "")
+        )  # fmt: skip
+        rows = self._rows(sql, {**(params or {}), "limit": limit})
+        for row in rows:
+            row["state"] = json.loads(row["state"])
+        return rows
+
+    def reset_conversation(self, conversation_id: int) -> int:
+        """Empty a conversation's state and cancel its pending timers, in one transaction, so
+        that its next message starts afresh; returns how many timers were cancelled."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE conversations SET state = '{}', updated_at = ? WHERE id = ?",
+                         (self.now(), conversation_id))  # fmt: skip
+            return self.cancel_timers(conversation_id)
+
 
 def _inbound(row: tuple) -> InboundMessage:
     media = tuple(Media(**m) for m in json.loads(row[6])) if row[6] else ()

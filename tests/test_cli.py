@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from bot_core.cli import cli
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.messages import InboundMessage
 from bot_core.store import OutboundDraft, Store
 
@@ -241,9 +241,9 @@ def test_plugins_show_where_each_came_from_and_its_hooks(tmp_path):
     code, out = invoke("plugins", "--config", str(config), "--json")
     rows = {r["name"]: r for r in json_lines(out)}
     assert code == 0
-    assert rows["echo"]["source"] == "bundled" and rows["echo"]["hooks"] == ["handle_message"]
+    assert rows["echo"]["source"] == "bundled" and rows["echo"]["hooks"] == ["check_config", "handle_message"]
     assert rows["boom"]["source"] == f"plugins_dir {tmp_path / 'plugins' / 'boom.py'}"
-    assert rows["boom"]["profiles"] == ["closed", "support"]  # closed lists no plugins: all are active
+    assert rows["boom"]["profiles"] == ["support"]  # closed lists no plugins: only optout answers there
 
 
 def test_plugins_names_the_distribution_of_an_installed_entry_point(tmp_path):
@@ -426,12 +426,75 @@ def test_explain_works_beside_a_running_server(tmp_path):
     assert result.returncode == 0 and json.loads(result.stdout)["claimed_by"] == "echo"
 
 
+# -- --config anywhere; no stray demo databases ------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["messages", "show", "1", "--config", "{config}"],
+    ["messages", "show", "--config", "{config}", "1"],
+    ["messages", "--config", "{config}", "show", "1"],
+    ["--config", "{config}", "messages", "show", "1"],
+    ["messages", "show", "1", "--json", "--config", "{config}"],
+])  # fmt: skip
+def test_config_works_in_every_position(tmp_path, monkeypatch, args):
+    config = sandbox(tmp_path)
+    seed(config)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the demo bot would use a database here
+    code, out = invoke(*(a.format(config=config) for a in args))
+    assert code == 0, out
+    assert "old" in out and not list(elsewhere.iterdir())
+
+
+def test_a_typed_config_wins_over_the_environment_at_any_level(tmp_path, monkeypatch):
+    config = sandbox(tmp_path)
+    seed(config)
+    monkeypatch.setenv("BOT_CORE_CONFIG", str(tmp_path / "absent.toml"))
+    for args in (["profiles", "--json", "--config", str(config)], ["--config", str(config), "profiles", "--json"]):
+        code, out = invoke(*args)
+        assert code == 0, out
+        assert {r["name"] for r in json_lines(out)} == {"support", "closed"}
+    code, out = invoke("profiles")
+    assert code == 1 and "absent.toml" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["messages"], ["messages", "show", "1"], ["optouts"], ["conversations", "list"], ["conversations", "show", "1"],
+])  # fmt: skip
+def test_read_only_commands_without_a_config_create_no_database(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BOT_CORE_CONFIG", raising=False)
+    code, out = invoke(*args)
+    assert code == 1
+    assert "no --config given, and no demo database (bot-core-demo.db) in this folder" in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_inventories_without_a_database_show_zero_counts_and_create_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BOT_CORE_CONFIG", raising=False)
+    for command in ("profiles", "numbers", "plugins"):
+        code, out = invoke(command, "--json")
+        assert code == 0, out
+        assert json_lines(out)
+    code, out = invoke("profiles", "--json")
+    assert json_lines(out)[0]["inbound"] == 0
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "bot").mkdir()
+    config = sandbox(tmp_path / "bot")
+    code, out = invoke("messages", "--config", str(config))
+    assert code == 1 and f"no database at {config.parent / 'bot.db'} yet" in out
+    assert not (config.parent / "bot.db").exists()
+
+
 # -- help -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", [
     [], ["serve"], ["check"], ["chat"], ["send"], ["messages"], ["messages", "show"], ["profiles"], ["numbers"],
-    ["plugins"], ["optouts"], ["explain"], ["telnyx"], ["telnyx", "sync"],
+    ["plugins"], ["optouts"], ["explain"], ["telnyx"], ["telnyx", "sync"], ["conversations"],
+    ["conversations", "list"], ["conversations", "show"], ["conversations", "reset"], ["init"],
 ])  # fmt: skip
 def test_every_command_has_help_with_examples(command):
     code, out = invoke(*command, "--help")

@@ -11,7 +11,7 @@ import textwrap
 import httpx
 import pytest
 
-from bot_core.fake_telnyx import TelnyxWebhooks
+from bot_core.testing import TelnyxWebhooks
 from bot_core.logs import MASK, JsonFormatter, SecretFilter, TextFormatter, setup_logging
 
 SECRET = "s3cr3t-profile-secret"

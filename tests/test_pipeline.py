@@ -12,10 +12,9 @@ import nacl.signing
 import pytest
 
 from bot_core import Reply, hookimpl
-from bot_core.fake_telnyx import FakeTelnyx
 from bot_core.messages import DeliveryStatus
 from bot_core.store import OutboundDraft
-from bot_core.testing import BotTester
+from bot_core.testing import BotTester, FakeTelnyx
 from bot_core.webhooks import sign_v1, sign_v2
 
 from .conftest import sample

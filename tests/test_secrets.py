@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bot_core.config import load_config
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.webhooks import sign_v1
 
 from .conftest import Server, wait_for
@@ -112,14 +113,16 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
         for answer in answers:
             assert answer.status_code >= 400
             assert_no_secret(answer.text, "a webhook error")
-        # Telnyx failing in every way, and plugins failing with a secret in hand.
-        fake.fail(500)
-        fake.rate_limit(0.1)
-        fake.timeout()
+        # Telnyx failing in every way, and plugins failing with a secret in hand. Each fault
+        # targets the reply to one customer, so every reply succeeds within max_attempts.
+        customers = ["+13125550125", "+13125550126", "+13125550127"]
+        fake.fail(500, to="+13125550123")
+        fake.rate_limit(0.1, to=customers[0])
+        fake.timeout(to=customers[2])
         fake.opt_out("+13125550124")
         assert server.post(good, headers).status_code == 200
-        for i, text in enumerate(["config", "leak", "fine"]):
-            assert server.post(*inbound(text, f"m-{i + 2}")).status_code == 200
+        for i, (text, customer) in enumerate(zip(["config", "leak", "fine"], customers)):
+            assert server.post(*inbound(text, f"m-{i + 2}", customer=customer)).status_code == 200
         assert server.post(*inbound("stop me", "m-9", customer="+13125550124")).status_code == 200
         assert server.post(*inbound("sales", "m-10", to="+13125550101", secret=SALES_SECRET)).status_code == 200
         wait_for(lambda: len(fake.sent) >= 5, timeout=20)
@@ -127,7 +130,7 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
         # 200 whether or not the bot has recorded Telnyx's id yet (an early status is kept and
         # applied when it has); the point here is what the log and MDRs show of it.
         assert server.post(status.body, status.headers).status_code == 200
-        time.sleep(0.3)
+        wait_for(lambda: _query(tmp_path / "bot.db", "SELECT 1 FROM mdrs WHERE status = 'delivery_failed'"))
     finally:
         server.stop()
         fake.stop()
@@ -143,11 +146,17 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
 
 
 def _dump(database: Path) -> list[str]:
-    import sqlite3
-
     conn = sqlite3.connect(database)
     try:
         return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def _query(database: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(database)
+    try:
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 

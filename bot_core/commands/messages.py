@@ -45,14 +45,12 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
       bot-core messages --config bot.toml --direction outbound --status failed --json
       bot-core messages --config bot.toml show 42 --refresh
     """
-    ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
     if ctx.invoked_subcommand is not None:
         return
     config = load(config_path)
     filters = {"profile": profile, "direction": direction, "status": status,
                "number": number_option(number, "--number"), "since": since_option(since)}  # fmt: skip
-    store = open_store(config)
+    store = open_store(config, create=False)
     try:
         rows = store.mdrs(limit=limit, **filters)
     finally:
@@ -65,10 +63,10 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
 
 @messages.command()
 @click.argument("mdr_id", metavar="ID", type=int)
+@config_option
 @json_option
 @click.option("--refresh", is_flag=True, help="Fetch the message from Telnyx first and update the local copy.")
-@click.pass_context
-def show(ctx: click.Context, mdr_id: int, as_json: bool, refresh: bool) -> None:
+def show(mdr_id: int, config_path: str | None, as_json: bool, refresh: bool) -> None:
     """Show one MDR in full, with the delivery statuses Telnyx reported for it.
 
     --refresh asks Telnyx for its record of the message (GET {api_base}/messages/{id}, with
@@ -76,11 +74,11 @@ def show(ctx: click.Context, mdr_id: int, as_json: bool, refresh: bool) -> None:
 
     \b
     Examples:
-      bot-core messages --config bot.toml show 42
+      bot-core messages show 42 --config bot.toml
       bot-core messages --config bot.toml show 42 --refresh --json
     """
-    config = load(ctx.obj["config_path"])
-    store = open_store(config)
+    config = load(config_path)
+    store = open_store(config, create=False)
     try:
         before = store.mdr(mdr_id)
         if before is None:
@@ -169,7 +167,7 @@ def optouts(config_path: str | None, as_json: bool, history: bool) -> None:
       bot-core optouts --config bot.toml --history --json
     """
     config = load(config_path)
-    store = open_store(config)
+    store = open_store(config, create=False)
     try:
         rows = store.consent_log() if history else store.optouts()
     finally:

@@ -67,7 +67,7 @@ def register_keywords() -> list[tuple[str, str]]:
     return [(word, "opt-out compliance") for word in OPT_OUT + OPT_IN + HELP]
 
 
-@hookimpl(tryfirst=True)
+@hookimpl
 def handle_message(bot, message, conversation, config) -> Any:
     word = normalize_keyword(message.text)
     sender = message.from_number

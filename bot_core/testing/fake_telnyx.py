@@ -40,8 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .segments import count_segments
-from .webhooks import sign_v1, sign_v2
+from ..segments import count_segments
+from ..webhooks import sign_v1, sign_v2
 
 # V2 statuses after which Telnyx sends message.finalized rather than message.sent.
 _FINAL_STATUSES = frozenset({"delivered", "delivery_failed", "sending_failed", "delivery_unconfirmed"})
@@ -155,6 +155,7 @@ class _Fault:
     headers: dict[str, str]
     delay: float
     timeout: bool = False
+    to: str | None = None  # only sends to this number; None: the next send, whoever it is to
 
 
 class FakeTelnyx:
@@ -187,29 +188,32 @@ class FakeTelnyx:
 
     # -- scripting the messaging API ----------------------------------------------------------
 
+    # Every fault hits the next ``times`` sends, or with ``to`` the next ``times`` sends to that
+    # number only: a test sending several replies at once can then say which one fails.
+
     def fail(self, status: int = 500, times: int = 1, *, retry_after: float | None = None,
-             code: str = "10007", delay: float = 0.0) -> None:  # fmt: skip
+             code: str = "10007", delay: float = 0.0, to: str | None = None) -> None:  # fmt: skip
         """Answer the next ``times`` sends with ``status`` (after ``delay`` seconds)."""
         headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else {}
         body = {"success": False, "status": status, "code": code, "message": f"fake error {status}"}
-        self._add(_Fault(status, body, headers, delay) for _ in range(times))
+        self._add(_Fault(status, body, headers, delay, to=to) for _ in range(times))
 
-    def rate_limit(self, retry_after: float = 1.0, times: int = 1) -> None:
+    def rate_limit(self, retry_after: float = 1.0, times: int = 1, *, to: str | None = None) -> None:
         """Answer the next ``times`` sends with 429 Too Many Requests and ``Retry-After``."""
-        self.fail(429, times, retry_after=retry_after, code="10011")
+        self.fail(429, times, retry_after=retry_after, code="10011", to=to)
 
     def opt_out(self, number: str) -> None:
         """Refuse sends to ``number`` with code 40300, as Telnyx does after the recipient texted STOP."""
         self.opted_out.add(number)
 
-    def stall(self, seconds: float, times: int = 1) -> None:
+    def stall(self, seconds: float, times: int = 1, *, to: str | None = None) -> None:
         """Answer the next ``times`` sends only after ``seconds`` (to provoke client timeouts)."""
-        self._add(_Fault(0, {}, {}, seconds) for _ in range(times))
+        self._add(_Fault(0, {}, {}, seconds, to=to) for _ in range(times))
 
-    def timeout(self, times: int = 1) -> None:
+    def timeout(self, times: int = 1, *, to: str | None = None) -> None:
         """Let the next ``times`` sends time out: in-process at once, on loopback by never answering
         before the client gives up (the request may have reached Telnyx, as in real life)."""
-        self._add(_Fault(0, {}, {}, 3600.0, timeout=True) for _ in range(times))
+        self._add(_Fault(0, {}, {}, 3600.0, timeout=True, to=to) for _ in range(times))
 
     def clear(self) -> None:
         with self._lock:
@@ -220,6 +224,18 @@ class FakeTelnyx:
     def _add(self, faults: Any) -> None:
         with self._lock:
             self._faults.extend(faults)
+
+    def _next_fault(self, payload: Any, *, only_timeout: bool = False) -> _Fault | None:
+        """The first fault scripted for this send, taken off the queue (call with the lock held);
+        with ``only_timeout``, left there unless it is a timeout."""
+        to = payload.get("to") if isinstance(payload, dict) else None
+        for index, fault in enumerate(self._faults):
+            if fault.to is None or fault.to == to:
+                if only_timeout and not fault.timeout:
+                    return None
+                del self._faults[index]
+                return fault
+        return None
 
     # -- webhooks Telnyx posts ----------------------------------------------------------------
 
@@ -251,7 +267,7 @@ class FakeTelnyx:
         v2 = request.url.path.startswith("/v2")
         with self._lock:
             self.requests.append(record)
-            fault = self._faults.popleft() if self._faults else None
+            fault = self._next_fault(payload)
         if v2 and (refused := self._unauthorized(request)):
             return refused
         if fault is not None:
@@ -437,13 +453,16 @@ class _Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         fake = self._fake
+        if request.method != "POST":
+            return await self._app.handle_async_request(request)
+        try:
+            payload = json.loads(request.content)
+        except ValueError:
+            payload = None
         with fake._lock:
-            timeout = bool(fake._faults) and fake._faults[0].timeout and request.method == "POST"
+            timeout = fake._next_fault(payload, only_timeout=True)
             if timeout:
-                fake._faults.popleft()
-                body = request.content
-                fake.requests.append(Recorded(request.method, request.url.path, dict(request.headers),
-                                              json.loads(body) if body else None))  # fmt: skip
+                fake.requests.append(Recorded(request.method, request.url.path, dict(request.headers), payload))
         if timeout:
             raise httpx.ReadTimeout("the fake Telnyx did not answer (scripted timeout)", request=request)
         return await self._app.handle_async_request(request)
