@@ -20,6 +20,7 @@ from .chat import sandboxed
 from .config import Config
 from .dispatch import Outcome
 from .errors import BotError
+from .logs import Masker
 from .messages import InboundMessage
 from .outbox import draft
 from .store import FAILED, IGNORED, RECEIVED, Store
@@ -30,7 +31,11 @@ class ExplainError(BotError):
 
 
 async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str, Any]:
-    """What the bot would do with ``text`` from ``from_`` to ``to``, committing nothing."""
+    """What the bot would do with ``text`` from ``from_`` to ``to``, committing nothing.
+
+    Every secret of the config is masked in the result: a plugin's exception or reply may
+    quote one, and the result is printed.
+    """
     number = config.number(to)
     if number is None or number.profile is None:
         raise ExplainError(f"{to} is not assigned to any messaging profile in the config: Telnyx's webhook "
@@ -54,7 +59,7 @@ async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str
             result["state_before"] = copy.deepcopy(conversation.state)
             message = InboundMessage(f"explain-{uuid.uuid4()}", text, from_, to, number.profile)
             outcome = await bot.dispatcher.consult(message, conversation)
-            drafts = [draft(bot.store, reply, profile=number.profile, from_number=to, to_number=from_,
+            drafts = [draft(bot.store.is_opted_out, reply, profile=number.profile, from_number=to, to_number=from_,
                             max_parts=config.bot.max_parts) for reply in outcome.replies]  # fmt: skip
         finally:
             await bot.stop()
@@ -64,7 +69,7 @@ async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str
         replies=[{"text": d.text, "encoding": d.encoding, "parts": d.parts, "status": d.status, "error": d.error}
                  for d in drafts],
     )  # fmt: skip
-    return result
+    return Masker(config.secrets()).mask_data(result)
 
 
 def _trace(bot: Bot, outcome: Outcome) -> list[dict[str, str]]:

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import random
+import sqlite3
 import time
 import uuid
 
@@ -144,39 +145,41 @@ async def test_one_conversation_is_handled_one_message_at_a_time_in_arrival_orde
 
 
 async def test_a_slow_plugin_call_holds_up_neither_other_conversations_nor_the_webhook(tmp_path):
+    answered = asyncio.Event()  # the slow service answers only when the test says so
+
     async def handle_message(message):
         if message.text == "slow":
-            await asyncio.sleep(2)  # an HTTP call to a slow service
+            await answered.wait()  # an HTTP call to a slow service
         return f"re: {message.text}"
 
-    async with Running(make_config(tmp_path, ["slow"]), None, plugin("slow", handle_message=handle_message)) as run:
-        started = time.monotonic()
+    config = make_config(tmp_path, ["slow"], bot={"plugin_timeout": "60s"})  # slow, not too slow, however loaded
+    async with Running(config, None, plugin("slow", handle_message=handle_message)) as run:
         await run.text("slow", from_="+13125550140")
-        timings = []
-        for i in range(20):
-            t0 = time.monotonic()
-            await run.text(f"fast {i}", from_=f"+131255501{50 + i}")
-            timings.append(time.monotonic() - t0)
-        await eventually(lambda: len(run.telnyx.texts()) == 20, timeout=1.5)
-        assert time.monotonic() - started < 1.5
+        for i in range(20):  # each webhook is answered while the slow call is still waiting...
+            assert (await run.text(f"fast {i}", from_=f"+131255501{50 + i}")).status_code == 200
+        await eventually(lambda: len(run.telnyx.texts()) == 20, timeout=10)  # ...and so is each reply
         assert "re: slow" not in run.telnyx.texts()
-        assert max(timings) < 0.2, timings  # the webhook answers at once
+        answered.set()
         await run.settle()
         assert run.telnyx.texts()[-1] == "re: slow"
 
 
 async def test_conversations_are_handled_concurrently(tmp_path):
+    waiting, everyone_in = [], asyncio.Event()
+
     async def handle_message(message):
-        await asyncio.sleep(0.5)
+        waiting.append(message.from_number)
+        if len(waiting) == 30:
+            everyone_in.set()
+        await everyone_in.wait()  # handled one after another, the first call would wait forever
         return "done"
 
     async with Running(make_config(tmp_path, ["wait"]), None, plugin("wait", handle_message=handle_message)) as run:
-        started = time.monotonic()
         for i in range(30):
             await run.text("hi", from_=f"+131255502{i:02d}")
+        await asyncio.wait_for(everyone_in.wait(), 10)
         await run.settle()
         assert len(run.telnyx.texts()) == 30
-        assert time.monotonic() - started < 2.0  # 30 x 0.5 s one after another would be 15 s
 
 
 # -- plugin faults ------------------------------------------------------------------------
@@ -287,3 +290,28 @@ async def test_a_plugin_call_cut_off_by_a_stop_is_made_again_at_the_next_start(t
         assert run.telnyx.texts() == ["first #1", "second #2"]
         assert run.bot.store.mdr(mdr_id)["status"] == HANDLED
         assert run.mdrs(direction="inbound", status=RECEIVED) == []
+
+
+async def test_an_unexpected_error_gives_the_message_back_to_be_handled_again(tmp_path, caplog, monkeypatch):
+    """A bug (not a passing store failure) in recording an outcome: the message is not dropped
+    from memory and stranded; after a pause it is claimed and handled again."""
+    calls: list[str] = []
+
+    def handle_message(message):
+        calls.append(message.text)
+        return "ok"
+
+    config = make_config(tmp_path, ["once"], bot={"poll_interval": "50ms"})
+    async with Running(config, None, plugin("once", handle_message=handle_message)) as run:
+        finish = run.bot.store.finish_inbound
+
+        def broken_once(*args, **kwargs):
+            monkeypatch.setattr(run.bot.store, "finish_inbound", finish)
+            raise sqlite3.IntegrityError("a bug")
+
+        monkeypatch.setattr(run.bot.store, "finish_inbound", broken_once)
+        mdr_id = (await run.text("hi")).json()["mdr_id"]
+        await run.settle()
+        assert calls == ["hi", "hi"] and run.telnyx.texts() == ["ok"]
+        assert run.bot.store.mdr(mdr_id)["status"] == HANDLED
+        assert "unexpected error in inbound work" in caplog.text

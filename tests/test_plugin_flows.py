@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import bot_core_flows
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -16,10 +17,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bot_core import ConfigError
-from bot_core.fake_telnyx import FakeTelnyx
-from bot_core.testing import BotTester, FakeClock
+from bot_core.testing import BotTester, FakeClock, FakeTelnyx
 
-from .conftest import free_port, wait_for
+from .conftest import wait_for
 
 NUMBER, CUSTOMER = "+13125550100", "+13125550123"
 SIGNUP = {
@@ -44,6 +44,12 @@ def config(flows=None, plugins=("flows", "fallback"), fallback="Sorry?"):
 
 def submissions(bot):
     return list(bot.bot.db.query("SELECT * FROM flows_submissions ORDER BY id"))
+
+
+def deliveries(bot):
+    """Delivery attempts scheduled (the plugin's pending post timers): with none, nothing more
+    will be posted."""
+    return list(bot.bot.db.query("SELECT id FROM timers WHERE plugin = 'flows' AND name = 'post' AND status = 'pending'"))
 
 
 def test_the_signup_flow_asks_checks_retries_confirms_and_records(tmp_path):
@@ -235,8 +241,6 @@ def test_a_flow_removed_from_the_config_leaves_no_stuck_conversation(tmp_path):
 
 
 def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
-    import bot_core_flows
-
     with BotTester(config(), tmp_path=tmp_path) as bot:
         complete_signup(bot)
         [row] = submissions(bot)
@@ -244,7 +248,7 @@ def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
         again = bot.portal.call(lambda: bot_core_flows._posters[bot.bot].record(
             message_id=row["message_id"], conversation_id=row["conversation_id"], flow=flow, profile="support",
             from_number=CUSTOMER, to_number=NUMBER, answers={"name": "Ann", "zip": "60601"}))  # fmt: skip
-        assert again == row["id"] and len(submissions(bot)) == 1
+        assert again == (row["id"], False) and len(submissions(bot)) == 1  # sandboxed: nothing to deliver
 
 
 # -- post_to ------------------------------------------------------------------------------------
@@ -253,10 +257,14 @@ def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
 class Receiver:
     """A real HTTP server on loopback that records JSON posts and answers as scripted."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self) -> None:
         self.requests: list[tuple[dict, dict]] = []
         self.statuses: list[int] = []
-        self.port = port or free_port()
+        # Bound now, listening only once entered: until then connections are refused, and no
+        # other test can take the port meanwhile.
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/signups"
         self.app = Starlette(routes=[Route("/signups", self.receive, methods=["POST"])])
 
@@ -266,14 +274,10 @@ class Receiver:
         return JSONResponse({"ok": status < 400}, status)
 
     def __enter__(self) -> Receiver:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started)
-        self._sock = sock
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -289,6 +293,17 @@ def posting(url, **settings):
 def live(config, tmp_path, **kwargs):
     """A bot that is not in sandbox mode (it sends to a fake Telnyx), so post_to is used."""
     return BotTester(config, tmp_path=tmp_path, telnyx=FakeTelnyx(), **kwargs)
+
+
+def retried_until(bot, predicate, timeout: float = 10):
+    """Move the bot's clock on until ``predicate(row)`` holds: each retry is a timer on that clock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = submissions(bot)[0]
+        if predicate(row):
+            return row
+        bot.advance("1s")
+    raise AssertionError(f"not retried as expected within {timeout} s: {submissions(bot)}")
 
 
 def complete_signup(bot, name="Ann"):
@@ -313,7 +328,7 @@ def test_5xx_answers_are_retried_with_backoff_until_accepted(tmp_path):
     with Receiver() as receiver, live(posting(receiver.url), tmp_path) as bot:
         receiver.statuses = [503, 500, 502]
         complete_signup(bot)
-        wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")
+        retried_until(bot, lambda row: row["post_status"] == "delivered")
         assert len(receiver.requests) == 4
         assert {json.dumps(body) for body, _ in receiver.requests} == {json.dumps(receiver.requests[0][0])}
         assert submissions(bot)[0]["post_attempts"] == 4
@@ -325,7 +340,7 @@ def test_a_4xx_answer_is_final(tmp_path):
         complete_signup(bot)
         row = wait_for(lambda: (r := submissions(bot)[0])["post_status"] == "failed" and r)
         assert (row["post_attempts"], row["post_error"]) == (1, "HTTP 422")
-        time.sleep(0.3)
+        bot.advance("1h")  # no retry is scheduled
         assert len(receiver.requests) == 1
 
 
@@ -333,7 +348,8 @@ def test_retries_stop_after_post_attempts(tmp_path):
     with Receiver() as receiver, live(posting(receiver.url, post_attempts=3), tmp_path) as bot:
         receiver.statuses = [503] * 10
         complete_signup(bot)
-        row = wait_for(lambda: (r := submissions(bot)[0])["post_status"] == "failed" and r)
+        row = retried_until(bot, lambda row: row["post_status"] == "failed")
+        bot.advance("1h")
         assert (row["post_attempts"], row["post_error"], len(receiver.requests)) == (3, "HTTP 503", 3)
 
 
@@ -341,13 +357,11 @@ def test_an_unreachable_receiver_is_retried_and_the_delivery_survives_a_restart(
     receiver = Receiver()  # not listening yet: connections are refused
     with live(posting(receiver.url, post_backoff="200ms"), tmp_path) as bot:
         complete_signup(bot)
-        wait_for(lambda: submissions(bot)[0]["post_attempts"] >= 2)
-        row = submissions(bot)[0]
+        row = retried_until(bot, lambda row: row["post_attempts"] >= 2)
         assert row["post_status"] == "pending" and "ConnectError" in row["post_error"]
-        bot.portal.call(bot.bot.stop)
         with receiver:
-            bot.portal.call(bot.bot.start)
-            wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")
+            bot.restart()
+            retried_until(bot, lambda row: row["post_status"] == "delivered")
             assert [body["answers"] for body, _ in receiver.requests] == [{"name": "Ann", "zip": "60601"}]
 
 
@@ -355,8 +369,7 @@ def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
     with Receiver() as receiver:
         with BotTester(posting(receiver.url), tmp_path=tmp_path) as bot:
             complete_signup(bot)
-            time.sleep(0.3)
-            assert receiver.requests == []
+            assert deliveries(bot) == [] and receiver.requests == []
             assert submissions(bot)[0]["post_status"] == "sandbox"
         # A submission left pending by a live run waits while the bot runs sandboxed.
         with live(posting(receiver.url), tmp_path / "live") as bot:
@@ -365,10 +378,11 @@ def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
             wait_for(lambda: receiver.requests)
         receiver.statuses.clear()
         with BotTester(posting(receiver.url), tmp_path=tmp_path / "live") as bot:
-            time.sleep(0.3)
-            assert submissions(bot)[0]["post_status"] == "pending"
+            attempts = submissions(bot)[0]["post_attempts"]
+            bot.advance("1s")  # its next attempt falls due while sandboxed: it waits (made again later)
+            assert (submissions(bot)[0]["post_status"], submissions(bot)[0]["post_attempts"]) == ("pending", attempts)
         with live(posting(receiver.url), tmp_path / "live") as bot:
-            wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")
+            retried_until(bot, lambda row: row["post_status"] == "delivered")
 
 
 # -- settings --------------------------------------------------------------------------------
