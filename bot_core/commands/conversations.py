@@ -92,7 +92,7 @@ def show(which: str, config_path: str | None, to_number: str | None, as_json: bo
         row = _find(store, which, to_number)
         timers = [{"id": t.id, "due_at": iso(t.due_at), "plugin": t.plugin, "name": t.name, "text": t.text,
                    "payload": t.payload} for t in store.timers(row["id"])]  # fmt: skip
-        recent = store.mdrs(limit=10, where="conversation_id = :id", params={"id": row["id"]})
+        recent = store.mdrs(limit=10, conversation_id=row["id"])
     finally:
         store.close()
     if as_json:

@@ -712,6 +712,7 @@ class Store:
         status: str | None = None,
         number: str | None = None,
         since: str | None = None,
+        conversation_id: int | None = None,
     ) -> list[dict]:
         """MDRs newest first, as dicts keyed like ``bot-core messages --json``.
 
@@ -721,7 +722,8 @@ class Store:
         """
         filters = {"id = :mdr_id": mdr_id, "id > :after_id": after_id, "profile = :profile": profile,
                    "direction = :direction": direction, "status = :status": status,
-                   "(from_number = :number OR to_number = :number)": number, "created_at >= :since": since}  # fmt: skip
+                   "(from_number = :number OR to_number = :number)": number, "created_at >= :since": since,
+                   "conversation_id = :conversation_id": conversation_id}  # fmt: skip
         where = " AND ".join(clause for clause, value in filters.items() if value is not None)
         sql = (
             "SELECT id, direction, profile, from_number AS \"from\", to_number AS \"to\", text,"
@@ -731,7 +733,8 @@ class Store:
             + (" LIMIT :limit" if limit is not None else "")
         )
         params = {"mdr_id": mdr_id, "after_id": after_id, "profile": profile, "direction": direction,
-                  "status": status, "number": number, "since": since, "limit": limit}  # fmt: skip
+                  "status": status, "number": number, "since": since, "conversation_id": conversation_id,
+                  "limit": limit}  # fmt: skip
         return self._rows(sql, params)
 
     def _rows(self, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
