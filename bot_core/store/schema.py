@@ -1,0 +1,92 @@
+"""The SQLite schema as a list of migrations: ``PRAGMA user_version`` counts those applied.
+
+Never edit a migration that has shipped: add the next one, so every existing database upgrades.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+from . import PENDING, RECEIVED, SENDING
+
+# The WHERE clause of the outbox's partial indexes. SQLite uses a partial index only for a query
+# that repeats its WHERE clause, so every outbox query includes this text verbatim.
+IN_OUTBOX = f"status IN ('{PENDING}', '{SENDING}')"
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    db["mdrs"].create(
+        {
+            "id": int, "direction": str, "profile": str, "from_number": str, "to_number": str,
+            "text": str, "media": str, "status": str, "parts": int, "encoding": str,
+            "telnyx_id": str, "error": str, "conversation_id": int, "in_reply_to": int,
+            "claimed_by": str, "attempts": int, "next_attempt_at": float, "ignore_optout": int,
+            "created_at": str, "updated_at": str,
+        },
+        pk="id",
+        not_null={"direction", "from_number", "to_number", "text", "status", "created_at", "updated_at"},
+        defaults={"attempts": 0, "ignore_optout": 0},
+    )  # fmt: skip
+    db.execute("CREATE UNIQUE INDEX mdrs_telnyx_id ON mdrs(direction, telnyx_id)")
+    db.execute(f"CREATE INDEX mdrs_inbox ON mdrs(id) WHERE status = '{RECEIVED}'")
+    db.execute(f"CREATE INDEX mdrs_outbox ON mdrs(id) WHERE {IN_OUTBOX}")
+    db.execute("CREATE INDEX mdrs_created_at ON mdrs(created_at)")
+    db.execute("CREATE INDEX mdrs_conversation ON mdrs(conversation_id)")
+    db["conversations"].create(
+        {"id": int, "profile": str, "our_number": str, "their_number": str, "state": str,
+         "created_at": str, "updated_at": str},
+        pk="id",
+        not_null={"our_number", "their_number", "state"},
+    )  # fmt: skip
+    db.execute("CREATE UNIQUE INDEX conversations_pair ON conversations(our_number, their_number)")
+    db["optouts"].create(
+        {"profile": str, "number": str, "opted_out": int, "updated_at": str},
+        pk=("profile", "number"),
+    )
+    db["consent_log"].create(
+        {"id": int, "profile": str, "number": str, "action": str, "source": str, "at": str}, pk="id"
+    )
+    db["delivery_events"].create(
+        {"id": int, "telnyx_id": str, "status": str, "error": str, "received_at": str}, pk="id"
+    )
+    db.execute("CREATE INDEX delivery_events_telnyx_id ON delivery_events(telnyx_id)")
+    db["timers"].create(
+        {"id": int, "conversation_id": int, "plugin": str, "name": str, "due_at": float,
+         "text": str, "payload": str, "status": str, "created_at": str, "fired_at": str},
+        pk="id",
+    )  # fmt: skip
+    db.execute("CREATE INDEX timers_due ON timers(due_at) WHERE status = 'pending'")
+
+
+def _migration_recipients_and_status_profile(db: sqlite_utils.Database) -> None:
+    """A group message keeps its other recipients; a delivery status, the profile that verified it."""
+    db.execute("ALTER TABLE mdrs ADD COLUMN other_recipients TEXT")  # a JSON array of E.164 numbers
+    db.execute("ALTER TABLE delivery_events ADD COLUMN profile TEXT")  # NULL: not profile-signed (V2, CLI)
+
+
+def _migration_claimed_work(db: sqlite_utils.Database) -> None:
+    """Claimed work: leases on every unit, lane indexes for the claim queries, stored pacing."""
+    for table in ("mdrs", "timers", "delivery_events"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN lease_owner TEXT")
+        db.execute(f"ALTER TABLE {table} ADD COLUMN lease_until REAL")
+        db.execute(f"CREATE INDEX {table}_leased ON {table}(lease_owner) WHERE lease_owner IS NOT NULL")
+    db.execute(f"CREATE INDEX mdrs_inbox_lane ON mdrs(to_number, from_number, id) WHERE status = '{RECEIVED}'")
+    db.execute(f"CREATE INDEX mdrs_outbox_lane ON mdrs(from_number, to_number, id) WHERE {IN_OUTBOX}")
+    db.execute("CREATE INDEX timers_lane ON timers(conversation_id, due_at, id) WHERE status = 'pending'")
+    # A delivery status owes a hook call ('pending') only when some plugin implements the hook.
+    for column in ("from_number TEXT", "to_number TEXT", "mdr_id INTEGER", "hook TEXT", "hook_error TEXT"):
+        db.execute(f"ALTER TABLE delivery_events ADD COLUMN {column}")
+    db.execute("CREATE INDEX delivery_events_lane ON delivery_events(from_number, to_number, id) WHERE hook = 'pending'")
+    # The next free send slot of each sending number, shared by every process on the database.
+    db.execute("CREATE TABLE pacing (number TEXT PRIMARY KEY, next_at REAL NOT NULL)")
+    # One row per process, rewritten by the health check: a write that fails when the disk is full.
+    db.execute("CREATE TABLE heartbeats (owner TEXT PRIMARY KEY, at REAL NOT NULL)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1,
+    _migration_recipients_and_status_profile,
+    _migration_claimed_work,
+)
