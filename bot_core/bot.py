@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import sqlite_utils
 
+from . import handoff as handoffs
 from .config import Config, parse_duration
 from .dispatch import Dispatcher
 from .errors import SignatureError, WebhookError
@@ -233,8 +234,12 @@ class Bot:
         number = self.config.number(status.from_number or "")
         if number is None and (profile := self.config.profile_for_sender(status.from_number or "")):
             number = self.config.number(profile.numbers[0]) if profile.numbers else None
-        plugins = self.plugins.active(number) if number else self.plugins.names
-        task = asyncio.get_running_loop().create_task(self.plugins.call("delivery_status", plugins, bot=self, status=status))
+        self.observe("delivery_status", self.plugins.active(number) if number else self.plugins.names, bot=self,
+                     status=status)  # fmt: skip
+
+    def observe(self, hook: str, plugins: list[str], **kwargs: Any) -> None:
+        """Call an observer hook of ``plugins`` in the background; :meth:`stop` waits for it."""
+        task = asyncio.get_running_loop().create_task(self.plugins.call(hook, plugins, **kwargs))
         self._observers.add(task)
         task.add_done_callback(self._observers.discard)
 
@@ -322,6 +327,16 @@ class Bot:
     def cancel_timers(self, conversation: Conversation, *, plugin: str | None = None, name: str | None = None) -> int:
         """Cancel a conversation's pending timers (only ``plugin``'s or ``name``'s if given)."""
         return self.store.cancel_timers(conversation.id, plugin=plugin, name=name)
+
+    def handoff(self, conversation: Conversation, reason: str) -> bool:
+        """Hand ``conversation`` to a person: from now on its messages wait in the operator inbox
+        and reach no plugin but ``optout``. False if a person already has it. ``reason`` is shown
+        to the operators and passed to the ``handoff`` hook."""
+        return handoffs.hand_over(self, conversation, reason)
+
+    def hand_back(self, conversation: Conversation, reason: str) -> bool:
+        """Give ``conversation`` back to the bot; False if the bot already has it."""
+        return handoffs.hand_back(self, conversation, reason)
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
         return self.store.is_opted_out(profile, number)

@@ -234,6 +234,21 @@ class SendingSettings:
 
 
 @dataclass(frozen=True)
+class InboxSettings:
+    """The ``[inbox]`` table: the operator pages and handoff to a person.
+
+    ``handback_after`` applies whether or not the pages are enabled: a conversation a plugin
+    handed to a person returns to the bot after that long with no operator reply (0: never).
+    """
+
+    enabled: bool = False
+    secret_key: str | None = field(default=None, repr=False)
+    handback_after: float = 1800.0
+    poll_interval: float = 0.5
+    login_delay: float = 1.0
+
+
+@dataclass(frozen=True)
 class Profile:
     """A Messaging Profile; ``numbers`` holds every number assigned to it, by its list or a [numbers] table."""
 
@@ -288,6 +303,7 @@ class Config:
     sending: SendingSettings
     profiles: dict[str, Profile]
     numbers: dict[str, NumberSettings]
+    inbox: InboxSettings = InboxSettings()
 
     @classmethod
     def from_dict(cls, data: Mapping, *, base_dir: str | os.PathLike = ".", source: str = "<dict>",
@@ -310,8 +326,9 @@ class Config:
             numbers[number] = table.build(
                 NumberSettings, number=number, profile=table.string("profile"), plugins=table.names("plugins"),
                 plugin_config=table.plugin_config(), send_rate=table.rate("send_rate"))
+        inbox = _inbox(root.table("inbox"))
         root.done()
-        return cls(None, base, bot, telnyx, sending, _assign(profiles, numbers, source), numbers)
+        return cls(None, base, bot, telnyx, sending, _assign(profiles, numbers, source), numbers, inbox)
 
     @cached_property
     def _owners(self) -> dict[str, str]:
@@ -363,7 +380,7 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret in the config, for masking them in logs."""
-        return [p.secret for p in self.profiles.values()] + [k for k in (self.telnyx.api_key,) if k]
+        return [p.secret for p in self.profiles.values()] + [k for k in (self.telnyx.api_key, self.inbox.secret_key) if k]
 
     def send_rate_for(self, number: str) -> float:
         """Messages per second for ``number``: its own, its profile's, else ``[sending] rate``."""
@@ -422,6 +439,20 @@ def _sending(t: _Table) -> SendingSettings:
         rate=t.rate("rate", 0.0), timeout=t.duration("timeout", 10.0))
     if settings.backoff_max < settings.backoff_initial:
         raise t.error("must be >= backoff_initial", "backoff_max")
+    return settings
+
+
+def _inbox(t: _Table) -> InboxSettings:
+    secret_key = t.string("secret_key", empty_is_unset=True)
+    if secret_key is not None and len(secret_key) < 32:
+        raise t.error("must be at least 32 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)",
+                      "secret_key")  # fmt: skip
+    settings = t.build(
+        InboxSettings, enabled=t.boolean("enabled", False), secret_key=secret_key,
+        handback_after=t.duration("handback_after", 1800.0), poll_interval=t.duration("poll_interval", 0.5),
+        login_delay=t.duration("login_delay", 1.0))
+    if settings.poll_interval <= 0:
+        raise t.error("must be more than 0", "poll_interval")
     return settings
 
 

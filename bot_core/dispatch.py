@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import handoff
 from .lanes import Lanes
 from .messages import Conversation, InboundMessage, Reply
 from .outbox import as_replies, draft
 from .plugins import call_impl
-from .store import FAILED, HANDLED, IGNORED, UNHANDLED
+from .store import FAILED, HANDLED, IGNORED
 from .timers import Timer
 
 if TYPE_CHECKING:
@@ -83,13 +84,15 @@ class Dispatcher:
     async def consult(self, message: InboundMessage, conversation: Conversation) -> Outcome:
         """Ask the profile's plugins in order; the first non-None answer claims the message.
 
+        While a person has the conversation only ``optout`` is asked (see handoff.gate).
+
         On failure ``conversation.state`` is put back as it was and the fallback reply (if
         any) is the only reply.
         """
         bot = self.bot
         number = bot.config.number(message.to_number)
         assert number is not None
-        active = bot.plugins.active(number)
+        active, unclaimed = await handoff.gate(bot, conversation, bot.plugins.active(number))
         before = copy.deepcopy(conversation.state)
         for name in active:
             impl = bot.plugins.impl("handle_message", name)
@@ -107,7 +110,7 @@ class Dispatcher:
                 conversation.state = before
                 return self._failure(name, exc, active, message.id)
             return Outcome(HANDLED, active, name, replies)
-        return Outcome(UNHANDLED, active)
+        return Outcome(unclaimed, active)
 
     async def _call(self, name: str, impl: Any, kwargs: dict[str, Any]) -> Any:
         timeout = self.bot.config.bot.plugin_timeout

@@ -132,3 +132,19 @@ def delivery_status(bot: Bot, status: DeliveryStatus) -> None:
     ``status.mdr_id`` names that MDR (None when Telnyx reported on a message bot-core does not
     know). The return value is ignored; exceptions are logged and ignored.
     """
+
+
+# -- handoff ----------------------------------------------------------------------------------
+
+
+@hookspec
+def handoff(bot: Bot, conversation: Conversation, to: str, reason: str, operator: str | None) -> None:
+    """Observe a conversation changing hands: ``to`` is ``"person"`` or ``"bot"``.
+
+    Called after the change is committed, for the plugins active on the conversation's number:
+    when an operator takes it over (``operator`` names them), when a plugin calls
+    ``bot.handoff(conversation, reason)`` (``operator`` is None: it waits for whoever picks it
+    up), when an operator hands it back, and when ``[inbox] handback_after`` passes with no
+    operator reply (``operator`` None). Use it to tell a team chat or send an email. The return
+    value is ignored; exceptions are logged and ignored.
+    """

@@ -56,9 +56,9 @@ def test_with_no_plugins_list_every_plugin_is_active_optout_first_fallback_last(
     plugins = [keyword_plugin("zebra", "Z", "zebra"), keyword_plugin("aardvark", "A", "aardvark"), early]
     with BotTester(config(fallback={"text": SORRY}), tmp_path=tmp_path, plugins=plugins) as bot:
         order = bot.bot.plugins.active(bot.bot.config.number(NUMBER))
-        # optout; tryfirst handlers (flows, early) by name; the rest by name; trylast ones
+        # optout; tryfirst handlers (early, flows, handoff) by name; the rest by name; trylast ones
         # (autoresponder, echo) by name; fallback.
-        assert order == ["optout", "early", "flows", "aardvark", "zebra", "autoresponder", "echo", "fallback"]
+        assert order == ["optout", "early", "flows", "handoff", "aardvark", "zebra", "autoresponder", "echo", "fallback"]
         assert bot.text("z") == ["zebra"]
         # echo (trylast) answers before fallback (always last) would.
         assert bot.text("nothing matches") == ["echo nothing matches #1"]
