@@ -13,6 +13,7 @@ from .commands.common import DEMO, config_option, load
 from .commands.explain import explain_command
 from .commands.inventory import numbers, plugins_command, profiles
 from .commands.messages import messages, optouts
+from .commands.operators import operators
 from .commands.send import send
 from .commands.telnyx import telnyx
 from .config import Config
@@ -118,5 +119,5 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
 
 
 for command in (messages, optouts, profiles, numbers, plugins_command, send, chat_command, explain_command,
-                telnyx):
+                telnyx, operators):
     cli.add_command(command)
