@@ -44,5 +44,11 @@
     const ids = JSON.parse(event.data);
     if (!conversation || ids.includes(conversation)) refresh();
   });
-  events.addEventListener("open", () => { document.documentElement.dataset.events = "open"; });
+  // What changed between rendering this page (or losing the stream) and subscribing is caught
+  // by fetching the live region once more whenever the stream (re)opens.
+  let opened = false;
+  events.addEventListener("open", () => {
+    if (opened) refresh(); else refresh().then(() => { document.documentElement.dataset.events = "open"; });
+    opened = true;
+  });
 })();
