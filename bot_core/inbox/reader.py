@@ -7,6 +7,7 @@ beside the writer without waiting for it).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from .operators import Operator
 T = TypeVar("T")
 PAGE = 50  # conversations a list page shows
 THREAD = 200  # the latest messages a conversation page shows
+SEARCHED = 200_000  # text search reads this many latest messages: a bounded scan, not the whole history
+_NUMBER = re.compile(r"[0-9+()\s.-]*[0-9][0-9+()\s.-]*")  # a search that is (part of) a phone number
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -87,10 +90,15 @@ def conversations(conn: sqlite3.Connection, operator: Operator, *, waiting: bool
     if before:
         where += " AND c.last_message_at < :before"
         params["before"] = before
-    if query.strip():
-        params["q"] = _like(query.strip())
-        where += (" AND (c.their_number LIKE :q ESCAPE '\\' OR c.id IN"
-                  " (SELECT conversation_id FROM mdrs WHERE text LIKE :q ESCAPE '\\'))")  # fmt: skip
+    query = query.strip()
+    if _NUMBER.fullmatch(query):
+        params["q"] = _like(re.sub(r"[^0-9+]", "", query))
+        where += " AND c.their_number LIKE :q ESCAPE '\\'"
+    elif query:
+        params["q"] = _like(query)
+        where += (" AND c.id IN (SELECT conversation_id FROM mdrs WHERE id > (SELECT MAX(id) FROM mdrs) - :window"
+                  " AND text LIKE :q ESCAPE '\\')")  # fmt: skip
+        params["window"] = SEARCHED
     return _rows(conn, (
         "SELECT c.id, c.profile, c.our_number, c.their_number, c.with_person, c.operator AS handler,"
         " c.waiting, c.last_message_at, m.direction, m.text, m.status, m.operator"

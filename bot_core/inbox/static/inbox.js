@@ -21,9 +21,17 @@
     for (const control of document.querySelectorAll("#reply, #send")) control.disabled = state.dataset.optedOut === "1";
   }
 
+  // A busy list changes at every poll: refetch it at most once a second (a conversation page at
+  // once, its changes are rare), so open inboxes stay cheap for the server.
+  const gap = conversation ? 0 : 1000;
+  let last = 0;
+
   async function refresh() {
     if (busy) { again = true; return; }
     busy = true;
+    const wait = last + gap - Date.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    last = Date.now();
     const focused = live.contains(document.activeElement) ? document.activeElement.id : "";
     try {
       const url = new URL(window.location.href);
