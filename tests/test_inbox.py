@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from bot_core.inbox import operators
+from bot_core.inbox import operators, reader
 from bot_core.inbox.auth import SESSION_COOKIE, Throttle
 
 from .harness import OURS, SECRET, THEIRS, Running, make_config, plugin
@@ -181,6 +181,24 @@ async def test_an_operator_sees_only_the_profiles_granted_also_by_url(tmp_path):
             response = await http.post(f"/inbox/c/{theirs}/{action}", data={"csrf": token, "text": "hi"})
             assert response.status_code == 404, action
         assert (await http.get("/inbox/?q=for")).text.count('href="/inbox/c/') == 1
+
+
+@pytest.mark.anyio
+async def test_the_list_pages_through_older_conversations(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "PAGE", 2)
+    async with Running(inbox_config(tmp_path), None, parrot) as run:
+        customers = [f"+1312555020{i}" for i in range(5)]
+        for customer in customers:
+            await run.text("hi", from_=customer)
+            await run.settle()
+        http = await signed_in(run, "alice")
+        seen, path = [], "/inbox/"
+        while path:
+            page = (await http.get(path)).text
+            seen += re.findall(r'<span class="who">([^<]+)</span>', page)
+            older = re.search(r'href="(/inbox/\?before=[^"]+)"', page)
+            path = older[1].replace("&amp;", "&") if older else None
+        assert seen == customers[::-1]  # latest first, each once
 
 
 @pytest.mark.anyio

@@ -87,9 +87,10 @@ def conversations(conn: sqlite3.Connection, operator: Operator, *, waiting: bool
     where = "c.last_message_at IS NOT NULL" + _visible(operator, params)
     if waiting:
         where += " AND c.waiting = 1"  # verbatim: the partial index conversations_waiting
-    if before:
-        where += " AND c.last_message_at < :before"
-        params["before"] = before
+    if before:  # "<last_message_at> <id>" of the previous page's last row: ties in a millisecond stay in order
+        at, _, after_id = before.rpartition(" ")
+        where += " AND (c.last_message_at < :at OR (c.last_message_at = :at AND c.id < :id))"
+        params.update(at=at, id=int(after_id) if after_id.isdigit() else 0)
     query = query.strip()
     if _NUMBER.fullmatch(query):
         params["q"] = _like(re.sub(r"[^0-9+]", "", query))
@@ -103,7 +104,7 @@ def conversations(conn: sqlite3.Connection, operator: Operator, *, waiting: bool
         "SELECT c.id, c.profile, c.our_number, c.their_number, c.with_person, c.operator AS handler,"
         " c.waiting, c.last_message_at, m.direction, m.text, m.status, m.operator"
         " FROM conversations c LEFT JOIN mdrs m ON m.id = c.last_mdr_id"
-        f" WHERE {where} ORDER BY c.last_message_at DESC LIMIT :limit"), params)  # fmt: skip
+        f" WHERE {where} ORDER BY c.last_message_at DESC, c.id DESC LIMIT :limit"), params)  # fmt: skip
 
 
 def conversation(conn: sqlite3.Connection, operator: Operator, conversation_id: int) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -104,10 +105,10 @@ class Inbox:
         return await self.reader.run(operators.find, name) if name else None
 
     async def require(self, request: Request) -> Operator:
-        """The signed-in operator; otherwise a GET goes to the login page and anything else is refused."""
+        """The signed-in operator; otherwise a page goes to the login page and an action is refused."""
         operator = await self.operator(request)
         if operator is None:
-            if request.method == "GET" and request.url.path != f"{request.scope.get('root_path', '')}/events":
+            if request.method == "GET":
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 raise HTTPException(303, headers={"location": f"{self.base(request)}/login?next={quote(target)}"})
             raise HTTPException(401, "Sign in first.")
@@ -128,9 +129,7 @@ class Inbox:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 303:
             return RedirectResponse(exc.headers["location"], 303)
-        signed_in = "operator" in request.session
-        return self.render(request, "error.html", exc.status_code, message=exc.detail, operator=signed_in,
-                           headers=exc.headers)  # fmt: skip
+        return self.render(request, "error.html", exc.status_code, message=exc.detail, operator=None)
 
     def back(self, request: Request, conversation_id: int) -> Response:
         return RedirectResponse(f"{self.base(request)}/c/{conversation_id}", 303)
@@ -139,7 +138,7 @@ class Inbox:
 
     async def login(self, request: Request) -> Response:
         target = request.query_params.get("next", "")
-        if not (target.startswith(self.base(request) + "/") and not target.startswith("//")):
+        if not target.startswith(self.base(request) + "/"):  # only back into the inbox
             target = f"{self.base(request)}/"
         if request.method == "GET":
             return self.render(request, "login.html", next=target, operator=None)
@@ -175,11 +174,12 @@ class Inbox:
         operator = await self.require(request)
         params = request.query_params
         waiting, query, before = params.get("waiting") == "1", params.get("q", ""), params.get("before")
-        rows = await self.reader.run(lambda conn, *a: reader.conversations(conn, *a, waiting=waiting, query=query,
-                                                                          before=before), operator)  # fmt: skip
+        rows = await self.reader.run(partial(reader.conversations, waiting=waiting, query=query, before=before),
+                                     operator)  # fmt: skip
         older = None
         if len(rows) == reader.PAGE:
-            older = str(URL(request.url.path).include_query_params(**{**params, "before": rows[-1]["last_message_at"]}))
+            kept = {k: v for k, v in params.items() if k not in ("partial", "before")}
+            older = str(URL(request.url.path).include_query_params(**kept, before=f"{rows[-1]['last_message_at']} {rows[-1]['id']}"))
         template = "_list.html" if params.get("partial") else "list.html"
         return self.render(request, template, operator=operator, rows=rows, waiting=waiting, query=query,
                            older=older)  # fmt: skip
@@ -235,7 +235,9 @@ class Inbox:
     # -- live updates -------------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
-        operator = await self.require(request)
+        operator = await self.operator(request)
+        if operator is None:
+            raise HTTPException(401, "Sign in first.")
         return EventStream(self.notifier, self.notifier.subscribe(operator))
 
 
