@@ -149,6 +149,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX conversations_waiting ON conversations(last_message_at) WHERE waiting = 1")
     db.execute("CREATE INDEX conversations_with_person ON conversations(handoff_at) WHERE with_person = 1")
     db.execute("CREATE INDEX conversations_updated_at ON conversations(updated_at)")
+    db.execute("CREATE INDEX conversations_their_number ON conversations(their_number)")  # the inbox's search
     db.execute("CREATE INDEX mdrs_updated_at ON mdrs(updated_at)")  # the inbox's change feed
     latest = ("UPDATE conversations SET last_mdr_id = NEW.id, last_message_at = NEW.created_at"
               " WHERE id = NEW.conversation_id AND (last_mdr_id IS NULL OR last_mdr_id < NEW.id);")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -212,6 +213,7 @@ async def test_an_operator_with_no_profiles_named_sees_them_all(tmp_path):
         assert THEIRS in page and "for other" in page
         assert (await http.get("/inbox/?q=(312) 555-0123")).text.count('href="/inbox/c/') == 2  # both profiles
         assert (await http.get("/inbox/?q=555-0199")).text.count('href="/inbox/c/') == 0
+        assert (await http.get(f"/inbox/?q={quote(THEIRS)}")).text.count('href="/inbox/c/') == 2  # exact
         found = (await http.get("/inbox/?q=OTHER")).text  # text, any case
         assert found.count('href="/inbox/c/') == 1 and "for other" in found
         assert (await http.get("/inbox/?q=100%")).text.count('href="/inbox/c/') == 0  # % is a character

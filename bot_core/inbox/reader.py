@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
+from ..phone import normalize_number
 from .operators import Operator
 
 T = TypeVar("T")
@@ -93,8 +94,14 @@ def conversations(conn: sqlite3.Connection, operator: Operator, *, waiting: bool
         params.update(at=at, id=int(after_id) if after_id.isdigit() else 0)
     query = query.strip()
     if _NUMBER.fullmatch(query):
-        params["q"] = _like(re.sub(r"[^0-9+]", "", query))
-        where += " AND c.their_number LIKE :q ESCAPE '\\'"
+        try:  # a whole number (+ and country code) reads one index entry; part of one scans
+            if not query.startswith("+"):
+                raise ValueError("part of a number")
+            params["q"] = normalize_number(query)
+            where += " AND c.their_number = :q"
+        except ValueError:
+            params["q"] = _like(re.sub(r"[^0-9]", "", query))
+            where += " AND c.their_number LIKE :q ESCAPE '\\'"
     elif query:
         params["q"] = _like(query)
         where += (" AND c.id IN (SELECT conversation_id FROM mdrs WHERE id > (SELECT MAX(id) FROM mdrs) - :window"
