@@ -101,7 +101,8 @@ def conversations(conn: sqlite3.Connection, operator: Operator, *, waiting: bool
             where += " AND c.their_number = :q"
         except ValueError:
             params["q"] = _like(re.sub(r"[^0-9]", "", query))
-            where += " AND c.their_number LIKE :q ESCAPE '\\'"
+            # As a subquery SQLite scans the compact their_number index, not the table in date order.
+            where += " AND c.id IN (SELECT id FROM conversations WHERE their_number LIKE :q ESCAPE '\\')"
     elif query:
         params["q"] = _like(query)
         where += (" AND c.id IN (SELECT conversation_id FROM mdrs WHERE id > (SELECT MAX(id) FROM mdrs) - :window"
