@@ -6,6 +6,7 @@ connection (in a worker thread) share one set of queries.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -19,8 +20,6 @@ from ..store import iso
 
 # argon2-cffi's defaults follow RFC 9106's second recommended option (Argon2id, 64 MiB).
 _hasher = PasswordHasher()
-# Verified against when the name is unknown, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("no such operator")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 MIN_PASSWORD = 8
 
@@ -68,11 +67,19 @@ def find(conn: sqlite3.Connection, name: str) -> Operator | None:
     return Operator(row[0], tuple(json.loads(row[1]))) if row else None
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the name is unknown, so a wrong name costs as long as a wrong password.
+
+    Made on first use: an Argon2 hash takes 64 MiB and tens of milliseconds, too much for import time."""
+    return _hasher.hash("no such operator")
+
+
 def authenticate(conn: sqlite3.Connection, name: str, password: str) -> Operator | None:
     """The operator if ``password`` is theirs. Slow on purpose (Argon2): call it off the event loop."""
     row = conn.execute("SELECT password_hash, profiles FROM operators WHERE name = ?", (name,)).fetchone()
     try:
-        _hasher.verify(row[0] if row else _DUMMY_HASH, password)
+        _hasher.verify(row[0] if row else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     return Operator(name, tuple(json.loads(row[1]))) if row else None
