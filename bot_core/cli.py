@@ -9,8 +9,10 @@ from typing import Any
 import click
 
 from .commands.chat import chat_command
-from .commands.common import DEMO, config_option, load
+from .commands.conversations import conversations
+from .commands.common import DEMO, config_option, failure, group_config_option, load
 from .commands.explain import explain_command
+from .commands.init import init_command
 from .commands.inventory import numbers, plugins_command, profiles
 from .commands.messages import messages, optouts
 from .commands.operators import operators
@@ -24,14 +26,17 @@ from .plugins import load_plugins
 
 @click.group()
 @click.version_option(package_name="bot-core")
+@group_config_option
 def cli() -> None:
     """bot-core: a pluggable SMS chatbot framework for Telnyx.
 
-    Every command takes --config bot.toml (or $BOT_CORE_CONFIG); without one it uses the demo
-    bot. Lists print tables; --json prints one JSON object a line for scripts.
+    Every command takes --config bot.toml (or $BOT_CORE_CONFIG), anywhere on the line; without
+    one it uses the demo bot, and commands that only read say so rather than create its
+    database. Lists print tables; --json prints one JSON object a line for scripts.
 
     \b
     Examples:
+      bot-core init my-bot                           # start a new bot
       bot-core serve --config bot.toml               # run the bot
       bot-core check --config bot.toml               # validate the config
       bot-core chat --config bot.toml                # text the bot, no Telnyx needed
@@ -44,18 +49,20 @@ def cli() -> None:
 @config_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(config_path: str | None, host: str, port: int) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes sharing the port and the database.")  # fmt: skip
+def serve(config_path: str | None, host: str, port: int, workers: int) -> None:
     """Run the bot: Telnyx webhooks on POST /webhooks/telnyx.
 
     \b
     Examples:
       bot-core serve                       # the demo bot, sandboxed, on 127.0.0.1:8000
       bot-core serve --config bot.toml --host 0.0.0.0 --port 8080
+      bot-core serve --config bot.toml --workers 2   # one process per core, one database
     """
-    import uvicorn
-
-    from .asgi import create_app
     from .bot import Bot
+    from .supervisor import Supervisor, listen, raise_open_files_limit
+    from .supervisor import serve as serve_bot
 
     config = load(config_path)
     setup_logging(config.bot.log_format, secrets=config.secrets())
@@ -64,13 +71,18 @@ def serve(config_path: str | None, host: str, port: int) -> None:
             "no --config: running %s (sandbox, signatures NOT verified, database %s)", DEMO, config.bot.database
         )
     try:
-        bot = Bot(config)
+        bot = Bot(config)  # loads the plugins: a mistake stops here, before any worker starts
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    uvicorn.run(
-        create_app(bot), host=host, port=port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=max(1, int(config.bot.shutdown_grace)),
-    )  # fmt: skip
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    raise_open_files_limit()
+    if workers == 1:
+        serve_bot(bot, sock)
+    else:
+        sys.exit(Supervisor(config, sock, workers).run())
 
 
 @cli.command()
@@ -84,16 +96,19 @@ def check(config_path: str | None) -> None:
     Example:
       bot-core check --config bot.toml
     """
-    config = load(config_path)
+    problems: list[str] = []
+    config = load(config_path, problems)
     try:
         plugins = load_plugins(config)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        problems += str(exc).splitlines()
+    if problems:  # the file's own mistakes and its plugins' settings, told at once
+        raise failure(ConfigError("\n".join(problems)))
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
-    for profile in config.profiles.values():
+    for profile, answering in zip(config.profiles.values(), plugins.answering(config)):
         state = "enabled" if profile.enabled else "DISABLED"
-        click.echo(f"profile {profile.name}: {state}")
+        click.echo(f"{answering}; {state}")
     click.echo("numbers:")
     for number in config.numbers_state():
         if number.enabled:
@@ -118,6 +133,6 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
     return warnings
 
 
-for command in (messages, optouts, profiles, numbers, plugins_command, send, chat_command, explain_command,
-                telnyx, operators):
+for command in (init_command, messages, optouts, conversations, profiles, numbers, plugins_command, send,
+                chat_command, explain_command, telnyx, operators):
     cli.add_command(command)

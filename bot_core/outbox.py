@@ -39,7 +39,7 @@ def draft(
     store: Store, reply: Reply, *, profile: str | None, from_number: str, to_number: str, max_parts: int
 ) -> OutboundDraft:
     """The outbound MDR for one reply, with the status the rules give it."""
-    segments = count_segments(reply.text)
+    segments = count_segments(reply.text, from_number)  # Telnyx's encoding depends on the sender type
     status, error = PENDING, None
     if segments.parts > max_parts:
         status = FAILED

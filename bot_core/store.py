@@ -25,7 +25,8 @@ from typing import Any
 
 import sqlite_utils
 
-from .logs import MASK
+from .errors import ForeignStatusError
+from .logs import Masker
 from .messages import Conversation, DeliveryStatus, InboundMessage, Media
 from .timers import Timer
 
@@ -42,6 +43,9 @@ PENDING = "pending"  # in the outbox
 SENDING = "sending_local"  # handed to the HTTP client; may have reached Telnyx
 SANDBOX = "sandbox"  # recorded, never sent (sandbox mode)
 BLOCKED = "blocked"  # not sent: the recipient opted out
+
+# The profile key of an account-wide opt-out: it covers every profile.
+ACCOUNT = "*"
 
 # The WHERE clause of the outbox's partial index. SQLite uses a partial index only for a query
 # that repeats its WHERE clause, so every outbox query includes this text verbatim.
@@ -130,7 +134,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX timers_due ON timers(due_at) WHERE status = 'pending'")
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _migration_handoff_and_inbox(db: sqlite_utils.Database) -> None:
     """Handoff and the operator inbox: who has each conversation, its latest message, operators.
 
     Triggers keep ``last_mdr_id`` / ``last_message_at`` (the inbox lists conversations by it)
@@ -164,7 +168,17 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db["inbox_keys"].create({"name": str, "value": str}, pk="name")  # the generated session signing key
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
+def _migration_recipients_and_status_profile(db: sqlite_utils.Database) -> None:
+    """A group message keeps its other recipients; a delivery status, the profile that verified it."""
+    db.execute("ALTER TABLE mdrs ADD COLUMN other_recipients TEXT")  # a JSON array of E.164 numbers
+    db.execute("ALTER TABLE delivery_events ADD COLUMN profile TEXT")  # NULL: not profile-signed (V2, CLI)
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1,
+    _migration_recipients_and_status_profile,
+    _migration_handoff_and_inbox,
+)
 
 
 class Store:
@@ -174,7 +188,7 @@ class Store:
         self.path = Path(path)
         self.clock = clock
         # Error texts come from plugins and from Telnyx; whatever they quote, no secret is stored.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._masker = Masker(secrets)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode = WAL")
@@ -224,10 +238,7 @@ class Store:
 
     def redact(self, text: str | None) -> str | None:
         """``text`` with every configured secret masked."""
-        if text:
-            for secret in self._secrets:
-                text = text.replace(secret, MASK)
-        return text
+        return self._masker.mask(text) if text else text
 
     def healthy(self) -> bool:
         try:
@@ -243,26 +254,27 @@ class Store:
         """Store an inbound MDR keyed by Telnyx's id; None if that id is already stored."""
         now = self.now()
         media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
+        others = json.dumps(message.other_recipients) if message.other_recipients else None
         cursor = self._statement(
             "INSERT OR IGNORE INTO mdrs (direction, profile, from_number, to_number, text,"
-            " media, status, telnyx_id, error, created_at, updated_at)"
-            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " media, status, telnyx_id, error, other_recipients, created_at, updated_at)"
+            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (message.profile, message.from_number, message.to_number, message.text, media,
-             status, message.id, self.redact(error), now, now),
+             status, message.id, self.redact(error), others, now, now),
         )  # fmt: skip
         return cursor.lastrowid if cursor.rowcount else None
 
     def pending_inbound(self) -> list[InboundMessage]:
         """Inbound messages acknowledged but not yet handled, oldest first."""
         rows = self.conn.execute(  # only inbound MDRs are ever 'received': this reads mdrs_inbox
-            "SELECT id, telnyx_id, text, from_number, to_number, profile, media, created_at"
+            "SELECT id, telnyx_id, text, from_number, to_number, profile, media, created_at, other_recipients"
             f" FROM mdrs WHERE status = '{RECEIVED}' ORDER BY id"
         ).fetchall()
         return [_inbound(row) for row in rows]
 
     def inbound(self, mdr_id: int) -> InboundMessage | None:
         row = self.conn.execute(
-            "SELECT id, telnyx_id, text, from_number, to_number, profile, media, created_at"
+            "SELECT id, telnyx_id, text, from_number, to_number, profile, media, created_at, other_recipients"
             " FROM mdrs WHERE id = ? AND direction = 'inbound'",
             (mdr_id,),
         ).fetchone()
@@ -375,8 +387,9 @@ class Store:
         fields: dict[str, Any] = {"status": status, "telnyx_id": telnyx_id, "error": None}
         if attempts is not None:
             fields["attempts"] = attempts
-        early = self.conn.execute(
-            "SELECT status, error FROM delivery_events WHERE telnyx_id = ? ORDER BY id", (telnyx_id,)
+        early = self.conn.execute(  # a status a profile verified applies only to that profile's MDR
+            "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
+            " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
         ).fetchall() if telnyx_id else []  # fmt: skip
         if not early:  # the usual case: one statement
             self._update(mdr_id, **fields)
@@ -407,18 +420,27 @@ class Store:
 
     # -- delivery statuses -------------------------------------------------------------------
 
-    def apply_status(self, status: DeliveryStatus) -> int | None:
-        """Record a delivery status webhook; returns the MDR it moved, if it is known yet."""
+    def apply_status(self, status: DeliveryStatus, *, profile: str | None = None) -> int | None:
+        """Record a delivery status webhook; returns the MDR it moved, if it is known yet.
+
+        ``profile`` is the profile whose secret verified a V1 status: it may only move an MDR
+        that profile sent, else :class:`ForeignStatusError` and nothing is recorded. A status
+        that arrives before its MDR is known keeps ``profile`` and is applied only if the MDR
+        turns out to be that profile's.
+        """
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO delivery_events (telnyx_id, status, error, received_at)"
-                " VALUES (?, ?, ?, ?)",
-                (status.telnyx_id, status.status, self.redact(status.error), self.now()),
-            )
             row = conn.execute(
-                "SELECT id FROM mdrs WHERE direction = 'outbound' AND telnyx_id = ?",
+                "SELECT id, profile FROM mdrs WHERE direction = 'outbound' AND telnyx_id = ?",
                 (status.telnyx_id,),
             ).fetchone()
+            if row is not None and profile is not None and row[1] != profile:
+                raise ForeignStatusError(f"message {status.telnyx_id} was not sent by messaging profile {profile!r},"
+                                         " whose secret signed this status: refused, nothing changed")  # fmt: skip
+            conn.execute(
+                "INSERT INTO delivery_events (telnyx_id, status, error, received_at, profile)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (status.telnyx_id, status.status, self.redact(status.error), self.now(), profile),
+            )
             if row is None:
                 return None
             self._advance_status(row[0], status.status, status.error)
@@ -433,14 +455,22 @@ class Store:
     # -- opt-outs ----------------------------------------------------------------------------
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
+        """Whether ``number`` opted out of ``profile``, or of the whole account (``profile`` None),
+        which covers every profile, as Telnyx's account-wide opt-outs do."""
+        row = self.conn.execute(
+            "SELECT max(opted_out) FROM optouts WHERE profile IN (?, ?) AND number = ?",
+            (ACCOUNT if profile is None else profile, ACCOUNT, number),
+        ).fetchone()
+        return bool(row[0])
+
+    def set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str) -> bool:
+        """Record a consent change for ``profile`` (None: the whole account); returns False when
+        that record already had that state."""
+        profile = ACCOUNT if profile is None else profile
         row = self.conn.execute(
             "SELECT opted_out FROM optouts WHERE profile = ? AND number = ?", (profile, number)
         ).fetchone()
-        return bool(row and row[0])
-
-    def set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str) -> bool:
-        """Record a consent change; returns False when the number already had that state."""
-        if self.is_opted_out(profile, number) == opted_out:
+        if bool(row and row[0]) == opted_out:
             return False
         now = self.now()
         with self.transaction() as conn:
@@ -456,16 +486,17 @@ class Store:
         return True
 
     def optouts(self) -> list[dict[str, Any]]:
-        """Every number currently opted out, with the latest consent change."""
+        """Every number currently opted out, with the latest consent change (profile None: all)."""
         return self._rows(
-            "SELECT o.profile, o.number, o.updated_at AS opted_out_at,"
+            f"SELECT NULLIF(o.profile, '{ACCOUNT}') AS profile, o.number, o.updated_at AS opted_out_at,"
             " (SELECT source FROM consent_log c WHERE c.profile = o.profile"
             "  AND c.number = o.number ORDER BY c.id DESC LIMIT 1) AS source"
             " FROM optouts o WHERE o.opted_out = 1 ORDER BY o.updated_at DESC"
         )
 
     def consent_log(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM consent_log ORDER BY id")
+        return self._rows(f"SELECT id, NULLIF(profile, '{ACCOUNT}') AS profile, number, action, source, at"
+                          " FROM consent_log ORDER BY id")
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -529,8 +560,28 @@ class Store:
 
     # -- MDR queries -------------------------------------------------------------------------
 
-    def mdrs(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
-        """MDRs newest first, as dicts keyed like ``bot-core messages --json``."""
+    def mdrs(
+        self,
+        *,
+        limit: int | None = 50,
+        mdr_id: int | None = None,
+        after_id: int | None = None,
+        profile: str | None = None,
+        direction: str | None = None,
+        status: str | None = None,
+        number: str | None = None,
+        since: str | None = None,
+    ) -> list[dict]:
+        """MDRs newest first, as dicts keyed like ``bot-core messages --json``.
+
+        Each filter given narrows the list: ``number`` matches either end, ``since`` is an ISO
+        8601 UTC time (:func:`iso`), ``after_id`` keeps ids above it. Filters are values, never
+        SQL text.
+        """
+        filters = {"id = :mdr_id": mdr_id, "id > :after_id": after_id, "profile = :profile": profile,
+                   "direction = :direction": direction, "status = :status": status,
+                   "(from_number = :number OR to_number = :number)": number, "created_at >= :since": since}  # fmt: skip
+        where = " AND ".join(clause for clause, value in filters.items() if value is not None)
         sql = (
             "SELECT id, direction, profile, from_number AS \"from\", to_number AS \"to\", text,"
             " status, parts, encoding, telnyx_id, error, created_at, updated_at FROM mdrs"
@@ -538,7 +589,9 @@ class Store:
             + " ORDER BY id DESC"
             + (" LIMIT :limit" if limit is not None else "")
         )
-        return self._rows(sql, {**(params or {}), "limit": limit})
+        params = {"mdr_id": mdr_id, "after_id": after_id, "profile": profile, "direction": direction,
+                  "status": status, "number": number, "since": since, "limit": limit}  # fmt: skip
+        return self._rows(sql, params)
 
     def _rows(self, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
         """Rows as dicts. Not sqlite-utils' query(): its SAVEPOINT would open a transaction."""
@@ -547,13 +600,38 @@ class Store:
         return [dict(zip(keys, row)) for row in cursor.fetchall()]
 
     def mdr(self, mdr_id: int) -> dict | None:
-        rows = self.mdrs(limit=1, where="id = :id", params={"id": mdr_id})
+        rows = self.mdrs(limit=1, mdr_id=mdr_id)
         return rows[0] if rows else None
+
+    # -- conversations for operators (bot-core conversations) ----------------------------------
+
+    def conversation_rows(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
+        """Conversations, most recently active first, with their state (decoded), message and
+        pending timer counts, as ``bot-core conversations --json`` prints them."""
+        sql = (
+            "SELECT c.id, c.profile, c.our_number, c.their_number, c.state, c.created_at, c.updated_at,"
+            " (SELECT count(*) FROM mdrs m WHERE m.conversation_id = c.id) AS messages,"
+            " (SELECT count(*) FROM timers t WHERE t.conversation_id = c.id AND t.status = 'pending') AS timers"
+            " FROM conversations c" + (f" WHERE {where}" if where else "")
+            + " ORDER BY c.updated_at DESC, c.id DESC" + (" LIMIT :limit" if limit is not None else "")
+        )  # fmt: skip
+        rows = self._rows(sql, {**(params or {}), "limit": limit})
+        for row in rows:
+            row["state"] = json.loads(row["state"])
+        return rows
+
+    def reset_conversation(self, conversation_id: int) -> int:
+        """Empty a conversation's state and cancel its pending timers, in one transaction, so
+        that its next message starts afresh; returns how many timers were cancelled."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE conversations SET state = '{}', updated_at = ? WHERE id = ?",
+                         (self.now(), conversation_id))  # fmt: skip
+            return self.cancel_timers(conversation_id)
 
 
 def _inbound(row: tuple) -> InboundMessage:
     media = tuple(Media(**m) for m in json.loads(row[6])) if row[6] else ()
     return InboundMessage(
         id=row[1], text=row[2], from_number=row[3], to_number=row[4], profile=row[5],
-        media=media, mdr_id=row[0], received_at=row[7],
+        media=media, mdr_id=row[0], received_at=row[7], other_recipients=tuple(json.loads(row[8] or "[]")),
     )  # fmt: skip

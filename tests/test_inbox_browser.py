@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.inbox import operators
 from bot_core.store import Store
 

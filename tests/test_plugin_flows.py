@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from datetime import datetime, timezone
 
+import bot_core_flows
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -16,10 +16,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bot_core import ConfigError
-from bot_core.fake_telnyx import FakeTelnyx
-from bot_core.testing import BotTester, FakeClock
+from bot_core.testing import BotTester, FakeClock, FakeTelnyx
 
-from .conftest import free_port, wait_for
+from .conftest import wait_for
 
 NUMBER, CUSTOMER = "+13125550100", "+13125550123"
 SIGNUP = {
@@ -44,6 +43,11 @@ def config(flows=None, plugins=("flows", "fallback"), fallback="Sorry?"):
 
 def submissions(bot):
     return list(bot.bot.db.query("SELECT * FROM flows_submissions ORDER BY id"))
+
+
+def deliveries(bot):
+    """The submissions being posted now: with none, nothing more will be posted."""
+    return bot.portal.call(lambda: list(bot_core_flows._posters[bot.bot].tasks))
 
 
 def test_the_signup_flow_asks_checks_retries_confirms_and_records(tmp_path):
@@ -235,8 +239,6 @@ def test_a_flow_removed_from_the_config_leaves_no_stuck_conversation(tmp_path):
 
 
 def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
-    import bot_core_flows
-
     with BotTester(config(), tmp_path=tmp_path) as bot:
         complete_signup(bot)
         [row] = submissions(bot)
@@ -253,10 +255,14 @@ def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
 class Receiver:
     """A real HTTP server on loopback that records JSON posts and answers as scripted."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self) -> None:
         self.requests: list[tuple[dict, dict]] = []
         self.statuses: list[int] = []
-        self.port = port or free_port()
+        # Bound now, listening only once entered: until then connections are refused, and no
+        # other test can take the port meanwhile.
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/signups"
         self.app = Starlette(routes=[Route("/signups", self.receive, methods=["POST"])])
 
@@ -266,14 +272,10 @@ class Receiver:
         return JSONResponse({"ok": status < 400}, status)
 
     def __enter__(self) -> Receiver:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started)
-        self._sock = sock
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -325,7 +327,7 @@ def test_a_4xx_answer_is_final(tmp_path):
         complete_signup(bot)
         row = wait_for(lambda: (r := submissions(bot)[0])["post_status"] == "failed" and r)
         assert (row["post_attempts"], row["post_error"]) == (1, "HTTP 422")
-        time.sleep(0.3)
+        wait_for(lambda: not deliveries(bot))
         assert len(receiver.requests) == 1
 
 
@@ -355,8 +357,7 @@ def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
     with Receiver() as receiver:
         with BotTester(posting(receiver.url), tmp_path=tmp_path) as bot:
             complete_signup(bot)
-            time.sleep(0.3)
-            assert receiver.requests == []
+            assert deliveries(bot) == [] and receiver.requests == []
             assert submissions(bot)[0]["post_status"] == "sandbox"
         # A submission left pending by a live run waits while the bot runs sandboxed.
         with live(posting(receiver.url), tmp_path / "live") as bot:
@@ -365,7 +366,7 @@ def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
             wait_for(lambda: receiver.requests)
         receiver.statuses.clear()
         with BotTester(posting(receiver.url), tmp_path=tmp_path / "live") as bot:
-            time.sleep(0.3)
+            assert deliveries(bot) == []
             assert submissions(bot)[0]["post_status"] == "pending"
         with live(posting(receiver.url), tmp_path / "live") as bot:
             wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")

@@ -8,10 +8,11 @@ import time
 import click
 
 from ..inbox import operators as ops
-from .common import config_option, echo_json_lines, echo_table, json_option, load, open_store
+from .common import config_option, echo_json_lines, echo_table, group_config_option, json_option, load, open_store
 
 
 @click.group()
+@group_config_option
 def operators() -> None:
     """Manage the operators of the inbox (served under /inbox when [inbox] enabled = true).
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from ..phone import normalize_number
+from ..store import ACCOUNT
 from .operators import Operator
 
 T = TypeVar("T")
@@ -120,9 +121,9 @@ def conversation(conn: sqlite3.Connection, operator: Operator, conversation_id: 
     params: dict[str, Any] = {"id": conversation_id}
     rows = _rows(conn, (
         "SELECT c.id, c.profile, c.our_number, c.their_number, c.with_person, c.operator AS handler,"
-        " c.handoff_reason, c.waiting, COALESCE(o.opted_out, 0) AS opted_out FROM conversations c"
-        " LEFT JOIN optouts o ON o.profile = c.profile AND o.number = c.their_number"
-        f" WHERE c.id = :id{_visible(operator, params)}"), params)  # fmt: skip
+        " c.handoff_reason, c.waiting, COALESCE((SELECT MAX(opted_out) FROM optouts WHERE number = c.their_number"
+        " AND profile IN (c.profile, :account)), 0) AS opted_out FROM conversations c"  # or account-wide
+        f" WHERE c.id = :id{_visible(operator, params)}"), {**params, "account": ACCOUNT})  # fmt: skip
     if not rows:
         return None
     messages = _rows(conn, (
