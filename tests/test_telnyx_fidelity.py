@@ -17,7 +17,7 @@ import nacl.signing
 import pytest
 
 from bot_core.errors import ConfigError
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.webhooks import sign_v1, sign_v2
 
 from .harness import OURS, SECRET, THEIRS, Running, ScriptedTelnyx, make_config, plugin

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.webhooks import sign_v1
 
 from .conftest import Server, wait_for
