@@ -52,7 +52,7 @@ def create_app(bot: Bot) -> Starlette:
             webhook = parse_webhook(body)
             kind = webhook.kind
             bot.verify(webhook, body, request.headers)
-            answer = bot.accept(webhook)
+            answer = await bot.accept(webhook)
         except WebhookError as exc:
             bot.metrics.webhooks.labels(kind, str(exc.status)).inc()
             if exc.status >= 500 or exc.status in (401, 403):
@@ -62,9 +62,9 @@ def create_app(bot: Bot) -> Starlette:
         return JSONResponse(answer)
 
     async def healthz(request: Request) -> Response:
-        if bot.started and bot.store.healthy():
+        if await bot.healthy():
             return JSONResponse({"ok": True})
-        return JSONResponse({"ok": False, "error": "database is not reachable"}, status_code=503)
+        return JSONResponse({"ok": False, "error": "the database cannot take a write"}, status_code=503)
 
     async def metrics(request: Request) -> Response:
         return Response(bot.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -94,7 +94,7 @@ class Session:
             if not self.bot.due_timers():
                 return
             # A due timer reaches the dispatcher through the timer loop: let it hand it over.
-            self.bot.timers.poke()
+            self.bot.timers.wake()
             await asyncio.sleep(0.001)
         raise AssertionError(f"the bot did not settle within {timeout:g} s")
 
@@ -144,10 +144,7 @@ class ChatBot(Bot):
 
     def __init__(self, config: Config, *, lane: tuple[str, str], clock: ShiftedClock) -> None:
         super().__init__(config, clock=clock)
-        self.lane = lane
-
-    def due_timers(self) -> list[tuple[Timer, tuple[str, str]]]:
-        return [(timer, key) for timer, key in super().due_timers() if key == self.lane]
+        self.timer_lane = lane
 
 
 async def chat(config: Config, *, customer: str, number: str, stdin: TextIO, stdout: TextIO, stderr: TextIO,
@@ -243,7 +240,7 @@ def _command(session: Session, clock: ShiftedClock, line: str) -> str | None:
         except ValueError as exc:
             return f"(/wait: {exc})"
         clock.offset += seconds
-        session.bot.timers.poke()
+        session.bot.timers.wake()
         return None
     if name == "/help":
         return COMMANDS

@@ -85,6 +85,7 @@ def serve(config_path: str | None, host: str, port: int, workers: int) -> None:
         sys.exit(Supervisor(config, sock, workers).run())
 
 
+
 @cli.command()
 @config_option
 def check(config_path: str | None) -> None:

@@ -236,6 +236,10 @@ class BotSettings:
     fallback_reply: str
     max_parts: int
     log_format: str
+    max_replies: int = 10
+    store_timeout: float = 1.0
+    lease: float = 60.0
+    poll_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -477,7 +481,9 @@ def _bot(t: _Table, base: Path) -> BotSettings:
         sandbox=t.boolean("sandbox", False), verify_signatures=t.boolean("verify_signatures", True),
         plugin_timeout=t.duration("plugin_timeout", 10.0), shutdown_grace=t.duration("shutdown_grace", 10.0),
         fallback_reply=t.string("fallback_reply", ""), max_parts=t.integer("max_parts", 10, 1, 10),
-        log_format=t.choice("log_format", ("text", "json"), "text"))
+        log_format=t.choice("log_format", ("text", "json"), "text"),
+        max_replies=t.integer("max_replies", 10, 1, 1000), store_timeout=t.duration("store_timeout", 1.0),
+        lease=t.duration("lease", 60.0), poll_interval=t.duration("poll_interval", 1.0))
 
 
 def _is_ed25519_key(text: str) -> bool:

@@ -59,7 +59,7 @@ async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str
             result["state_before"] = copy.deepcopy(conversation.state)
             message = InboundMessage(f"explain-{uuid.uuid4()}", text, from_, to, number.profile)
             outcome = await bot.dispatcher.consult(message, conversation)
-            drafts = [draft(bot.store, reply, profile=number.profile, from_number=to, to_number=from_,
+            drafts = [draft(bot.store.is_opted_out, reply, profile=number.profile, from_number=to, to_number=from_,
                             max_parts=config.bot.max_parts) for reply in outcome.replies]  # fmt: skip
         finally:
             await bot.stop()

@@ -37,10 +37,9 @@ class Handler:
 
 
 def handler(bot: Bot, conversation_id: int) -> Handler:
-    row = bot.store.conn.execute(
-        "SELECT with_person, operator, handoff_reason, handoff_at FROM conversations WHERE id = ?",
-        (conversation_id,),
-    ).fetchone()
+    row = bot.store._read_one(
+        "SELECT with_person, operator, handoff_reason, handoff_at FROM conversations WHERE id = ?", (conversation_id,)
+    )
     return Handler(bool(row[0]), *row[1:]) if row and row[0] else Handler(False)
 
 
@@ -84,7 +83,7 @@ def hand_back(bot: Bot, conversation: Conversation, reason: str, operator: str |
 
 def touch(bot: Bot, conversation_id: int, operator: str) -> None:
     """An operator acted (replied): the customer no longer waits and the handback clock restarts."""
-    bot.store.conn.execute(
+    bot.store._statement(
         "UPDATE conversations SET waiting = 0, operator = ?, handoff_at = ?, updated_at = ?"
         " WHERE id = ? AND with_person = 1",
         (operator, bot.clock(), bot.store.now(), conversation_id),
@@ -96,9 +95,9 @@ def expire(bot: Bot) -> int:
     after = bot.config.inbox.handback_after
     if not after:
         return 0
-    rows = bot.store.conn.execute(  # reads the partial index conversations_with_person
+    rows = bot.store._read(  # reads the partial index conversations_with_person
         "SELECT id FROM conversations WHERE with_person = 1 AND handoff_at < ?", (bot.clock() - after,)
-    ).fetchall()
+    )
     for (conversation_id,) in rows:
         conversation = bot.store.conversation_by_id(conversation_id)
         if conversation is not None:

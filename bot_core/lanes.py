@@ -1,83 +1,120 @@
-"""Per-key sequential work: items of one key run one at a time in order; keys run concurrently.
+"""Claimed work: a loop that claims units of one kind from the store and runs each in a task.
 
-Both queues use it with a conversation as the key, which is what keeps a conversation's state
-updates and replies in order without making one slow conversation hold up the others.
+The store decides what may run (the head of each lane, nobody else holding it), so order
+survives faults, restarts and several processes; this loop only decides how much runs at once
+in this process. It claims when woken (a webhook stored a message, a unit finished and the next
+of its lane became claimable) and at least every ``poll`` seconds, which is how it finds work
+other processes queued, retries that fell due, and units whose holder died.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import sqlite3
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
+
+from .store import LeaseLost
 
 log = logging.getLogger("bot_core.lanes")
 
 T = TypeVar("T")
 
 
-class Lanes(Generic[T]):
-    """Run ``worker(item)`` for submitted items, one lane per key.
+class Claims(Generic[T]):
+    """Claim up to ``capacity`` units at a time with ``claim(n)`` and run ``work(unit)`` for each.
 
-    An item stays at the head of its lane while its worker runs, so ``len()`` counts it. A
-    worker that returns False ends its lane: the items behind it are dropped from memory, so
-    none of them overtakes it (their rows stay in the database for the next start). An
-    exception from the worker is a bug (workers record their own failures): it is logged and
-    the lane moves on.
+    ``work`` records its own outcome (and passing failures) in the store; an exception escaping
+    it is a bug: it is logged, and after a pause the unit is given back with ``release(key)``,
+    so a claim retries it.
     """
 
-    def __init__(self, worker: Callable[[T], Awaitable[bool | None]]) -> None:
-        self._worker = worker
-        self._queues: dict[Hashable, deque[T]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._size = 0
+    def __init__(self, name: str, claim: Callable[[int], Awaitable[list[T]]], work: Callable[[T], Awaitable[None]],
+                 key: Callable[[T], Hashable], release: Callable[[Hashable], Awaitable[None]], *,
+                 capacity: int = 256, poll: float = 1.0) -> None:  # fmt: skip
+        self.name = name
+        self._claim = claim
+        self._work = work
+        self._key = key
+        self._release = release
+        self.capacity = capacity
+        self.poll = poll
+        self._running: dict[Hashable, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._failing = False
 
     def __len__(self) -> int:
-        """Items waiting or running."""
-        return self._size
+        """Units running in this process."""
+        return len(self._running)
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._queues
+    def wake(self) -> None:
+        """Claim now: there may be new work."""
+        self._wake.set()
 
-    def submit(self, key: Hashable, item: T) -> None:
-        if self._closed:
-            return
-        self._size += 1
-        queue = self._queues.get(key)
-        if queue is not None:
-            queue.append(item)
-            return
-        self._queues[key] = deque([item])
-        self._idle.clear()
-        task = asyncio.get_running_loop().create_task(self._run(key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def run(self) -> None:
+        """Claim and start units until :meth:`close`."""
+        while not self._closed:
+            self._wake.clear()
+            await self.claim_once()
+            try:
+                async with asyncio.timeout(self.poll):  # unlike wait_for, no task per wake-up
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
-    async def _run(self, key: Hashable) -> None:
-        queue = self._queues[key]
+    async def claim_once(self) -> int:
+        """Claim what is claimable now, up to the free capacity; returns how many started."""
+        free = self.capacity - len(self._running)
+        if free <= 0 or self._closed:
+            return 0
         try:
-            while queue and not self._closed:
-                try:
-                    go_on = await self._worker(queue[0])
-                except Exception:
-                    log.exception("unexpected error in a lane worker; the item stays queued in the database")
-                    go_on = True
-                queue.popleft()
-                self._size -= 1
-                if go_on is False:
-                    break
+            units = await self._claim(free)
+        except sqlite3.Error as exc:
+            if not self._failing:  # once per outage, not once per poll
+                log.warning("cannot claim %s work (%s); trying again every %gs", self.name, exc, self.poll)
+            self._failing = True
+            return 0
+        if self._failing:
+            log.info("claiming %s work again", self.name)
+            self._failing = False
+        started = 0
+        for unit in units:
+            key = self._key(unit)
+            if key in self._running:  # ours already: its lease was renewed late, not lost
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(key, unit))
+            self._running[key] = task
+            self._idle.clear()
+            started += 1
+        return started
+
+    async def _run(self, key: Hashable, unit: T) -> None:
+        try:
+            await self._work(unit)
+        except LeaseLost as exc:
+            log.warning("%s work dropped: %s (another process took it over)", self.name, exc)
+        except Exception:
+            log.exception("unexpected error in %s work; it is tried again in %gs", self.name, self.poll)
+            await self._give_back(key)
         finally:
-            self._size -= len(queue)
-            del self._queues[key]
-            if not self._queues:
+            del self._running[key]
+            if not self._running:
                 self._idle.set()
+            self._wake.set()  # the next unit of its lane may be claimable now
+
+    async def _give_back(self, key: Hashable) -> None:
+        await asyncio.sleep(self.poll)
+        try:
+            await self._release(key)
+        except sqlite3.Error:
+            log.warning("cannot give %s work back; its lease runs out instead", self.name)
 
     async def join(self, timeout: float | None = None) -> bool:
-        """Wait until every lane is empty; False if ``timeout`` passed first."""
+        """Wait until no unit runs here; False if ``timeout`` passed first."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -85,19 +122,20 @@ class Lanes(Generic[T]):
         return True
 
     async def close(self, timeout: float) -> bool:
-        """Take no more items and let each lane finish only the item it is running.
+        """Claim no more; let running units finish within ``timeout``, then cancel the rest.
 
-        Items still waiting are dropped from memory (their rows stay in the database for the
-        next start). After ``timeout`` the running ones are cancelled too; False if that happened.
+        False if some had to be cancelled (their units are released for the next claim).
         """
         self._closed = True
+        self._wake.set()
         if await self.join(timeout):
             return True
         await self.cancel()
         return False
 
     async def cancel(self) -> None:
-        """Stop every lane now; unfinished items stay in the database for the next start."""
-        for task in list(self._tasks):
+        tasks = list(self._running.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A plugin that swallows the cancellation must not hold the shutdown: wait briefly.
+        await asyncio.wait(tasks, timeout=1.0) if tasks else None

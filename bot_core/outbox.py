@@ -8,11 +8,12 @@ can see what the bot would have said.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .messages import Reply
 from .segments import count_segments
-from .store import BLOCKED, FAILED, PENDING, OutboundDraft, Store
+from .store import BLOCKED, FAILED, PENDING, OutboundDraft
 
 log = logging.getLogger("bot_core.outbox")
 
@@ -36,16 +37,20 @@ def as_replies(result: Any) -> list[Reply]:
 
 
 def draft(
-    store: Store, reply: Reply, *, profile: str | None, from_number: str, to_number: str, max_parts: int
+    opted_out: Callable[[str | None, str], bool], reply: Reply, *, profile: str | None, from_number: str,
+    to_number: str, max_parts: int,
 ) -> OutboundDraft:
-    """The outbound MDR for one reply, with the status the rules give it."""
+    """The outbound MDR for one reply, with the status the rules give it.
+
+    ``opted_out(profile, number)`` answers as the unit being handled will leave things (its
+    own opt-in or opt-out counts), so a START's confirmation is not blocked."""
     segments = count_segments(reply.text, from_number)  # Telnyx's encoding depends on the sender type
     status, error = PENDING, None
     if segments.parts > max_parts:
         status = FAILED
         error = f"message is {segments.parts} parts ({segments.encoding}); the limit is max_parts = {max_parts}"
         log.warning("not sending a %d-part message to %s: over max_parts = %d", segments.parts, to_number, max_parts)
-    elif not reply.ignore_optout and store.is_opted_out(profile, to_number):
+    elif not reply.ignore_optout and opted_out(profile, to_number):
         status, error = BLOCKED, "recipient opted out"
     if segments.encoding == "UCS-2" and len(segments.non_gsm) == 1:
         log.warning(

@@ -90,7 +90,17 @@ def serve(bot: Bot, sock: socket.socket) -> None:
     log.info("Uvicorn running on http://%s:%d (pid %d; uvicorn %s, %s, %s)", host, port, os.getpid(),
              uvicorn.__version__, "uvloop" if loop and loop.__module__.startswith("uvloop") else "asyncio",
              "httptools" if "httptools" in config.http_protocol_class.__module__ else "h11")  # fmt: skip
+    threading.Thread(target=_exit_after_grace, args=(bot,), name="bot-core-exit-watchdog", daemon=True).start()
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _exit_after_grace(bot: Bot) -> None:
+    """Exit within ``shutdown_grace`` + 4 s of the stop, whatever a plugin does: a hook that
+    ignores its cancellation, or blocks the event loop, must not keep the process alive."""
+    bot.stopping.wait()
+    time.sleep(bot.config.bot.shutdown_grace + 4)
+    logging.getLogger("bot_core").error("still stopping %gs past shutdown_grace: exiting now", 4)
+    os._exit(1)
 
 
 def _worker_main(config: Config, sock: socket.socket, index: int) -> None:

@@ -1,10 +1,16 @@
-"""The sender: drains the outbox through the Telnyx client, with retries, backoff and pacing.
+"""The sender: claims sends from the outbox and makes them through the Telnyx client, with retries,
+backoff and pacing.
 
-A conversation's messages go out one at a time in order (its lane): a message waiting for a
-retry holds back the ones behind it, never the other conversations, and so never another
-sending number, except through the optional per-number pacing. Each message is marked
-``sending_local`` before the HTTP request and gets Telnyx's answer after it: a crash in between
-is the one case where a message can be sent twice.
+A (from, to) pair's messages go out one at a time in order (the store hands out only the head
+of each lane): a message waiting for a retry holds back the ones behind it, never the other
+pairs, and never the handling of the next inbound message. The process holding a send keeps
+its lease while it waits to retry. Pacing per sending number is a row in the store, so it
+holds across processes.
+
+A message is marked ``sending_local`` only when its HTTP request starts, and gets Telnyx's
+answer after it: a process that dies in between is the one case where a message can be sent
+twice (its successor logs it). When Telnyx's answer cannot be recorded (the disk is full, the
+database is locked) the sender keeps the answer and retries recording it; it never sends again.
 """
 
 from __future__ import annotations
@@ -12,135 +18,101 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .config import Config, Profile
 from .errors import SendError
-from .lanes import Lanes
+from .lanes import Claims
 from .metrics import Metrics
 from .store import BLOCKED, FAILED, Outbound, Store
 from .telnyx import TelnyxClient
 
 log = logging.getLogger("bot_core.sender")
 
-POLL_SECONDS = 1.0
-
-
-class Pacer:
-    """At most ``rate`` sends per second per sending number (0: unpaced)."""
-
-    def __init__(self, rate_for: Callable[[str], float]) -> None:
-        self._rate_for = rate_for
-        self._next: dict[str, float] = {}
-
-    async def wait(self, number: str) -> None:
-        rate = self._rate_for(number)
-        if rate <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        slot = max(now, self._next.get(number, now))
-        self._next[number] = slot + 1 / rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
-
 
 class Sender:
-    """Sends what the outbox holds; woken when something is added, and polls once a second.
+    """Sends what the outbox holds; woken when something is added, and polls for the rest.
 
-    Polling finds what other processes queued (``bot-core send`` beside a server) and what an
-    earlier run left. ``_seen`` is the highest outbox id handed to a lane: SQLite gives a row
-    committed later a higher id, so each poll reads only rows it has not seen.
+    ``stored(fn, *args)`` runs a store write off the event loop, retrying passing failures
+    (:meth:`Bot.stored`); LeaseLost ends the send's task.
     """
 
     def __init__(self, store: Store, client: TelnyxClient, config: Config, metrics: Metrics,
-                 clock: Callable[[], float]) -> None:  # fmt: skip
+                 clock: Callable[[], float], owner: str,
+                 stored: Callable[..., Awaitable[Any]]) -> None:  # fmt: skip
         self.store = store
         self.client = client
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self.lanes: Lanes[Outbound] = Lanes(self._send)
-        self.pacer = Pacer(config.send_rate_for)
-        self._wake = asyncio.Event()
-        self._seen = 0
-        public_url = config.bot.public_url
+        self.owner = owner
+        self._stored = stored
+        settings = config.bot
+        self.claims: Claims[Outbound] = Claims(
+            "send", lambda n: store.call(store.claim_sends, owner, n, settings.lease), self._send, lambda m: m.id,
+            lambda mdr_id: store.call(store.release_unit, "mdrs", mdr_id, owner), poll=settings.poll_interval,
+        )  # fmt: skip
+        public_url = settings.public_url
         self._status_url = f"{public_url}/webhooks/telnyx" if public_url else None
         self._draining = False
         self._sleepers: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    def poll(self) -> int:
-        """Hand outbox rows not seen yet to their conversations' lanes; returns how many."""
-        rows = self.store.pending_outbound(after=self._seen)
-        for message in rows:
-            self._seen = message.id
-            self.lanes.submit((message.from_number, message.to_number), message)
-        return len(rows)
+        self.claims.wake()
 
     async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                self.poll()
-            except Exception:
-                log.exception("cannot read the outbox; trying again")
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            except TimeoutError:
-                pass
+        await self.claims.run()
 
     async def stop(self, grace: float) -> bool:
         """Send what is due within ``grace``, in order; what waits for a retry stays queued."""
         self._draining = True
         for task in self._sleepers:
             task.cancel()
-        try:
-            self.poll()  # the replies of plugin calls that finished while stopping
-        except Exception:
-            log.exception("cannot read the outbox; its messages wait for the next start")
-        if await self.lanes.join(grace):
-            return True
-        await self.lanes.cancel()
-        return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Each lane's next send becomes claimable when the one before it is sent.
+        while await self.claims.claim_once() or len(self.claims):
+            if not await self.claims.join(max(0.0, deadline - loop.time())):
+                break
+        return await self.claims.close(max(0.0, deadline - loop.time()))
 
-    async def _send(self, message: Outbound) -> bool:
-        """Send one message, retrying as long as it takes; False ends its lane (stopping)."""
+    async def _send(self, message: Outbound) -> None:
+        """Send one message, retrying as long as it takes (or until stopping)."""
+        if message.in_flight:
+            log.warning("send %d to %s was in flight when its process stopped; sending it again (it may have"
+                        " reached Telnyx)", message.id, message.to_number, extra={"mdr_id": message.id})  # fmt: skip
         attempts, due = message.attempts, message.next_attempt_at
         while True:
             if due > self.clock() and not await self._wait(due - self.clock()):
-                return False  # stopping: it and the messages behind it stay in the outbox
-            requested = False
+                return  # stopping: it and the messages behind it stay in the outbox
             try:
-                profile = self._profile(message)
+                profile = await self._profile(message)
                 if profile is None:
-                    return True
-                await self.pacer.wait(message.from_number)
-                self.store.mark_sending(message.id)
-                requested = True
-                delay = await self._attempt(message, profile, attempts + 1)
-                attempts += 1
-            except Exception:
-                if requested:  # it may have reached Telnyx: never send it again from here
-                    log.exception("send %d: cannot record Telnyx's answer; it is sent again at the next start",
-                                  message.id)  # fmt: skip
-                    return True
-                log.exception("send %d: unexpected error before sending; trying again", message.id)
+                    return
+                rate = self.config.send_rate_for(message.from_number)
+                while wait := await self.store.call(self.store.start_send, message.id, self.owner, rate=rate):
+                    await asyncio.sleep(wait)
+            except sqlite3.OperationalError as exc:  # not sent: safe to try again
                 delay = self._backoff(attempts + 1, None)
+                log.warning("send %d: cannot prepare it (%s); trying again in %.1fs", message.id, exc, delay)
+                due = self.clock() + delay
+                continue
+            delay = await self._attempt(message, profile, attempts + 1)
+            attempts += 1
             if delay is None:
-                return True
+                return
             due = self.clock() + delay
 
-    def _profile(self, message: Outbound) -> Profile | None:
+    async def _profile(self, message: Outbound) -> Profile | None:
         """The sending profile; None after settling, unsent, a message that must not go out."""
         if not message.ignore_optout and self.store.is_opted_out(message.profile, message.to_number):
-            self._final(message, BLOCKED, "recipient opted out")
+            await self._final(message, BLOCKED, "recipient opted out")
             return None
         profile = self.config.profile_for_sender(message.from_number)
         if profile is None:
-            self._final(message, FAILED, f"no profile sends from {message.from_number}")
+            await self._final(message, FAILED, f"no profile sends from {message.from_number}")
         return profile
 
     async def _attempt(self, message: Outbound, profile: Profile, attempt: int) -> float | None:
@@ -154,29 +126,30 @@ class Sender:
             )  # fmt: skip
         except SendError as exc:
             if exc.opted_out:
-                self.store.set_opted_out(message.profile, message.to_number, True, "telnyx 40300")
+                await self._stored(self.store.set_opted_out, message.profile, message.to_number, True, "telnyx 40300")
             if not exc.retryable or attempt >= self.config.sending.max_attempts:
                 log.warning("send %d to %s failed for good after %d attempt(s): %s",
                             message.id, message.to_number, attempt, exc.reason,
                             extra={"mdr_id": message.id, "conversation_id": message.conversation_id})  # fmt: skip
-                self._final(message, FAILED, exc.reason, attempt)
+                await self._final(message, FAILED, exc.reason, attempt)
                 return None
             delay = self._backoff(attempt, exc.retry_after)
             log.info("send %d to %s failed (%s); retry %d in %.1fs",
                      message.id, message.to_number, exc.reason, attempt + 1, delay,
                      extra={"mdr_id": message.id, "conversation_id": message.conversation_id})  # fmt: skip
-            self.store.mark_retry(message.id, attempt, self.clock() + delay, exc.reason)
+            await self._stored(self.store.mark_retry, message.id, attempt, self.clock() + delay, exc.reason,
+                               self.owner)  # fmt: skip
             self.metrics.retries.inc()
             return delay
-        self.store.mark_sent(message.id, result.telnyx_id, result.status, attempt)
+        await self._stored(self.store.mark_sent, message.id, result.telnyx_id, result.status, attempt, self.owner)
         log.info("sent %d to %s: %s", message.id, message.to_number, result.status,
                  extra={"mdr_id": message.id, "conversation_id": message.conversation_id,
                         "telnyx_id": result.telnyx_id})  # fmt: skip
         self.metrics.sends.labels(result.status).inc()
         return None
 
-    def _final(self, message: Outbound, status: str, error: str, attempts: int | None = None) -> None:
-        self.store.mark_final(message.id, status, error, attempts)
+    async def _final(self, message: Outbound, status: str, error: str, attempts: int | None = None) -> None:
+        await self._stored(self.store.mark_final, message.id, status, error, attempts, self.owner)
         self.metrics.sends.labels(status).inc()
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

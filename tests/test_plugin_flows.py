@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from datetime import datetime, timezone
 
 import bot_core_flows
@@ -46,8 +47,9 @@ def submissions(bot):
 
 
 def deliveries(bot):
-    """The submissions being posted now: with none, nothing more will be posted."""
-    return bot.portal.call(lambda: list(bot_core_flows._posters[bot.bot].tasks))
+    """Delivery attempts scheduled (the plugin's pending post timers): with none, nothing more
+    will be posted."""
+    return list(bot.bot.db.query("SELECT id FROM timers WHERE plugin = 'flows' AND name = 'post' AND status = 'pending'"))
 
 
 def test_the_signup_flow_asks_checks_retries_confirms_and_records(tmp_path):
@@ -246,7 +248,7 @@ def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
         again = bot.portal.call(lambda: bot_core_flows._posters[bot.bot].record(
             message_id=row["message_id"], conversation_id=row["conversation_id"], flow=flow, profile="support",
             from_number=CUSTOMER, to_number=NUMBER, answers={"name": "Ann", "zip": "60601"}))  # fmt: skip
-        assert again == row["id"] and len(submissions(bot)) == 1
+        assert again == (row["id"], False) and len(submissions(bot)) == 1  # sandboxed: nothing to deliver
 
 
 # -- post_to ------------------------------------------------------------------------------------
@@ -293,6 +295,17 @@ def live(config, tmp_path, **kwargs):
     return BotTester(config, tmp_path=tmp_path, telnyx=FakeTelnyx(), **kwargs)
 
 
+def retried_until(bot, predicate, timeout: float = 10):
+    """Move the bot's clock on until ``predicate(row)`` holds: each retry is a timer on that clock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = submissions(bot)[0]
+        if predicate(row):
+            return row
+        bot.advance("1s")
+    raise AssertionError(f"not retried as expected within {timeout} s: {submissions(bot)}")
+
+
 def complete_signup(bot, name="Ann"):
     bot.transcript([("join", "What's your name?"), (name, f"Thanks {name}. What's your ZIP code?"),
                     ("60601", f"Thanks {name}! You're signed up for alerts in 60601.")])  # fmt: skip
@@ -315,7 +328,7 @@ def test_5xx_answers_are_retried_with_backoff_until_accepted(tmp_path):
     with Receiver() as receiver, live(posting(receiver.url), tmp_path) as bot:
         receiver.statuses = [503, 500, 502]
         complete_signup(bot)
-        wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")
+        retried_until(bot, lambda row: row["post_status"] == "delivered")
         assert len(receiver.requests) == 4
         assert {json.dumps(body) for body, _ in receiver.requests} == {json.dumps(receiver.requests[0][0])}
         assert submissions(bot)[0]["post_attempts"] == 4
@@ -327,7 +340,7 @@ def test_a_4xx_answer_is_final(tmp_path):
         complete_signup(bot)
         row = wait_for(lambda: (r := submissions(bot)[0])["post_status"] == "failed" and r)
         assert (row["post_attempts"], row["post_error"]) == (1, "HTTP 422")
-        wait_for(lambda: not deliveries(bot))
+        bot.advance("1h")  # no retry is scheduled
         assert len(receiver.requests) == 1
 
 
@@ -335,7 +348,8 @@ def test_retries_stop_after_post_attempts(tmp_path):
     with Receiver() as receiver, live(posting(receiver.url, post_attempts=3), tmp_path) as bot:
         receiver.statuses = [503] * 10
         complete_signup(bot)
-        row = wait_for(lambda: (r := submissions(bot)[0])["post_status"] == "failed" and r)
+        row = retried_until(bot, lambda row: row["post_status"] == "failed")
+        bot.advance("1h")
         assert (row["post_attempts"], row["post_error"], len(receiver.requests)) == (3, "HTTP 503", 3)
 
 
@@ -343,13 +357,11 @@ def test_an_unreachable_receiver_is_retried_and_the_delivery_survives_a_restart(
     receiver = Receiver()  # not listening yet: connections are refused
     with live(posting(receiver.url, post_backoff="200ms"), tmp_path) as bot:
         complete_signup(bot)
-        wait_for(lambda: submissions(bot)[0]["post_attempts"] >= 2)
-        row = submissions(bot)[0]
+        row = retried_until(bot, lambda row: row["post_attempts"] >= 2)
         assert row["post_status"] == "pending" and "ConnectError" in row["post_error"]
-        bot.portal.call(bot.bot.stop)
         with receiver:
-            bot.portal.call(bot.bot.start)
-            wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")
+            bot.restart()
+            retried_until(bot, lambda row: row["post_status"] == "delivered")
             assert [body["answers"] for body, _ in receiver.requests] == [{"name": "Ann", "zip": "60601"}]
 
 
@@ -366,10 +378,11 @@ def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
             wait_for(lambda: receiver.requests)
         receiver.statuses.clear()
         with BotTester(posting(receiver.url), tmp_path=tmp_path / "live") as bot:
-            assert deliveries(bot) == []
-            assert submissions(bot)[0]["post_status"] == "pending"
+            attempts = submissions(bot)[0]["post_attempts"]
+            bot.advance("1s")  # its next attempt falls due while sandboxed: it waits (made again later)
+            assert (submissions(bot)[0]["post_status"], submissions(bot)[0]["post_attempts"]) == ("pending", attempts)
         with live(posting(receiver.url), tmp_path / "live") as bot:
-            wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")
+            retried_until(bot, lambda row: row["post_status"] == "delivered")
 
 
 # -- settings --------------------------------------------------------------------------------

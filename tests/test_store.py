@@ -1,4 +1,4 @@
-"""The store: WAL and busy timeout, atomic outcomes, the outbox queries, two processes at once."""
+"""The store: WAL and busy timeout, atomic outcomes, claims and leases, migrations, two processes at once."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import sys
 import textwrap
 
 import pytest
+import sqlite_utils
 
 from bot_core.messages import InboundMessage
-from bot_core.store import FAILED, HANDLED, PENDING, RECEIVED, OutboundDraft, Store
+from bot_core.store import (
+    FAILED, HANDLED, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, LeaseLost, OutboundDraft, SendEffect,
+    Store, TimerEffect, WorkStore,
+)  # fmt: skip
+from bot_core.store.schema import MIGRATIONS
 
 OURS, THEIRS = "+13125550100", "+13125550123"
 
@@ -61,34 +66,145 @@ def test_an_outcome_is_all_or_nothing(store):
     assert store.pending_inbound() == []
 
 
-def test_sends_cut_off_by_a_crash_go_back_to_the_outbox_in_order(store):
+def test_a_send_cut_off_in_flight_is_claimed_again_and_counted(store):
     message = inbound(store)
-    ids = store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply("a"), reply("b"), reply("c")])
-    store.mark_sending(ids[0])
-    store.mark_sent(ids[1], "t-1", "queued")
-    store.mark_sending(ids[2])
-    assert [o.id for o in store.pending_outbound()] == []  # in flight: not handed out twice
-    assert store.requeue_in_flight() == 2
-    assert [o.text for o in store.pending_outbound()] == ["a", "c"]
-    assert store.mdr(ids[0])["status"] == PENDING
+    ids = store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply("a"), reply("b")])
+    (first,) = store.claim_sends("dead", 10, 60)
+    assert first.id == ids[0] and not first.in_flight  # "b" waits behind "a" in its lane
+    assert store.unheld_in_flight() == 0
+    store.start_send(first.id, "dead")
+    assert store.claim_sends("other", 10, 60) == []  # held: not handed out twice
+    store.expire("dead")
+    assert store.unheld_in_flight() == 1  # its request had started: it may have reached Telnyx
+    (again,) = store.claim_sends("other", 10, 60)
+    assert (again.id, again.in_flight) == (ids[0], True)
 
 
-def test_the_queues_are_read_through_their_partial_indexes(store):
-    """With a million MDRs a scan of the table per wake-up would cost the sender dearly."""
-    plans = {
-        "inbox": store.pending_inbound,
-        "outbox": lambda: store.pending_outbound(after=10),
-        "requeue": store.requeue_in_flight,
-    }
+def test_a_claim_hands_out_only_the_head_of_each_conversation(store):
+    first, second = inbound(store, "m1"), inbound(store, "m2")
+    other = store.add_inbound(InboundMessage("m3", "hey", "+13125550999", OURS, "main"))
+    claimed = store.claim_inbound("a", 10, 60)
+    assert [m.mdr_id for m in claimed] == [first.mdr_id, other]
+    assert store.claim_inbound("b", 10, 60) == []  # m2 waits for m1, whoever holds it
+    with pytest.raises(LeaseLost):
+        store.finish_inbound(first.mdr_id, status=HANDLED, owner="b")
+    assert store.mdr(first.mdr_id)["status"] == RECEIVED
+    store.finish_inbound(first.mdr_id, status=HANDLED, owner="a")
+    assert [m.mdr_id for m in store.claim_inbound("b", 10, 60)] == [second.mdr_id]
+
+
+def test_a_lease_that_ran_out_is_taken_over_and_the_old_holder_commits_nothing(store):
+    message = inbound(store)
+    store.claim_inbound("a", 10, 0.05)
+    assert store.claim_inbound("b", 10, 60) == []
+    store.lease_clock = lambda: 10**10  # a minute... or a century later: "a" stopped renewing
+    assert [m.mdr_id for m in store.claim_inbound("b", 10, 60)] == [message.mdr_id]
+    with pytest.raises(LeaseLost):
+        store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply()], owner="a")
+    assert store.pending_outbound() == []
+
+
+def test_renewal_keeps_a_lease_and_release_gives_it_back(store):
+    message = inbound(store)
+    store.claim_inbound("a", 10, 60)
+    store.renew("a", 60)
+    assert store.owners() == {"a"}
+    store.release("a")
+    assert store.owners() == set()
+    assert [m.mdr_id for m in store.claim_inbound("b", 10, 60)] == [message.mdr_id]
+
+
+def test_sends_have_lanes_of_their_own(store):
+    """A reply waiting for a retry never holds up the handling of the conversation's next message."""
+    message = inbound(store)
+    store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply("a")])
+    (send,) = store.claim_sends("sender", 10, 60)
+    store.mark_retry(send.id, 1, store.clock() + 3600, "503")
+    later = inbound(store, "m2")
+    assert [m.mdr_id for m in store.claim_inbound("handler", 10, 60)] == [later.mdr_id]
+
+
+def test_a_timer_waits_for_its_conversations_messages_and_fires_once(store):
+    conversation = store.conversation("main", OURS, THEIRS)
+    timer_id = store.add_timer(conversation.id, 0.0, text="reminder")
+    message = inbound(store)
+    assert store.claim_timers("a", 10, 60) == []  # a received message of its conversation goes first
+    store.claim_inbound("a", 10, 60)
+    store.finish_inbound(message.mdr_id, status=HANDLED, owner="a")
+    (timer,) = store.claim_timers("a", 10, 60)
+    assert timer.id == timer_id
+    assert store.claim_inbound("b", 10, 60) == [] and store.claim_timers("b", 10, 60) == []
+    store.finish_timer(timer_id, conversation, [reply("reminder")], owner="a")
+    with pytest.raises(LeaseLost):  # the guard in SQL: a second finish of the same timer changes nothing
+        store.finish_timer(timer_id, conversation, [reply("reminder")], owner="a")
+    assert [o.text for o in store.pending_outbound()] == ["reminder"]
+
+
+def test_effects_are_written_with_the_outcome_in_order(store):
+    message = inbound(store)
+    store.claim_inbound("a", 10, 60)
+    conversation = store.conversation("main", OURS, THEIRS)
+    effects = [
+        TimerEffect(conversation.id, 10.0, name="old"),
+        CancelEffect(conversation.id),  # cancels "old", not the timer scheduled after it
+        TimerEffect(conversation.id, 20.0, name="new"),
+        ConsentEffect("main", "+13125550777", True, "test"),
+        SendEffect(OutboundDraft("main", OURS, "+13125550888", "hi"), ("main", OURS, "+13125550888")),
+    ]
+    store.finish_inbound(message.mdr_id, status=HANDLED, conversation=conversation, effects=effects, owner="a")
+    assert [t.name for t in store.timers(conversation.id)] == ["new"]
+    assert store.is_opted_out("main", "+13125550777")
+    assert [o.to_number for o in store.pending_outbound()] == ["+13125550888"]
+
+
+def test_pacing_is_stored_per_sending_number(store):
+    message = inbound(store)
+    ids = store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply("a")])
+    assert store.start_send(ids[0], rate=0.5) == 0.0  # the first takes the slot at once
+    assert store.mdr(ids[0])["status"] == SENDING
+    other = Store(store.path)  # another process on the same file
+    try:
+        (second,) = other.finish_inbound(inbound(other, "m2").mdr_id, status=HANDLED, replies=[reply("b")])
+        assert 1.5 < other.start_send(second, rate=0.5) <= 2.0  # the next slot is 2 s after the first
+        assert other.mdr(second)["status"] == PENDING  # not marked in flight while it waits
+    finally:
+        other.close()
+
+
+def test_a_database_of_the_first_schema_upgrades(tmp_path):
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO mdrs (direction, from_number, to_number, text, status, telnyx_id, created_at, updated_at)"
+                 f" VALUES ('inbound', '{THEIRS}', '{OURS}', 'old', 'received', 'old-1', 'x', 'x')")  # fmt: skip
+    conn.close()
+    store = Store(tmp_path / "old.db")
+    try:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert [m.text for m in store.claim_inbound("a", 10, 60)] == ["old"]
+    finally:
+        store.close()
+
+
+def test_the_claims_read_through_their_partial_indexes(store):
+    """With a million MDRs a scan of the table per claim would cost every process dearly."""
+    inbound(store)
+    store.finish_inbound(inbound(store, "m2").mdr_id, status=HANDLED, replies=[reply()])
     traced: list[str] = []
     store.conn.set_trace_callback(traced.append)
-    for run in plans.values():
-        run()
+    store.claim_inbound("a", 10, 60)
+    store.claim_sends("a", 10, 60)
+    store.renew("a", 60)
     store.conn.set_trace_callback(None)
+    checked = 0
     for sql in traced:
-        if "FROM mdrs" in sql or "UPDATE mdrs" in sql:
-            plan = " ".join(row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql))
-            assert "USING INDEX mdrs_inbox" in plan or "USING INDEX mdrs_outbox" in plan, (sql, plan)
+        if sql.startswith("UPDATE mdrs"):
+            plan = [row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql.replace(":now", "0"))]
+            table_scans = [step for step in plan if step.startswith(("SCAN mdrs", "SCAN m")) and "INDEX" not in step]
+            assert table_scans == [], (sql, plan)  # never the whole table
+            assert any(name in " ".join(plan) for name in ("mdrs_inbox", "mdrs_outbox", "mdrs_leased")), (sql, plan)
+            checked += 1
+    assert checked >= 3
 
 
 def test_errors_written_to_mdrs_never_hold_a_secret(store):
@@ -128,6 +244,13 @@ def test_two_processes_write_at_once_without_database_is_locked(store, tmp_path)
     assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert len(store.pending_outbound()) == 600
     assert store.conn.execute("SELECT COUNT(*) FROM optouts").fetchone()[0] == 300
+
+
+def test_the_sqlite_engine_implements_the_work_contract(store):
+    assert isinstance(store, WorkStore)
+    for name in WorkStore.__dict__:
+        if not name.startswith("_"):
+            assert callable(getattr(store, name)), name
 
 
 def test_mdrs_are_filtered_by_values_never_by_sql_text(store):

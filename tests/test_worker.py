@@ -338,20 +338,21 @@ async def test_per_profile_and_per_number_rates_override_the_default(tmp_path):
 async def test_an_unexpected_error_before_sending_is_retried_in_order(tmp_path, caplog, monkeypatch):
     async with Running(make_config(tmp_path, ["multi"]), None,
                        plugin("multi", handle_message=lambda: ["one", "two"])) as run:  # fmt: skip
-        mark_sending = run.bot.store.mark_sending
+        start_send = run.bot.store.start_send
         failures = []
 
-        def flaky(mdr_id):
+        def flaky(mdr_id, owner=None, *, rate=0.0):
             if not failures:
                 failures.append(mdr_id)
                 raise sqlite3.OperationalError("disk I/O error")
-            mark_sending(mdr_id)
+            return start_send(mdr_id, owner, rate=rate)
 
-        monkeypatch.setattr(run.bot.store, "mark_sending", flaky)
+        monkeypatch.setattr(run.bot.store, "start_send", flaky)
         await run.text("hi")
         await run.settle()
         assert run.telnyx.texts() == ["one", "two"]
-        assert failures and "unexpected error before sending" in caplog.text
+        assert len(run.telnyx.calls) == 2  # the failed mark was never followed by a request
+        assert failures and "cannot prepare it (disk I/O error)" in caplog.text
 
 
 async def test_idle_waits_for_a_send_waiting_out_its_backoff(tmp_path):

@@ -243,7 +243,7 @@ class BotTester:
     def advance(self, delta: float | str) -> list[str]:
         """Move the clock on, fire the timers now due; returns the messages that went out."""
         self.clock.advance(delta)
-        self.bot.timers.poke()
+        self.bot.timers.wake()
         return self.replies()
 
     def replies(self) -> list[str]:

@@ -22,10 +22,11 @@ from weakref import WeakKeyDictionary
 
 from bot_core import hookimpl, match_keyword, normalize_keyword
 
-from .delivery import Poster
+from .delivery import POST_TIMEOUT, Poster
 from .settings import Flow, parse, render
 
 TIMER = "expire"
+POST = "post"  # a delivery attempt of a submission to post_to
 _posters: WeakKeyDictionary[Any, Poster] = WeakKeyDictionary()
 
 
@@ -48,7 +49,10 @@ def register_keywords(config: dict[str, Any]) -> list[tuple[str, str]]:
 
 @hookimpl
 def startup(bot) -> None:
-    poster = Poster(bot.db, bot.clock, sandbox=bot.config.bot.sandbox)
+    # A POST that times out must fail inside the handler's plugin_timeout, so its retry is scheduled.
+    timeout = bot.config.bot.plugin_timeout
+    poster = Poster(bot.db, bot.clock, sandbox=bot.config.bot.sandbox,
+                    timeout=min(POST_TIMEOUT, timeout / 2) if timeout else POST_TIMEOUT)  # fmt: skip
     poster.start()
     _posters[bot] = poster
 
@@ -86,7 +90,12 @@ def handle_message(bot, message, conversation, config) -> Any:
 
 
 @hookimpl
-def handle_timer(bot, timer, conversation, config) -> Any:
+async def handle_timer(bot, timer, conversation, config) -> Any:
+    if timer.name == POST:
+        delay = await _posters[bot].attempt(timer.payload["submission"])
+        if delay is not None:
+            bot.schedule(conversation, delay=delay, plugin="flows", name=POST, payload=timer.payload)
+        return None
     state = conversation.state.get("flows")
     if timer.name != TIMER or not state or state["run"] != timer.payload.get("run"):
         return None  # a timer of a flow that already ended
@@ -113,10 +122,12 @@ def _answer(bot, message, conversation, flow: Flow, state: dict[str, Any]) -> st
         _touch(bot, conversation, flow)
         return render(flow.steps[state["step"]].ask, answers)
     _end(bot, conversation)
-    _posters[bot].record(
+    submission, deliver = _posters[bot].record(
         message_id=message.id, conversation_id=conversation.id, flow=flow, profile=message.profile,
         from_number=message.from_number, to_number=message.to_number, answers=answers,
     )  # fmt: skip
+    if deliver:  # committed with this message's outcome: a durable unit of work from then on
+        bot.schedule(conversation, delay=0, plugin="flows", name=POST, payload={"submission": submission})
     return render(flow.done, answers)
 
 

@@ -2,17 +2,18 @@
 
 A submission is one row of ``flows_submissions`` (keyed by the inbound message that completed
 the flow, so a message handled again after a crash records nothing twice), with its delivery
-state in the same row: a crash or a restart never loses a delivery, it resumes at the next
-start. 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff and
-jitter, up to the flow's ``post_attempts``; any other answer is final. In sandbox mode nothing
-leaves the machine: a submission is recorded with ``post_status = 'sandbox'``, and pending
-deliveries wait for a start without sandbox. A delivery cut off by a
-shutdown may be POSTed again, so each request carries an ``Idempotency-Key`` header.
+state in the same row. Each delivery attempt is a timer of the plugin (``bot.schedule(...,
+name="post")``), so it is a claimed unit of work like any other: durable, made by one process
+at a time, in the conversation's order, and taken over by another process if this one dies.
+5xx, 408, 429, timeouts and connection errors schedule the next attempt with exponential
+backoff and jitter, up to the flow's ``post_attempts``; any other answer is final. In sandbox
+mode nothing leaves the machine: a submission is recorded with ``post_status = 'sandbox'``, and
+an attempt that falls due while sandboxed waits for a start without sandbox. An attempt cut off
+by a crash is made again, so each request carries an ``Idempotency-Key`` header.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -55,33 +56,28 @@ def payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Poster:
-    """Records submissions of one bot and delivers them; ``start`` in startup, ``close`` in shutdown."""
+    """Records submissions of one bot and makes their delivery attempts; ``start`` in startup,
+    ``close`` in shutdown."""
 
-    def __init__(self, db: sqlite_utils.Database, clock: Callable[[], float], *, sandbox: bool) -> None:
+    def __init__(self, db: sqlite_utils.Database, clock: Callable[[], float], *, sandbox: bool,
+                 timeout: float = POST_TIMEOUT) -> None:  # fmt: skip
         self.db = db
         self.clock = clock
         self.sandbox = sandbox
+        self.timeout = timeout
         self.client: httpx.AsyncClient | None = None
-        self.tasks: dict[int, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         create_table(self.db)
-        self.client = httpx.AsyncClient(timeout=POST_TIMEOUT)
-        if self.sandbox:
-            return
-        for (row_id,) in self.db.execute(f"SELECT id FROM {TABLE} WHERE post_status = '{PENDING}' ORDER BY id"):
-            self._spawn(row_id)
+        self.client = httpx.AsyncClient(timeout=self.timeout)
 
     async def close(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
 
     def record(self, *, message_id: str, conversation_id: int, flow: Any, profile: str | None,
-               from_number: str, to_number: str, answers: dict[str, Any]) -> int:  # fmt: skip
-        """Store a completed flow (once per message) and start delivering it if it has post_to."""
+               from_number: str, to_number: str, answers: dict[str, Any]) -> tuple[int, bool]:  # fmt: skip
+        """Store a completed flow (once per message); returns its id and whether to deliver it."""
         now = self.clock()
         cursor = self.db.execute(
             f"INSERT OR IGNORE INTO {TABLE} (message_id, conversation_id, flow, profile, from_number, to_number,"
@@ -90,51 +86,49 @@ class Poster:
             (message_id, conversation_id, flow.name, profile, from_number, to_number, json.dumps(answers),
              iso(now), flow.post_to, self._initial_status(flow), flow.post_attempts, flow.post_backoff, now),
         )  # fmt: skip
-        if not cursor.rowcount:  # handled before: already recorded, already being delivered
-            return self.db.execute(f"SELECT id FROM {TABLE} WHERE message_id = ?", (message_id,)).fetchone()[0]
-        if flow.post_to and not self.sandbox:
-            self._spawn(cursor.lastrowid)
-        elif flow.post_to:
+        if not cursor.rowcount:  # handled before (a crash cut its commit off): deliver it, once
+            row_id, status = self.db.execute(f"SELECT id, post_status FROM {TABLE} WHERE message_id = ?",
+                                             (message_id,)).fetchone()  # fmt: skip
+            return row_id, status == PENDING
+        if flow.post_to and self.sandbox:
             log.info("sandbox: flow %r submission %d recorded, not posted", flow.name, cursor.lastrowid)
-        return cursor.lastrowid
+        return cursor.lastrowid, bool(flow.post_to) and not self.sandbox
 
     def _initial_status(self, flow: Any) -> str | None:
         if not flow.post_to:
             return None
         return SANDBOX if self.sandbox else PENDING
 
-    def _spawn(self, row_id: int) -> None:
-        if row_id not in self.tasks:
-            task = asyncio.get_running_loop().create_task(self._deliver(row_id))
-            self.tasks[row_id] = task
-            task.add_done_callback(lambda _: self.tasks.pop(row_id, None))
-
-    def _row(self, row_id: int) -> dict[str, Any]:
-        return next(self.db.query(f"SELECT * FROM {TABLE} WHERE id = ?", (row_id,)))
+    def _row(self, row_id: int) -> dict[str, Any] | None:
+        return next(self.db.query(f"SELECT * FROM {TABLE} WHERE id = ?", (row_id,)), None)
 
     def _update(self, row_id: int, **fields: Any) -> None:
         self.db[TABLE].update(row_id, fields)
 
-    async def _deliver(self, row_id: int) -> None:
-        while (row := self._row(row_id))["post_status"] == PENDING:
-            wait = row["post_next_at"] - self.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            attempts = row["post_attempts"] + 1
-            error, retryable = await self._post(row)
-            host = httpx.URL(row["post_to"]).host  # the full URL may carry a token: never logged
-            if error is None:
-                self._update(row_id, post_status=DELIVERED, post_attempts=attempts, post_error=None,
-                             posted_at=iso(self.clock()))  # fmt: skip
-                log.info("flow %r submission %d delivered to %s", row["flow"], row_id, host)
-            elif not retryable or attempts >= row["post_max_attempts"]:
-                self._update(row_id, post_status=FAILED, post_attempts=attempts, post_error=error)
-                log.warning("flow %r submission %d not delivered to %s after %d attempt(s): %s",
-                            row["flow"], row_id, host, attempts, error)  # fmt: skip
-            else:
-                delay = backoff(attempts, row["post_backoff"])
-                self._update(row_id, post_attempts=attempts, post_error=error, post_next_at=self.clock() + delay)
-                log.info("flow %r submission %d: %s from %s; retry in %.1fs", row["flow"], row_id, error, host, delay)
+    async def attempt(self, row_id: int) -> float | None:
+        """One delivery attempt; the seconds until the next one, or None when settled."""
+        row = self._row(row_id)
+        if row is None or row["post_status"] != PENDING:
+            return None
+        if self.sandbox:
+            return row["post_backoff"]  # wait for a start without sandbox
+        attempts = row["post_attempts"] + 1
+        error, retryable = await self._post(row)
+        host = httpx.URL(row["post_to"]).host  # the full URL may carry a token: never logged
+        if error is None:
+            self._update(row_id, post_status=DELIVERED, post_attempts=attempts, post_error=None,
+                         posted_at=iso(self.clock()))  # fmt: skip
+            log.info("flow %r submission %d delivered to %s", row["flow"], row_id, host)
+            return None
+        if not retryable or attempts >= row["post_max_attempts"]:
+            self._update(row_id, post_status=FAILED, post_attempts=attempts, post_error=error)
+            log.warning("flow %r submission %d not delivered to %s after %d attempt(s): %s",
+                        row["flow"], row_id, host, attempts, error)  # fmt: skip
+            return None
+        delay = backoff(attempts, row["post_backoff"])
+        self._update(row_id, post_attempts=attempts, post_error=error, post_next_at=self.clock() + delay)
+        log.info("flow %r submission %d: %s from %s; retry in %.1fs", row["flow"], row_id, error, host, delay)
+        return delay
 
     async def _post(self, row: dict[str, Any]) -> tuple[str | None, bool]:
         """(None, _) when accepted; else (the error, whether to retry)."""

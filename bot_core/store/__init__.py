@@ -1,0 +1,207 @@
+"""The store contract: MDRs, conversations, opt-outs, timers, and the claimed units of work.
+
+Every piece of work is a row, never only a task in memory:
+
+==============  ===============================================  =======================
+unit            row                                              lane (order kept within)
+==============  ===============================================  =======================
+inbound         ``mdrs`` inbound, status ``received``            (our number, theirs)
+timer           ``timers`` status ``pending``, due               its conversation
+send            ``mdrs`` outbound, ``pending``/``sending_local``  (from number, to number)
+status hook     ``delivery_events`` with ``hook = 'pending'``    (from number, to number)
+==============  ===============================================  =======================
+
+A process *claims* units: ``claim_*(owner, limit)`` sets ``lease_owner`` and ``lease_until``
+on rows nobody holds (no owner, or a lease that ran out) and returns them. The claim query
+itself keeps the order: it returns only the head of each lane (no earlier unfinished unit of
+the same lane), and a conversation's inbound messages and timers exclude each other (a timer
+waits for the conversation's received messages; a message waits while a timer of its
+conversation is held). Sends have lanes of their own, so a send waiting for a retry holds up
+only the later sends of its conversation, never the handling of its next message.
+
+A unit ends with a ``finish_*`` whose UPDATE is guarded by ``lease_owner = owner``: a process
+that lost its lease (it stalled past the expiry and another process took the unit) commits
+nothing (:class:`LeaseLost`). While a unit runs, its process renews every lease it holds
+(:meth:`renew`) a few times per lease period, so a long plugin call keeps its unit; a
+process that dies stops renewing, and others take its units over when the lease runs out
+(at once, for a process of the same host whose pid is gone: :meth:`owners`, :meth:`expire`).
+A step that fails for a passing reason (the disk is full, the database is locked) is retried
+by the process holding the unit, after a backoff, with no restart.
+
+Plugin effects made while handling a unit (``bot.send``, ``bot.schedule``, ``cancel_timers``,
+opt-in/out) travel as :data:`Effect` values and are written in the finish transaction, with
+the state and the replies, or not at all.
+
+Engines implement :class:`WorkStore`: :mod:`.sqlite` (one file, WAL, several processes on one
+host; writes serialized by SQLite's write lock, so a claim is one UPDATE ... RETURNING). A
+PostgreSQL engine implements the same methods with ``SELECT ... FOR UPDATE SKIP LOCKED`` in the
+claim queries (the lane-head condition as a NOT EXISTS on earlier unfinished rows, with an
+advisory lock per lane or a per-lane row to lock); nothing outside this package writes SQL
+against the work tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..messages import Conversation, InboundMessage
+    from ..timers import Timer
+
+# Inbound MDR statuses.
+RECEIVED = "received"  # in the inbox, not yet handled
+HANDLED = "handled"  # a plugin claimed it
+UNHANDLED = "unhandled"  # no plugin claimed it
+IGNORED = "ignored"  # not for any plugin (profile disabled)
+FAILED = "failed"  # a plugin raised or timed out; for outbound: the send failed for good
+WAITING = "waiting"  # a person has the conversation; no plugin but optout claimed it
+
+# Outbound MDR statuses set by bot-core; Telnyx's own words (queued, sent, delivered, ...) follow.
+PENDING = "pending"  # in the outbox
+SENDING = "sending_local"  # its HTTP request started; it may have reached Telnyx
+SANDBOX = "sandbox"  # recorded, never sent (sandbox mode)
+BLOCKED = "blocked"  # not sent: the recipient opted out
+
+# The profile key of an account-wide opt-out: it covers every profile.
+ACCOUNT = "*"
+
+
+class LeaseLost(Exception):
+    """The unit's lease passed to another process: this one must not commit its outcome."""
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A claimed send. ``in_flight``: its request had started when its last holder stopped."""
+
+    id: int
+    profile: str | None
+    from_number: str
+    to_number: str
+    text: str
+    attempts: int
+    next_attempt_at: float
+    ignore_optout: bool
+    conversation_id: int | None
+    in_flight: bool = False
+
+
+@dataclass(frozen=True)
+class OutboundDraft:
+    """A reply about to be written to the outbox, with the status the outbox policy chose."""
+
+    profile: str | None
+    from_number: str
+    to_number: str
+    text: str
+    status: str = PENDING
+    error: str | None = None
+    encoding: str | None = None
+    parts: int | None = None
+    ignore_optout: bool = False
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A claimed delivery-status hook call: the status as its webhook reported it."""
+
+    id: int
+    telnyx_id: str
+    status: str
+    from_number: str | None
+    to_number: str | None
+    error: str | None
+    mdr_id: int | None
+
+
+# -- plugin effects, committed with the outcome of the unit that made them --------------------
+
+
+@dataclass(frozen=True)
+class SendEffect:
+    """``bot.send``: ``draft`` joins the conversation (profile, our, their) unless alphanumeric."""
+
+    draft: OutboundDraft
+    conversation: tuple[str | None, str, str] | None
+
+
+@dataclass(frozen=True)
+class TimerEffect:
+    """``bot.schedule``."""
+
+    conversation_id: int
+    due_at: float
+    plugin: str | None = None
+    name: str | None = None
+    text: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CancelEffect:
+    """``bot.cancel_timers``."""
+
+    conversation_id: int
+    plugin: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsentEffect:
+    """``bot.opt_out`` / ``bot.opt_in``."""
+
+    profile: str | None
+    number: str
+    opted_out: bool
+    source: str
+
+
+Effect = Union[SendEffect, TimerEffect, CancelEffect, ConsentEffect]
+
+
+@runtime_checkable
+class WorkStore(Protocol):
+    """The claim and lease layer every engine implements (the rest of the store is plain CRUD).
+
+    ``owner`` names a process (``host:pid:nonce``); ``lease`` is in seconds. Claims return at
+    most ``limit`` units, each the head of its lane, none held by a live lease. Finishes and
+    send marks raise :class:`LeaseLost` when ``owner`` no longer holds the unit.
+    """
+
+    def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]: ...
+    def claim_timers(self, owner: str, limit: int, lease: float, *,
+                     lane: tuple[str, str] | None = None) -> list[Timer]: ...  # fmt: skip
+    def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]: ...
+    def claim_status_hooks(self, owner: str, limit: int, lease: float) -> list[StatusEvent]: ...
+    def finish_inbound(self, mdr_id: int, *, status: str, conversation: Conversation | None = None,
+                       replies: Sequence[OutboundDraft] = (), claimed_by: str | None = None, error: str | None = None,
+                       effects: Sequence[Effect] = (), owner: str | None = None) -> list[int]: ...  # fmt: skip
+    def finish_timer(self, timer_id: int, conversation: Conversation | None, replies: Sequence[OutboundDraft],
+                     error: str | None = None, *, effects: Sequence[Effect] = (),
+                     owner: str | None = None) -> list[int]: ...  # fmt: skip
+    def finish_status_hook(self, event_id: int, *, error: str | None = None, effects: Sequence[Effect] = (),
+                           owner: str | None = None) -> bool: ...  # fmt: skip
+    def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float: ...
+    def mark_sent(self, mdr_id: int, telnyx_id: str | None, status: str, attempts: int | None = None,
+                  owner: str | None = None) -> None: ...  # fmt: skip
+    def mark_retry(self, mdr_id: int, attempts: int, next_attempt_at: float, error: str,
+                   owner: str | None = None) -> None: ...  # fmt: skip
+    def mark_final(self, mdr_id: int, status: str, error: str | None, attempts: int | None = None,
+                   owner: str | None = None) -> None: ...  # fmt: skip
+    def renew(self, owner: str, lease: float) -> None: ...
+    def release(self, owner: str) -> None: ...
+    def release_unit(self, table: str, row_id: int, owner: str) -> None: ...
+    def owners(self) -> set[str]: ...
+    def expire(self, owner: str) -> None: ...
+    def unheld_in_flight(self) -> int: ...
+
+from .sqlite import Store, iso  # noqa: E402  (the engine needs the names above)
+
+__all__ = [
+    "ACCOUNT", "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
+    "WAITING",
+    "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft", "SendEffect",
+    "StatusEvent", "Store", "TimerEffect", "WorkStore", "iso",
+]  # fmt: skip

@@ -1,0 +1,793 @@
+"""The SQLite engine of the store contract (see the package docstring for the design).
+
+Three connections to one WAL file. The *writer* connection runs every write on one thread of
+its own (:meth:`Store.call`), so a write that waits for the file lock (another process holds
+``BEGIN IMMEDIATE``) or fails (the disk is full) never stalls the event loop; writes queued
+while the thread is busy (webhook inserts in a burst, finishes, send marks) share one
+transaction, each in its own savepoint (group commit). The *reader* connection answers the
+reads, which WAL never makes wait for a writer. The *plugin* connection is ``bot.db``.
+
+Any thread may call the synchronous methods (tests and the CLI do): a lock per connection
+keeps their statements apart. A busy timeout of a few seconds, not 30, makes a write behind
+a long-held lock fail soon; the unit that made it retries it after a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from ..errors import ForeignStatusError
+from ..logs import Masker
+from ..messages import Conversation, DeliveryStatus, InboundMessage, Media
+from ..timers import Timer
+from . import (
+    ACCOUNT, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
+    OutboundDraft, SendEffect, StatusEvent, TimerEffect,
+)  # fmt: skip
+from .schema import IN_OUTBOX, MIGRATIONS
+
+T = TypeVar("T")
+
+# Telnyx delivery statuses only move forward: a late "sent" never overwrites "delivered".
+_STATUS_RANK = {PENDING: 0, SENDING: 1, "queued": 2, "sending": 3, "sent": 4}
+_FINAL_RANK = 5
+_UNIT_TABLES = ("mdrs", "timers", "delivery_events")
+
+
+def iso(ts: float) -> str:
+    """A UTC ISO 8601 timestamp that sorts as text."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Store:
+    """The bot's SQLite database. Create one per process; call :meth:`close` when done.
+
+    ``clock`` stamps rows and decides what is due (a test's fake clock); leases always run on
+    the wall clock, so moving a fake clock on never takes a unit from the process running it.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, secrets: Iterable[str] = (),
+                 busy_timeout: float = 5.0) -> None:  # fmt: skip
+        self.path = Path(path)
+        self.clock = clock
+        self.lease_clock: Callable[[], float] = time.time
+        # Error texts come from plugins and from Telnyx; whatever they quote, no secret is stored.
+        self._masker = Masker(secrets)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = self._connect(busy_timeout)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self._lock = threading.RLock()
+        self._reader = self._connect(busy_timeout)
+        self._read_lock = threading.Lock()
+        self.db = sqlite_utils.Database(self._connect(busy_timeout))
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="bot-core-store")
+        self._jobs: list[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._jobs_lock = threading.Lock()
+        self._migrate()
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        # NORMAL in WAL survives a process crash (the kill -9 case); only power loss can lose
+        # the last transactions. FULL would fsync every webhook.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for conn in (self.conn, self._reader, self.db.conn):
+            conn.close()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                migration(sqlite_utils.Database(self.conn))
+                self.conn.execute(f"PRAGMA user_version = {number}")
+
+    # -- threads -----------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` (a method of this store) on the writer thread, off the event loop."""
+        return await self.submit(partial(fn, *args, **kwargs))
+
+    def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``job`` for the writer thread. Jobs queued while it is busy run together in one
+        transaction (group commit: one commit, one wake-up of each thread, for all of them),
+        each in a savepoint of its own, so one failing job fails alone. Cancel the future to
+        give up waiting: a job not started yet is then skipped."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._jobs_lock:
+            self._jobs.append((job, future, loop))
+            if len(self._jobs) > 1:
+                return future  # a drain is queued already and takes this one too
+        loop.run_in_executor(self._executor, self._drain)
+        return future
+
+    def _drain(self) -> None:
+        with self._jobs_lock:
+            jobs, self._jobs = self._jobs, []
+        jobs = [job for job in jobs if not job[1].done()]  # done: its caller gave up (a webhook got 503)
+        if not jobs:
+            return
+        results: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        try:
+            with self.transaction() as conn:
+                for job, future, _ in jobs:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        results.append((future, job(), None))
+                    except Exception as exc:
+                        if not conn.in_transaction:  # SQLite rolled it all back (disk full): all failed
+                            raise
+                        conn.execute("ROLLBACK TO job")
+                        results.append((future, None, exc))
+                    conn.execute("RELEASE job")
+        except Exception as exc:  # BEGIN or COMMIT failed (locked, disk full): every job failed
+            results = [(future, None, exc) for _, future, _ in jobs]
+        loop = jobs[0][2]
+        loop.call_soon_threadsafe(_settle, results)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; nested use joins the outer one."""
+        with self._lock:  # a test or CLI thread beside the writer thread must not join its transaction
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    self.conn.execute("ROLLBACK")
+                raise
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+
+    def _statement(self, sql: str, params: tuple | dict) -> sqlite3.Cursor:
+        """One write that is its own transaction (or joins the open one)."""
+        with self._lock:
+            return self.conn.execute(sql, params)
+
+    def _read(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
+
+    def _read_one(self, sql: str, params: tuple | dict = ()) -> tuple | None:
+        rows = self._read(sql, params)
+        return rows[0] if rows else None
+
+    def now(self) -> str:
+        return iso(self.clock())
+
+    def redact(self, text: str | None) -> str | None:
+        """``text`` with every configured secret masked."""
+        return self._masker.mask(text) if text else text
+
+    def healthy(self, owner: str = "") -> bool:
+        """Whether the database takes a write now: a heartbeat row, rewritten (fails when full)."""
+        try:
+            with self.transaction() as conn:
+                conn.execute("INSERT OR REPLACE INTO heartbeats (owner, at) VALUES (?, ?)", (owner, time.time()))
+        except sqlite3.Error:
+            return False
+        return True
+
+    # -- inbox -------------------------------------------------------------------------------
+
+    def add_inbound(
+        self, message: InboundMessage, *, status: str = RECEIVED, error: str | None = None
+    ) -> int | None:
+        """Store an inbound MDR keyed by Telnyx's id; None if that id is already stored."""
+        now = self.now()
+        media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
+        others = json.dumps(message.other_recipients) if message.other_recipients else None
+        cursor = self._statement(
+            "INSERT OR IGNORE INTO mdrs (direction, profile, from_number, to_number, text,"
+            " media, status, telnyx_id, error, other_recipients, created_at, updated_at)"
+            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message.profile, message.from_number, message.to_number, message.text, media,
+             status, message.id, self.redact(error), others, now, now),
+        )  # fmt: skip
+        return cursor.lastrowid if cursor.rowcount else None
+
+    def insert_inbound(self, message: InboundMessage, *, status: str = RECEIVED,
+                       error: str | None = None) -> asyncio.Future[int | None]:  # fmt: skip
+        """:meth:`add_inbound` on the writer thread, committed with whatever else is queued."""
+        return self.submit(partial(self.add_inbound, message, status=status, error=error))
+
+    def pending_inbound(self) -> list[InboundMessage]:
+        """Inbound messages acknowledged but not yet handled, oldest first."""
+        rows = self._read(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE status = '{RECEIVED}' ORDER BY id")
+        return [_inbound(row) for row in rows]
+
+    def inbound(self, mdr_id: int) -> InboundMessage | None:
+        row = self._read_one(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE id = ? AND direction = 'inbound'", (mdr_id,))
+        return _inbound(row) if row else None
+
+    def finish_inbound(
+        self,
+        mdr_id: int,
+        *,
+        status: str,
+        conversation: Conversation | None = None,
+        replies: Sequence[OutboundDraft] = (),
+        claimed_by: str | None = None,
+        error: str | None = None,
+        effects: Sequence[Effect] = (),
+        owner: str | None = None,
+    ) -> list[int]:
+        """Record the outcome of handling one message: state, effects, replies and status, atomically.
+
+        With ``owner``, only while that process holds the message's lease (else LeaseLost).
+        """
+        now = self.now()
+        conversation_id = conversation.id if conversation else None
+        with self.transaction() as conn:
+            self._finish("mdrs", mdr_id, owner, status=status, claimed_by=claimed_by, error=self.redact(error),
+                         conversation_id=conversation_id, updated_at=now)  # fmt: skip
+            self._save_state(conversation, now)
+            self._apply(effects, now)
+            return [self._add_outbound(d, conversation_id, mdr_id, now) for d in replies]
+
+    def _finish(self, table: str, row_id: int, owner: str | None, **fields: Any) -> None:
+        """Set ``fields`` and clear the lease of one unit, if ``owner`` still holds it."""
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        sql = f"UPDATE {table} SET {columns}, lease_owner = NULL, lease_until = NULL WHERE id = ?"
+        params = [*fields.values(), row_id]
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            params.append(owner)
+        if not self.conn.execute(sql, params).rowcount:
+            raise LeaseLost(f"{table} row {row_id} is no longer held by {owner}")
+
+    def _save_state(self, conversation: Conversation | None, now: str) -> None:
+        if conversation is not None:
+            self.conn.execute("UPDATE conversations SET state = ?, updated_at = ? WHERE id = ?",
+                              (json.dumps(conversation.state), now, conversation.id))  # fmt: skip
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def _claim(self, table: str, select: str, params: dict[str, Any], owner: str, lease: float,
+               returning: str) -> list[tuple]:  # fmt: skip
+        """Lease the rows ``select`` picks (ids) to ``owner``; returns ``returning`` (id first) of each, by id."""
+        now = self.lease_clock()
+        params = {**params, "now": now}
+        with self.transaction() as conn:  # claiming nothing writes nothing to the WAL
+            rows = conn.execute(
+                f"UPDATE {table} SET lease_owner = :owner, lease_until = :until WHERE id IN ({select})"
+                f" RETURNING {returning}",
+                {**params, "owner": owner, "until": now + lease},
+            ).fetchall()
+        return sorted(rows)
+
+    def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]:
+        """The next received message of up to ``limit`` conversations nobody is working on."""
+        # The heads of the lanes come from one pass over the lane index (a backlog of thousands
+        # costs one cheap scan, not a lookup per row); a held head blocks its lane.
+        select = (
+            f"SELECT m.id FROM (SELECT MIN(id) AS id FROM mdrs WHERE status = '{RECEIVED}'"
+            "  GROUP BY to_number, from_number) AS head JOIN mdrs m ON m.id = head.id"
+            " WHERE (m.lease_owner IS NULL OR m.lease_until < :now)"
+            " AND NOT EXISTS (SELECT 1 FROM timers t JOIN conversations c ON c.id = t.conversation_id"
+            "  WHERE t.lease_owner IS NOT NULL AND t.status = 'pending' AND t.lease_until >= :now"
+            "  AND c.our_number = m.to_number AND c.their_number = m.from_number)"
+            " ORDER BY m.id LIMIT :limit"
+        )
+        rows = self._claim("mdrs", select, {"limit": limit}, owner, lease, _INBOUND_COLUMNS)
+        return [_inbound(row) for row in rows]
+
+    def claim_timers(self, owner: str, limit: int, lease: float, *, lane: tuple[str, str] | None = None) -> list[Timer]:
+        """The first due timer of up to ``limit`` conversations with no message waiting (of the
+        conversation ``lane``, (our number, theirs), only, when given)."""
+        select = (
+            "SELECT t.id FROM timers t LEFT JOIN conversations c ON c.id = t.conversation_id"
+            " WHERE t.status = 'pending' AND t.due_at <= :due AND (t.lease_owner IS NULL OR t.lease_until < :now)"
+            " AND NOT EXISTS (SELECT 1 FROM timers o WHERE o.status = 'pending'"
+            "  AND o.conversation_id = t.conversation_id AND (o.due_at < t.due_at OR (o.due_at = t.due_at AND o.id < t.id)))"
+            f" AND NOT EXISTS (SELECT 1 FROM mdrs m WHERE m.status = '{RECEIVED}' AND m.to_number = c.our_number"
+            "  AND m.from_number = c.their_number)"
+            + (" AND c.our_number = :our AND c.their_number = :their" if lane else "")
+            + " ORDER BY t.due_at, t.id LIMIT :limit"
+        )
+        params = {"limit": limit, "due": self.clock(), "our": lane[0] if lane else None, "their": lane[1] if lane else None}
+        rows = self._claim("timers", select, params, owner, lease, "id, conversation_id, due_at, plugin, name, text, payload")
+        return [Timer(*row[:6], json.loads(row[6] or "{}")) for row in rows]
+
+    def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]:
+        """The first due send of up to ``limit`` (from, to) lanes nobody is sending."""
+        select = (
+            f"SELECT m.id FROM (SELECT MIN(id) AS id FROM mdrs WHERE {IN_OUTBOX}"
+            "  GROUP BY from_number, to_number) AS head JOIN mdrs m ON m.id = head.id"
+            " WHERE (m.lease_owner IS NULL OR m.lease_until < :now) AND COALESCE(m.next_attempt_at, 0) <= :due"
+            " ORDER BY m.id LIMIT :limit"
+        )
+        rows = self._claim("mdrs", select, {"limit": limit, "due": self.clock()}, owner, lease,
+                           "id, profile, from_number, to_number, text, attempts, next_attempt_at, ignore_optout,"
+                           " conversation_id, status")  # fmt: skip
+        return [Outbound(*row[:6], row[6] or 0.0, bool(row[7]), row[8], row[9] == SENDING) for row in rows]
+
+    def claim_status_hooks(self, owner: str, limit: int, lease: float) -> list[StatusEvent]:
+        """The first delivery status owing a hook call, of up to ``limit`` (from, to) lanes."""
+        select = (
+            "SELECT d.id FROM (SELECT MIN(id) AS id FROM delivery_events WHERE hook = 'pending'"
+            "  GROUP BY from_number, to_number) AS head JOIN delivery_events d ON d.id = head.id"
+            " WHERE (d.lease_owner IS NULL OR d.lease_until < :now) ORDER BY d.id LIMIT :limit"
+        )
+        rows = self._claim("delivery_events", select, {"limit": limit}, owner, lease,
+                           "id, telnyx_id, status, from_number, to_number, error, mdr_id")  # fmt: skip
+        return [StatusEvent(*row[:3], row[3] or None, row[4] or None, *row[5:]) for row in rows]
+
+    def renew(self, owner: str, lease: float) -> None:
+        """Extend every lease ``owner`` holds: its process is alive and working."""
+        until = self.lease_clock() + lease
+        with self.transaction() as conn:
+            for table in _UNIT_TABLES:
+                conn.execute(f"UPDATE {table} SET lease_until = ? WHERE lease_owner = ?", (until, owner))
+
+    def release(self, owner: str) -> None:
+        """Give back every unit ``owner`` holds (stopping): any process may claim them now."""
+        with self.transaction() as conn:
+            for table in _UNIT_TABLES:
+                conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                             (owner,))  # fmt: skip
+
+    def release_unit(self, table: str, row_id: int, owner: str) -> None:
+        """Give back one unit ``owner`` holds, for any process to claim again."""
+        assert table in _UNIT_TABLES
+        self._statement(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                        (row_id, owner))  # fmt: skip
+
+    def owners(self) -> set[str]:
+        """Every process holding a lease now, live or not."""
+        sql = " UNION ".join(f"SELECT DISTINCT lease_owner FROM {t} WHERE lease_owner IS NOT NULL" for t in _UNIT_TABLES)
+        return {row[0] for row in self._read(sql)}
+
+    def expire(self, owner: str) -> None:
+        """End ``owner``'s leases now (its process is known to be gone)."""
+        with self.transaction() as conn:
+            for table in _UNIT_TABLES:
+                conn.execute(f"UPDATE {table} SET lease_until = 0 WHERE lease_owner = ?", (owner,))
+
+    def unheld_in_flight(self) -> int:
+        """Sends whose request had started when their holder stopped: they may have reached Telnyx."""
+        now = self.lease_clock()
+        return self._read_one(
+            f"SELECT COUNT(*) FROM mdrs WHERE {IN_OUTBOX} AND status = '{SENDING}'"
+            " AND (lease_owner IS NULL OR lease_until < ?)", (now,)
+        )[0]  # fmt: skip
+
+    def backlog(self) -> dict[str, int]:
+        """Units not finished yet, by kind (timers not counted: they wait for their time)."""
+        row = self._read_one(
+            f"SELECT (SELECT COUNT(*) FROM mdrs WHERE status = '{RECEIVED}'),"
+            f" (SELECT COUNT(*) FROM mdrs WHERE {IN_OUTBOX}),"
+            " (SELECT COUNT(*) FROM delivery_events WHERE hook = 'pending')"
+        )  # fmt: skip
+        return dict(zip(("messages", "sends", "delivery status hook calls"), row))
+
+    def outstanding(self) -> int:
+        """How many units are not finished yet (see :meth:`backlog`)."""
+        return sum(self.backlog().values())
+
+    # -- conversations -----------------------------------------------------------------------
+
+    def conversation(self, profile: str | None, our_number: str, their_number: str) -> Conversation:
+        """The conversation between two numbers, created on first use."""
+        found = self.find_conversation(our_number, their_number)
+        if found is not None:
+            return found
+        with self.transaction():
+            self._conversation_id(profile, our_number, their_number, self.now())
+            row = self.conn.execute(_CONVERSATION_SQL, (our_number, their_number)).fetchone()
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2]))
+
+    def find_conversation(self, our_number: str, their_number: str) -> Conversation | None:
+        """The conversation between two numbers, if it exists (a read: never waits for a writer)."""
+        row = self._read_one(_CONVERSATION_SQL, (our_number, their_number))
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2])) if row else None
+
+    def _conversation_id(self, profile: str | None, our_number: str, their_number: str, now: str) -> int:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
+            " VALUES (?, ?, ?, '{}', ?, ?)", (profile, our_number, their_number, now, now),
+        )  # fmt: skip
+        return self.conn.execute("SELECT id FROM conversations WHERE our_number = ? AND their_number = ?",
+                                 (our_number, their_number)).fetchone()[0]  # fmt: skip
+
+    def conversation_by_id(self, conversation_id: int) -> Conversation | None:
+        row = self._read_one(
+            "SELECT id, profile, our_number, their_number, state FROM conversations WHERE id = ?", (conversation_id,)
+        )
+        if row is None:
+            return None
+        return Conversation(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+    def save_state(self, conversation: Conversation) -> None:
+        with self.transaction():
+            self._save_state(conversation, self.now())
+
+    # -- plugin effects ----------------------------------------------------------------------
+
+    def apply(self, effects: Sequence[Effect]) -> list[int | None]:
+        """Write plugin effects made outside any unit (``bot-core send``, a startup hook)."""
+        with self.transaction():
+            return self._apply(effects, self.now())
+
+    def _apply(self, effects: Sequence[Effect], now: str) -> list[int | None]:
+        """Each effect in the order the plugin made it: a cancel never touches a later schedule.
+
+        Returns the row each one wrote (MDR or timer id; None for cancels and consent)."""
+        ids: list[int | None] = []
+        for effect in effects:
+            if isinstance(effect, SendEffect):
+                conversation_id = self._conversation_id(*effect.conversation, now) if effect.conversation else None
+                ids.append(self._add_outbound(effect.draft, conversation_id, None, now))
+            elif isinstance(effect, TimerEffect):
+                ids.append(self.conn.execute(
+                    "INSERT INTO timers (conversation_id, plugin, name, due_at, text, payload, status, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    (effect.conversation_id, effect.plugin, effect.name, effect.due_at, effect.text,
+                     json.dumps(effect.payload), now),
+                ).lastrowid)  # fmt: skip
+            elif isinstance(effect, CancelEffect):
+                self._cancel_timers(effect.conversation_id, effect.plugin, effect.name)
+                ids.append(None)
+            elif isinstance(effect, ConsentEffect):
+                self._set_opted_out(effect.profile, effect.number, effect.opted_out, effect.source, now)
+                ids.append(None)
+        return ids
+
+    # -- outbox ------------------------------------------------------------------------------
+
+    def add_outbound(self, draft: OutboundDraft, conversation_id: int | None = None) -> int:
+        """Write one proactive message to the outbox."""
+        with self.transaction():
+            return self._add_outbound(draft, conversation_id, None, self.now())
+
+    def _add_outbound(
+        self, draft: OutboundDraft, conversation_id: int | None, in_reply_to: int | None, now: str
+    ) -> int:
+        cursor = self.conn.execute(
+            "INSERT INTO mdrs (direction, profile, from_number, to_number, text, status, error,"
+            " encoding, parts, conversation_id, in_reply_to, ignore_optout, next_attempt_at,"
+            " created_at, updated_at) VALUES ('outbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (draft.profile, draft.from_number, draft.to_number, draft.text, draft.status,
+             draft.error, draft.encoding, draft.parts, conversation_id, in_reply_to,
+             int(draft.ignore_optout), self.clock(), now, now),
+        )  # fmt: skip
+        return cursor.lastrowid
+
+    def pending_outbound(self) -> list[Outbound]:
+        """Messages waiting in the outbox (not in flight), oldest first."""
+        rows = self._read(
+            "SELECT id, profile, from_number, to_number, text, attempts, next_attempt_at,"
+            f" ignore_optout, conversation_id FROM mdrs WHERE {IN_OUTBOX} AND status = '{PENDING}' ORDER BY id"
+        )
+        return [Outbound(*row[:7], bool(row[7]), row[8]) for row in rows]
+
+    def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float:
+        """Mark a send in flight (its HTTP request starts now) and take its number's pacing slot;
+        with ``rate`` (sends a second per sending number, shared by every process) and the slot
+        not reached yet, change nothing and return the seconds to wait for it (else 0)."""
+        now = time.time()
+        with self.transaction() as conn:
+            if rate > 0:
+                number = conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone()[0]
+                row = conn.execute("SELECT next_at FROM pacing WHERE number = ?", (number,)).fetchone()
+                if row and row[0] > now:
+                    return row[0] - now
+                conn.execute("INSERT OR REPLACE INTO pacing (number, next_at) VALUES (?, ?)", (number, now + 1 / rate))
+            self._update(mdr_id, owner, status=SENDING)
+        return 0.0
+
+    def mark_sent(self, mdr_id: int, telnyx_id: str | None, status: str, attempts: int | None = None,
+                  owner: str | None = None) -> None:  # fmt: skip
+        """Record Telnyx's acceptance, end the unit, then apply any status update that arrived before it."""
+        fields: dict[str, Any] = {"status": status, "telnyx_id": telnyx_id, "error": None}
+        if attempts is not None:
+            fields["attempts"] = attempts
+        with self.transaction() as conn:
+            self._finish("mdrs", mdr_id, owner, **fields, updated_at=self.now())
+            if telnyx_id:  # a status a profile verified applies only to that profile's MDR
+                early = conn.execute(
+                    "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
+                    " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
+                ).fetchall()  # fmt: skip
+                for event_status, error in early:
+                    self._advance_status(mdr_id, event_status, error)
+
+    def mark_retry(self, mdr_id: int, attempts: int, next_attempt_at: float, error: str,
+                   owner: str | None = None) -> None:  # fmt: skip
+        """A failed attempt; its holder keeps the lease and tries again at ``next_attempt_at``."""
+        self._update(mdr_id, owner, status=PENDING, attempts=attempts, next_attempt_at=next_attempt_at, error=error)
+
+    def mark_final(self, mdr_id: int, status: str, error: str | None, attempts: int | None = None,
+                   owner: str | None = None) -> None:  # fmt: skip
+        """Take a message out of the outbox for good (failed, blocked, sandbox)."""
+        fields: dict[str, Any] = {"status": status, "error": self.redact(error)}
+        if attempts is not None:
+            fields["attempts"] = attempts
+        with self.transaction():
+            self._finish("mdrs", mdr_id, owner, **fields, updated_at=self.now())
+
+    def _update(self, mdr_id: int, owner: str | None = None, **fields: Any) -> None:
+        if "error" in fields:
+            fields["error"] = self.redact(fields["error"])
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        sql, params = f"UPDATE mdrs SET {columns}, updated_at = ? WHERE id = ?", [*fields.values(), self.now(), mdr_id]
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            params.append(owner)
+        if not self._statement(sql, params).rowcount and owner is not None:
+            raise LeaseLost(f"MDR {mdr_id} is no longer held by {owner}")
+
+    # -- delivery statuses -------------------------------------------------------------------
+
+    def apply_status(self, status: DeliveryStatus, *, profile: str | None = None, hook: bool = False) -> int | None:
+        """Record a delivery status webhook; returns the MDR it moved, if it is known yet.
+
+        ``profile`` is the profile whose secret verified a V1 status: it may only move an MDR
+        that profile sent, else :class:`ForeignStatusError` and nothing is recorded. A status
+        that arrives before its MDR is known keeps ``profile`` and is applied only if the MDR
+        turns out to be that profile's. With ``hook`` the row also owes a ``delivery_status``
+        hook call (a unit of work).
+        """
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT id, profile FROM mdrs WHERE direction = 'outbound' AND telnyx_id = ?", (status.telnyx_id,)
+            ).fetchone()
+            if row is not None and profile is not None and row[1] != profile:
+                raise ForeignStatusError(f"message {status.telnyx_id} was not sent by messaging profile {profile!r},"
+                                         " whose secret signed this status: refused, nothing changed")  # fmt: skip
+            mdr_id = row[0] if row else None
+            conn.execute(
+                "INSERT INTO delivery_events (telnyx_id, status, error, received_at, profile, from_number, to_number,"
+                " mdr_id, hook) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (status.telnyx_id, status.status, self.redact(status.error), self.now(), profile,
+                 status.from_number or "", status.to_number or "", mdr_id, "pending" if hook else None),
+            )  # fmt: skip
+            if mdr_id is not None:
+                self._advance_status(mdr_id, status.status, status.error)
+            return mdr_id
+
+    def finish_status_hook(self, event_id: int, *, error: str | None = None, effects: Sequence[Effect] = (),
+                           owner: str | None = None) -> bool:  # fmt: skip
+        """The hook calls of one delivery status are done: record them with their effects."""
+        now = self.now()
+        with self.transaction():
+            self._finish("delivery_events", event_id, owner, hook="done", hook_error=self.redact(error))
+            self._apply(effects, now)
+        return True
+
+    def _advance_status(self, mdr_id: int, status: str, error: str | None) -> None:
+        current = self.conn.execute("SELECT status FROM mdrs WHERE id = ?", (mdr_id,)).fetchone()[0]
+        if _STATUS_RANK.get(status, _FINAL_RANK) > _STATUS_RANK.get(current, _FINAL_RANK):
+            failed = status not in ("queued", "sending", "sent", "delivered")
+            self._update(mdr_id, status=status, error=error if failed else None)
+
+    # -- opt-outs ----------------------------------------------------------------------------
+
+    def is_opted_out(self, profile: str | None, number: str) -> bool:
+        """Whether ``number`` opted out of ``profile``, or of the whole account (``profile`` None),
+        which covers every profile, as Telnyx's account-wide opt-outs do."""
+        row = self._read_one(
+            "SELECT max(opted_out) FROM optouts WHERE profile IN (?, ?) AND number = ?",
+            (ACCOUNT if profile is None else profile, ACCOUNT, number),
+        )
+        return bool(row[0])
+
+    def consent_record(self, profile: str | None, number: str) -> bool:
+        """The opt-out record of ``profile`` alone (None: the account-wide one)."""
+        row = self._read_one("SELECT opted_out FROM optouts WHERE profile = ? AND number = ?",
+                             (ACCOUNT if profile is None else profile, number))  # fmt: skip
+        return bool(row and row[0])
+
+    def set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str) -> bool:
+        """Record a consent change for ``profile`` (None: the whole account); returns False when
+        that record already had that state."""
+        with self.transaction():
+            return self._set_opted_out(profile, number, opted_out, source, self.now())
+
+    def _set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str, now: str) -> bool:
+        profile = ACCOUNT if profile is None else profile
+        row = self.conn.execute("SELECT opted_out FROM optouts WHERE profile = ? AND number = ?",
+                                (profile, number)).fetchone()  # fmt: skip
+        if bool(row and row[0]) == opted_out:
+            return False
+        self.conn.execute("INSERT OR REPLACE INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)",
+                          (profile, number, int(opted_out), now))  # fmt: skip
+        self.conn.execute("INSERT INTO consent_log (profile, number, action, source, at) VALUES (?, ?, ?, ?, ?)",
+                          (profile, number, "opt_out" if opted_out else "opt_in", source, now))  # fmt: skip
+        return True
+
+    def optouts(self) -> list[dict[str, Any]]:
+        """Every number currently opted out, with the latest consent change (profile None: all)."""
+        return self._rows(
+            f"SELECT NULLIF(o.profile, '{ACCOUNT}') AS profile, o.number, o.updated_at AS opted_out_at,"
+            " (SELECT source FROM consent_log c WHERE c.profile = o.profile"
+            "  AND c.number = o.number ORDER BY c.id DESC LIMIT 1) AS source"
+            " FROM optouts o WHERE o.opted_out = 1 ORDER BY o.updated_at DESC"
+        )
+
+    def consent_log(self) -> list[dict[str, Any]]:
+        return self._rows(f"SELECT id, NULLIF(profile, '{ACCOUNT}') AS profile, number, action, source, at"
+                          " FROM consent_log ORDER BY id")
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def add_timer(self, conversation_id: int, due_at: float, *, plugin: str | None = None,
+                  name: str | None = None, text: str | None = None,
+                  payload: dict[str, Any] | None = None) -> int:  # fmt: skip
+        effect = TimerEffect(conversation_id, due_at, plugin, name, text, payload or {})
+        return self.apply([effect])[0]
+
+    def due_timers(self, now: float, *, lane: tuple[str, str] | None = None) -> list[Timer]:
+        """Pending timers due by ``now``, oldest first (of the conversation ``lane`` only, when given)."""
+        rows = self._read(
+            "SELECT t.id, t.conversation_id, t.due_at, t.plugin, t.name, t.text, t.payload FROM timers t"
+            " LEFT JOIN conversations c ON c.id = t.conversation_id WHERE t.status = 'pending' AND t.due_at <= ?"
+            + (" AND c.our_number = ? AND c.their_number = ?" if lane else "") + " ORDER BY t.due_at, t.id",
+            (now, *(lane or ())),
+        )  # fmt: skip
+        return [Timer(*row[:6], json.loads(row[6])) for row in rows]
+
+    def timers(self, conversation_id: int) -> list[Timer]:
+        """A conversation's pending timers."""
+        rows = self._read(
+            "SELECT id, conversation_id, due_at, plugin, name, text, payload FROM timers"
+            " WHERE status = 'pending' AND conversation_id = ? ORDER BY due_at, id",
+            (conversation_id,),
+        )
+        return [Timer(*row[:6], json.loads(row[6])) for row in rows]
+
+    def cancel_timers(self, conversation_id: int, *, plugin: str | None = None, name: str | None = None) -> int:
+        """Cancel a conversation's pending timers, those of one plugin or name if given."""
+        with self.transaction():
+            return self._cancel_timers(conversation_id, plugin, name)
+
+    def _cancel_timers(self, conversation_id: int, plugin: str | None, name: str | None) -> int:
+        # A timer being fired is not cancelled from under its handler: its finish ends it.
+        sql = ("UPDATE timers SET status = 'cancelled' WHERE status = 'pending' AND conversation_id = ?"
+               " AND lease_owner IS NULL")  # fmt: skip
+        params: list[Any] = [conversation_id]
+        for column, value in (("plugin", plugin), ("name", name)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return self.conn.execute(sql, params).rowcount
+
+    def finish_timer(self, timer_id: int, conversation: Conversation | None, replies: Sequence[OutboundDraft],
+                     error: str | None = None, *, effects: Sequence[Effect] = (),
+                     owner: str | None = None) -> list[int]:  # fmt: skip
+        """Mark a timer fired, with its state change, effects and replies, atomically.
+
+        The guard on its lease (and on ``status = 'pending'``) is what makes a timer fire once."""
+        now = self.now()
+        with self.transaction() as conn:
+            sql = ("UPDATE timers SET status = ?, fired_at = ?, lease_owner = NULL, lease_until = NULL"
+                   " WHERE id = ? AND status = 'pending'")  # fmt: skip
+            params: list[Any] = ["failed" if error else "fired", now, timer_id]
+            if owner is not None:
+                sql += " AND lease_owner = ?"
+                params.append(owner)
+            if not conn.execute(sql, params).rowcount:
+                raise LeaseLost(f"timer {timer_id} is no longer held by {owner}")
+            if conversation is None:
+                return []
+            self._save_state(conversation, now)
+            self._apply(effects, now)
+            return [self._add_outbound(d, conversation.id, None, now) for d in replies]
+
+    # -- MDR queries -------------------------------------------------------------------------
+
+    def mdrs(
+        self,
+        *,
+        limit: int | None = 50,
+        mdr_id: int | None = None,
+        after_id: int | None = None,
+        profile: str | None = None,
+        direction: str | None = None,
+        status: str | None = None,
+        number: str | None = None,
+        since: str | None = None,
+    ) -> list[dict]:
+        """MDRs newest first, as dicts keyed like ``bot-core messages --json``.
+
+        Each filter given narrows the list: ``number`` matches either end, ``since`` is an ISO
+        8601 UTC time (:func:`iso`), ``after_id`` keeps ids above it. Filters are values, never
+        SQL text.
+        """
+        filters = {"id = :mdr_id": mdr_id, "id > :after_id": after_id, "profile = :profile": profile,
+                   "direction = :direction": direction, "status = :status": status,
+                   "(from_number = :number OR to_number = :number)": number, "created_at >= :since": since}  # fmt: skip
+        where = " AND ".join(clause for clause, value in filters.items() if value is not None)
+        sql = (
+            "SELECT id, direction, profile, from_number AS \"from\", to_number AS \"to\", text,"
+            " status, parts, encoding, telnyx_id, error, created_at, updated_at FROM mdrs"
+            + (f" WHERE {where}" if where else "")
+            + " ORDER BY id DESC"
+            + (" LIMIT :limit" if limit is not None else "")
+        )
+        params = {"mdr_id": mdr_id, "after_id": after_id, "profile": profile, "direction": direction,
+                  "status": status, "number": number, "since": since, "limit": limit}  # fmt: skip
+        return self._rows(sql, params)
+
+    def _rows(self, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
+        """Rows as dicts. Not sqlite-utils' query(): its SAVEPOINT would open a transaction."""
+        with self._read_lock:
+            cursor = self._reader.execute(sql, params)
+            keys = [d[0] for d in cursor.description]
+            return [dict(zip(keys, row)) for row in cursor.fetchall()]
+
+    def mdr(self, mdr_id: int) -> dict | None:
+        rows = self.mdrs(limit=1, mdr_id=mdr_id)
+        return rows[0] if rows else None
+
+    # -- conversations for operators (bot-core conversations) ----------------------------------
+
+    def conversation_rows(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
+        """Conversations, most recently active first, with their state (decoded), message and
+        pending timer counts, as ``bot-core conversations --json`` prints them."""
+        sql = (
+            "SELECT c.id, c.profile, c.our_number, c.their_number, c.state, c.created_at, c.updated_at,"
+            " (SELECT count(*) FROM mdrs m WHERE m.conversation_id = c.id) AS messages,"
+            " (SELECT count(*) FROM timers t WHERE t.conversation_id = c.id AND t.status = 'pending') AS timers"
+            " FROM conversations c" + (f" WHERE {where}" if where else "")
+            + " ORDER BY c.updated_at DESC, c.id DESC" + (" LIMIT :limit" if limit is not None else "")
+        )  # fmt: skip
+        rows = self._rows(sql, {**(params or {}), "limit": limit})
+        for row in rows:
+            row["state"] = json.loads(row["state"])
+        return rows
+
+    def reset_conversation(self, conversation_id: int) -> int:
+        """Empty a conversation's state and cancel its pending timers, in one transaction, so
+        that its next message starts afresh; returns how many timers were cancelled."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE conversations SET state = '{}', updated_at = ? WHERE id = ?",
+                         (self.now(), conversation_id))  # fmt: skip
+            return self._cancel_timers(conversation_id, None, None)
+
+
+_CONVERSATION_SQL = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
+_INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at, other_recipients"
+
+
+def _inbound(row: tuple) -> InboundMessage:
+    media = tuple(Media(**m) for m in json.loads(row[6])) if row[6] else ()
+    return InboundMessage(
+        id=row[1], text=row[2], from_number=row[3], to_number=row[4], profile=row[5],
+        media=media, mdr_id=row[0], received_at=row[7], other_recipients=tuple(json.loads(row[8] or "[]")),
+    )  # fmt: skip
+
+
+def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, result, exc in results:
+        if future.done():  # its waiter gave up
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
