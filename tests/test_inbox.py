@@ -131,7 +131,7 @@ async def test_a_post_without_the_csrf_token_is_refused(tmp_path):
 
 @pytest.mark.anyio
 async def test_wrong_passwords_are_refused_and_slowed_down(tmp_path):
-    async with Running(inbox_config(tmp_path, login_delay="300ms"), None, parrot) as run:
+    async with Running(inbox_config(tmp_path, login_delay="2s"), None, parrot) as run:
         add_operator(run, "alice")
         wrong = await sign_in(run.http, "alice", "not the password")
         assert wrong.status_code == 401 and "Wrong username or password" in wrong.text

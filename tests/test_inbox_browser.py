@@ -72,7 +72,7 @@ class Desk:
             [inbox]
             enabled = true
             poll_interval = "100ms"
-            login_delay = "1s"
+            login_delay = "4s"  # long enough that the second try is still locked on a loaded machine
 
             [profiles.support]
             secret = "{SECRETS[SUPPORT]}"
