@@ -106,9 +106,8 @@ def check(config_path: str | None) -> None:
         raise failure(ConfigError("\n".join(problems)))
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
-    for profile, answering in zip(config.profiles.values(), plugins.answering(config)):
-        state = "enabled" if profile.enabled else "DISABLED"
-        click.echo(f"{answering}; {state}")
+    for line in plugins.answering(config):
+        click.echo(line)
     click.echo("numbers:")
     for number in config.numbers_state():
         if number.enabled:

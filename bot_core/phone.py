@@ -17,7 +17,7 @@ _E164 = phonenumbers.PhoneNumberFormat.E164
 # Samoa), whose numbers US carriers serve under the same FCC/CTIA rules. The independent NANP
 # countries of the Caribbean (Jamaica, the Bahamas, ...) are not the US: their own rules apply.
 NO_ALPHANUMERIC_REGIONS = {
-    "US": "the United States", "CA": "Canada", "PR": "Puerto Rico", "VI": "the US Virgin Islands",
+    "US": "the US", "CA": "Canada", "PR": "Puerto Rico", "VI": "the US Virgin Islands",
     "GU": "Guam", "MP": "the Northern Mariana Islands", "AS": "American Samoa",
 }  # fmt: skip
 

@@ -317,7 +317,7 @@ def test_send_refuses_a_number_without_its_country_code_saying_what_it_should_be
 
 # Telnyx's Alphanumeric Sender ID page: not supported to the United States, Canada or Puerto
 # Rico; the other US territories of the NANP (here Guam) are our reading (changes/fidelity.md).
-@pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the United States"), ("+14165550123", "Canada"),
+@pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the US"), ("+14165550123", "Canada"),
                                              ("+17875550100", "Puerto Rico"), ("+16715550100", "Guam")])
 def test_send_refuses_an_alphanumeric_sender_to_us_canada_and_us_territories(tmp_path, to, country):
     config = sandbox(tmp_path)
