@@ -3,8 +3,8 @@
 The supervisor tests check the processes: both serve, a killed one is replaced while the other
 answers, SIGTERM stops them all in time. The chaos runs check the promise across processes:
 every acknowledged message is handled once and answered once, in per-conversation order, while
-workers are killed with SIGKILL, Telnyx duplicates webhooks and misbehaves. Both ``FAST`` and
-``FULL`` run with ``pytest -m chaos`` (as .ci/run does). Change their parameters below.
+workers are killed with SIGKILL, Telnyx duplicates webhooks and misbehaves. ``FAST`` and ``FULL`` run
+with ``pytest -m chaos``. Change their parameters below.
 """
 
 from __future__ import annotations
@@ -405,7 +405,9 @@ def chaos(run: Chaos, server_factory, fake: FakeTelnyx, tmp_path: Path) -> None:
           f" {len(timed_out)} timed out)")  # fmt: skip
 
 
-@pytest.mark.chaos  # kill -9 under load: it gave up on acknowledgements on a 2-core machine at load 25-30
+# In the chaos selection too: in the full parallel suite on a loaded 2-core machine some of its
+# webhooks went unacknowledged for 120 s (not understood yet); alone it passes.
+@pytest.mark.chaos
 def test_chaos_two_workers_fast(server_factory, fake_telnyx_server, tmp_path):
     chaos(FAST, server_factory, fake_telnyx_server, tmp_path)
 
