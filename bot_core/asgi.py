@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from .bot import Bot
 from .errors import WebhookError
@@ -41,7 +41,7 @@ async def _read_body(request: Request) -> bytes:
 
 
 def create_app(bot: Bot) -> Starlette:
-    """The ASGI app serving ``bot``: webhooks, health and metrics."""
+    """The ASGI app serving ``bot``: webhooks, health, metrics and, when enabled, the inbox."""
 
     async def telnyx_webhook(request: Request) -> Response:
         if not bot.started:
@@ -69,19 +69,26 @@ def create_app(bot: Bot) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(bot.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    routes: list[BaseRoute] = [
+        Route("/webhooks/telnyx", telnyx_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    inbox = None
+    if bot.config.inbox.enabled:
+        from .inbox.routes import Inbox  # Jinja2, Argon2 and sessions only load when it is on
+
+        inbox = Inbox(bot)
+        routes.append(Mount("/inbox", app=inbox))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await bot.start()
         try:
             yield
         finally:
+            if inbox is not None:
+                inbox.close()
             await bot.stop()
 
-    return Starlette(
-        routes=[
-            Route("/webhooks/telnyx", telnyx_webhook, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -28,6 +28,7 @@ import httpx
 import sqlite_utils
 
 from . import effects as effects_
+from . import handoff as handoffs
 from .config import Config, NumberState, parse_duration
 from .dispatch import Dispatcher
 from .errors import SignatureError, WebhookError
@@ -62,6 +63,7 @@ class Bot:
         self.metrics = Metrics()
         self._transport = transport
         self._tasks: list[asyncio.Task[None]] = []
+        self._observers: set[asyncio.Task[None]] = set()
         self._probe: asyncio.Future[bool] | None = None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.stopping = threading.Event()  # set when stop() begins: `serve` bounds the exit from here
@@ -180,6 +182,7 @@ class Bot:
             log.warning("cannot give back this process's work (%s); its leases run out instead", exc)
         if not drained:
             log.warning("shutdown grace ran out; unfinished work will resume at the next start")
+        await asyncio.gather(*self._observers, return_exceptions=True)
         await self.plugins.call("shutdown", bot=self)
         await self.client.aclose()
         self.close()
@@ -326,6 +329,12 @@ class Bot:
                 return replace(message, to_number=recipient, other_recipients=others), number
         return message, None
 
+    def observe(self, hook: str, plugins: list[str], **kwargs: Any) -> None:
+        """Call an observer hook of ``plugins`` in the background (``handoff``); :meth:`stop` waits for it."""
+        task = asyncio.get_running_loop().create_task(self.plugins.call(hook, plugins, **kwargs))
+        self._observers.add(task)
+        task.add_done_callback(self._observers.discard)
+
     # -- plugin API -------------------------------------------------------------------------
 
     @property
@@ -452,6 +461,16 @@ class Bot:
                 count = 0 if (effect.plugin, effect.name) == (None, None) else count
         effects.add(CancelEffect(conversation.id, plugin, name))
         return count
+
+    def handoff(self, conversation: Conversation, reason: str) -> bool:
+        """Hand ``conversation`` to a person: from now on its messages wait in the operator inbox
+        and reach no plugin but ``optout``. False if a person already has it. ``reason`` is shown
+        to the operators and passed to the ``handoff`` hook."""
+        return handoffs.hand_over(self, conversation, reason)
+
+    def hand_back(self, conversation: Conversation, reason: str) -> bool:
+        """Give ``conversation`` back to the bot; False if the bot already has it."""
+        return handoffs.hand_back(self, conversation, reason)
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
         """Whether ``number`` opted out of ``profile`` or of the whole account (``profile`` None).

@@ -15,6 +15,7 @@ from .commands.explain import explain_command
 from .commands.init import init_command
 from .commands.inventory import numbers, plugins_command, profiles
 from .commands.messages import messages, optouts
+from .commands.operators import operators
 from .commands.send import send
 from .commands.telnyx import telnyx
 from .config import Config
@@ -133,5 +134,5 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
 
 
 for command in (init_command, messages, optouts, conversations, profiles, numbers, plugins_command, send,
-                chat_command, explain_command, telnyx):
+                chat_command, explain_command, telnyx, operators):
     cli.add_command(command)

@@ -268,6 +268,21 @@ class SendingSettings:
 
 
 @dataclass(frozen=True)
+class InboxSettings:
+    """The ``[inbox]`` table: the operator pages and handoff to a person.
+
+    ``handback_after`` applies whether or not the pages are enabled: a conversation a plugin
+    handed to a person returns to the bot after that long with no operator reply (0: never).
+    """
+
+    enabled: bool = False
+    secret_key: str | None = field(default=None, repr=False)
+    handback_after: float = 1800.0
+    poll_interval: float = 0.5
+    login_delay: float = 1.0
+
+
+@dataclass(frozen=True)
 class Profile:
     """A Messaging Profile; ``numbers`` holds every number assigned to it, by its list or a [numbers] table."""
 
@@ -322,6 +337,7 @@ class Config:
     sending: SendingSettings
     profiles: dict[str, Profile]
     numbers: dict[str, NumberSettings]
+    inbox: InboxSettings = InboxSettings()
     environment_values: tuple[str, ...] = field(default=(), repr=False)  # what ${VAR} filled in
 
     @classmethod
@@ -357,6 +373,7 @@ class Config:
             numbers[number] = table.build(
                 NumberSettings, number=number, profile=table.string("profile"), plugins=table.names("plugins"),
                 plugin_config=table.plugin_config(), send_rate=table.rate("send_rate"))
+        inbox = _inbox(root.table("inbox"))
         root.done()
         _check_v2_alphanumeric(telnyx, bot.sandbox, profiles, source, found)
         profiles = _assign(profiles, numbers, source, found)
@@ -365,7 +382,7 @@ class Config:
         elif found:
             raise ConfigError("\n".join(found))
         return cls(None, base, bot, telnyx, sending, profiles, numbers,
-                   environment_values=tuple(dict.fromkeys(from_environment)))
+                   environment_values=tuple(dict.fromkeys(from_environment)), inbox=inbox)
 
     @cached_property
     def _owners(self) -> dict[str, str]:
@@ -430,7 +447,8 @@ class Config:
         short protects nothing.
         """
         environment = [v for v in self.environment_values if len(v) >= MIN_MASKED]
-        return [p.secret for p in self.profiles.values()] + [k for k in (self.telnyx.api_key,) if k] + environment
+        keys = [k for k in (self.telnyx.api_key, self.inbox.secret_key) if k]
+        return [p.secret for p in self.profiles.values()] + keys + environment
 
     def send_rate_for(self, number: str) -> float:
         """Messages per second for ``number``: its own, its profile's, else ``[sending] rate``."""
@@ -498,6 +516,21 @@ def _sending(t: _Table) -> SendingSettings:
     if settings.backoff_max < settings.backoff_initial:
         t.report("must be >= backoff_initial", "backoff_max")
     return settings
+
+
+def _inbox(t: _Table) -> InboxSettings:
+    secret_key = t.string("secret_key", empty_is_unset=True)
+    if secret_key is not None and len(secret_key) < 32:
+        t.report("must be at least 32 characters (`python -c 'import secrets; print(secrets.token_urlsafe())'`)",
+                 "secret_key")  # fmt: skip
+        secret_key = None
+    poll_interval = t.duration("poll_interval", 0.5)
+    if poll_interval <= 0:
+        t.report("must be more than 0", "poll_interval")
+        poll_interval = 0.5
+    return t.build(
+        InboxSettings, enabled=t.boolean("enabled", False), secret_key=secret_key, poll_interval=poll_interval,
+        handback_after=t.duration("handback_after", 1800.0), login_delay=t.duration("login_delay", 1.0))
 
 
 def _profile(name: str, t: _Table) -> Profile:

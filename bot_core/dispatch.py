@@ -20,11 +20,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import effects as effects_
+from . import handoff
 from .lanes import Claims
 from .messages import Conversation, DeliveryStatus, InboundMessage, Reply
 from .outbox import as_replies, draft
 from .plugins import call_impl
-from .store import FAILED, HANDLED, IGNORED, UNHANDLED, Effect, SendEffect, StatusEvent
+from .store import FAILED, HANDLED, IGNORED, Effect, SendEffect, StatusEvent
 from .timers import Timer
 
 if TYPE_CHECKING:
@@ -101,13 +102,15 @@ class Dispatcher:
     async def consult(self, message: InboundMessage, conversation: Conversation) -> Outcome:
         """Ask the profile's plugins in order; the first non-None answer claims the message.
 
+        While a person has the conversation only ``optout`` is asked (see handoff.gate).
+
         On failure ``conversation.state`` is put back as it was, the plugins' effects are
         dropped, and the fallback reply (if any) is the only reply.
         """
         bot = self.bot
         number = bot.config.number(message.to_number)
         assert number is not None
-        active = bot.plugins.active(number)
+        active, unclaimed = await handoff.gate(bot, conversation, bot.plugins.active(number))
         before = copy.deepcopy(conversation.state)
         with effects_.collecting(bot.store) as effects:
             for name in active:
@@ -127,7 +130,7 @@ class Dispatcher:
                     conversation.state = before
                     return self._failure(name, exc, active, message.id)
                 return self._limited(Outcome(HANDLED, active, name, replies), effects, before, conversation)
-        return self._limited(Outcome(UNHANDLED, active), effects, before, conversation)
+        return self._limited(Outcome(unclaimed, active), effects, before, conversation)
 
     def _limited(self, outcome: Outcome, effects: effects_.Effects, before: dict[str, Any],
                  conversation: Conversation) -> Outcome:  # fmt: skip

@@ -147,3 +147,19 @@ def delivery_status(bot: Bot, status: DeliveryStatus) -> None:
     effects made during the calls are committed when they are done, and a call cut off by a
     crash or a shutdown past its grace is made again at the next start.
     """
+
+
+# -- handoff ----------------------------------------------------------------------------------
+
+
+@hookspec
+def handoff(bot: Bot, conversation: Conversation, to: str, reason: str, operator: str | None) -> None:
+    """Observe a conversation changing hands: ``to`` is ``"person"`` or ``"bot"``.
+
+    Called after the change is committed, for the plugins active on the conversation's number:
+    when an operator takes it over (``operator`` names them), when a plugin calls
+    ``bot.handoff(conversation, reason)`` (``operator`` is None: it waits for whoever picks it
+    up), when an operator hands it back, and when ``[inbox] handback_after`` passes with no
+    operator reply (``operator`` None). Use it to tell a team chat or send an email. The return
+    value is ignored; exceptions are logged and ignored.
+    """

@@ -20,11 +20,13 @@ import os
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import wait
-from multiprocessing.context import SpawnProcess
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 
 import uvicorn
 
@@ -78,8 +80,9 @@ def _limit(value: int) -> str:
     return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
-def serve(bot: Bot, sock: socket.socket) -> None:
-    """Serve ``bot`` on ``sock`` in this process until SIGTERM or SIGINT (uvicorn's handlers)."""
+def serve(bot: Bot, sock: socket.socket, on_started: Callable[[], None] | None = None) -> None:
+    """Serve ``bot`` on ``sock`` in this process until SIGTERM or SIGINT (uvicorn's handlers);
+    ``on_started`` is called once the bot has started and connections are being accepted."""
     config = uvicorn.Config(create_app(bot), log_config=None, access_log=False,
                             timeout_graceful_shutdown=max(1, int(bot.config.bot.shutdown_grace)))  # fmt: skip
     # loop and http are "auto": uvloop and httptools when installed (uvicorn[standard]).
@@ -91,7 +94,7 @@ def serve(bot: Bot, sock: socket.socket) -> None:
              uvicorn.__version__, "uvloop" if loop and loop.__module__.startswith("uvloop") else "asyncio",
              "httptools" if "httptools" in config.http_protocol_class.__module__ else "h11")  # fmt: skip
     threading.Thread(target=_exit_after_grace, args=(bot,), name="bot-core-exit-watchdog", daemon=True).start()
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config, on_started).run(sockets=[sock])
 
 
 def _exit_after_grace(bot: Bot) -> None:
@@ -103,13 +106,35 @@ def _exit_after_grace(bot: Bot) -> None:
     os._exit(1)
 
 
-def _worker_main(config: Config, sock: socket.socket, index: int) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying when its start-up (the bot's included) is over."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)  # exits the process when the bot cannot start
+        if self._on_started is not None and not self.should_exit:
+            self._on_started()
+
+
+def _worker_main(config: Config, sock: socket.socket, index: int, ready: Connection) -> None:
     """A worker process: its own logging and Bot, serving the supervisor's socket."""
+    # A forked worker inherits the supervisor's signal handling; uvicorn installs its own.
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     setup_logging(config.bot.log_format, secrets=config.secrets())
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(index))
     _stop_with_parent()
-    serve(Bot(config), sock)
+
+    def started() -> None:
+        ready.send_bytes(b"started")
+        ready.close()
+
+    serve(Bot(config), sock, started)
 
 
 class _WorkerTag(logging.Filter):
@@ -140,8 +165,9 @@ def _stop_with_parent() -> None:
 @dataclass
 class _Worker:
     index: int
-    process: SpawnProcess
+    process: BaseProcess
     started: float
+    ready: Connection  # says "started" once the worker's bot has started
 
 
 class Supervisor:
@@ -151,9 +177,11 @@ class Supervisor:
         self.config = config
         self.sock = sock
         self.count = workers
-        # spawn, not fork: each worker starts from a clean interpreter, with no thread or
-        # connection of ours copied half-way.
-        self._context = multiprocessing.get_context("spawn")
+        # fork on Linux: a worker starts in milliseconds, with bot-core and the plugins already
+        # imported (a spawned one imports them again: seconds on a busy machine, each restart).
+        # The supervisor runs no thread and holds no connection when it forks. macOS's system
+        # libraries are not fork-safe, so elsewhere a worker is spawned.
+        self._context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         self._workers: dict[int, _Worker] = {}
         self._due: dict[int, float] = {}  # worker index -> when to start its replacement
         self._backoff: dict[int, float] = {}
@@ -170,15 +198,17 @@ class Supervisor:
                  os.getpid())  # fmt: skip
         code = 0
         try:
-            for index in range(1, self.count + 1):
-                self._start(index)
+            # The first worker starts alone: it migrates the database and runs the plugins'
+            # startup hooks (which may create tables) before the others race it there.
+            self._start(1)
+            self._await_started(self._workers[1], wakeup)
+            self._due.update((index, time.monotonic()) for index in range(2, self.count + 1))
             while self._signal is None and code == 0:
                 timeout = max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
                 ready = wait([w.process.sentinel for w in self._workers.values()] + [wakeup], timeout)
                 if wakeup in ready:
                     wakeup.recv(4096)
-                if self._signal is None:
-                    code = self._reap()
+                if self._signal is None and (code := self._reap()) == 0:
                     self._restart_due()
             self._stop_all(signal.Signals(self._signal).name if self._signal else "a worker could not start")
         finally:
@@ -193,11 +223,21 @@ class Supervisor:
         self._signal = signum
 
     def _start(self, index: int) -> None:
-        process = self._context.Process(target=_worker_main, args=(self.config, self.sock, index),
+        ready, tell = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=_worker_main, args=(self.config, self.sock, index, tell),
                                         name=f"bot-core worker {index}")  # fmt: skip
         process.start()
-        self._workers[index] = _Worker(index, process, time.monotonic())
+        tell.close()  # the worker's end: reading ours gives EOF if it dies before it says started
+        self._workers[index] = _Worker(index, process, time.monotonic(), ready)
         log.info("worker %d started (pid %d)", index, process.pid)
+
+    def _await_started(self, worker: _Worker, wakeup: socket.socket) -> None:
+        """Wait until ``worker``'s bot has started, it died, or a signal came."""
+        while self._signal is None:
+            if wakeup in wait([worker.ready, worker.process.sentinel, wakeup]):
+                wakeup.recv(4096)
+            if worker.ready.poll() or not worker.process.is_alive():
+                return
 
     def _reap(self) -> int:
         """Note the workers that exited and when to replace them; 3 if one could not start."""
@@ -206,6 +246,7 @@ class Supervisor:
             if process.is_alive():
                 continue
             process.join()
+            worker.ready.close()
             del self._workers[index]
             if process.exitcode == STARTUP_FAILURE:
                 log.error("worker %d (pid %d) could not start the bot; stopping", index, process.pid)
@@ -246,6 +287,7 @@ class Supervisor:
             process.kill()
         for worker in self._workers.values():
             worker.process.join()
+            worker.ready.close()
         log.info("all workers stopped")
 
 

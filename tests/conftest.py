@@ -61,7 +61,7 @@ class Server:
                  *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a heavily loaded machine needs many seconds; only a failure waits this long
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bot-core serve exited with {self.process.returncode}:\n{self.log}")

@@ -266,42 +266,54 @@ async def test_unpaced_by_default(tmp_path):
         assert time.monotonic() - started < 1
 
 
-def record_pacing(run) -> dict[str, list[tuple[float, float]]]:
-    """(asked, let go) event loop times of each send the pacer handled, by sending number.
+def record_pacing(run) -> list[tuple[int, float, float, float]]:
+    """Each call the sender makes to take a pacing slot: (MDR id, asked, answered, seconds to wait).
 
-    Pacing decides these; when the request then reaches Telnyx also depends on the machine's
-    load (a send that comes late must not make the next one later than its slot)."""
-    pacer, record = run.bot.sender.pacer, {}
-    wait, loop = pacer.wait, asyncio.get_running_loop()
+    The store takes a number's slot at an instant between asked and answered (wall clock) and
+    spaces one number's slots 1/rate apart, however late a send then reaches Telnyx."""
+    store, calls = run.bot.store, []
+    start_send = store.start_send
 
-    async def recording(number: str) -> None:
-        asked = loop.time()
-        await wait(number)
-        record.setdefault(number, []).append((asked, loop.time()))
+    def recording(mdr_id, *args, **kwargs):
+        asked = time.time()
+        wait = start_send(mdr_id, *args, **kwargs)
+        calls.append((mdr_id, asked, time.time(), wait))
+        return wait
 
-    pacer.wait = recording
-    return record
+    store.start_send = recording
+    return calls
 
 
-def assert_paced(record: list[tuple[float, float]], rate: float) -> None:
-    first = record[0][1]
-    assert all(go - first >= i / rate - 0.001 for i, (_, go) in enumerate(record)), record
+def slots(run, calls) -> dict[str, list[tuple[float, float]]]:
+    """(asked, answered) of each slot taken, by sending number, in order."""
+    number = {row["id"]: row["from"] for row in run.mdrs(direction="outbound")}
+    taken: dict[str, list[tuple[float, float]]] = {}
+    for mdr_id, asked, answered, wait in sorted(calls, key=lambda call: call[2]):
+        if not wait:
+            taken.setdefault(number[mdr_id], []).append((asked, answered))
+    return taken
+
+
+def assert_paced(taken: list[tuple[float, float]], rate: float) -> None:
+    # Answered of a slot minus asked of the one before bounds their real distance from above.
+    assert all(later[1] - earlier[0] >= 1 / rate for earlier, later in zip(taken, taken[1:])), taken
 
 
 async def test_pacing_spaces_sends_per_number_and_numbers_never_wait_for_each_other(tmp_path):
     config = make_config(tmp_path, ["echo"], sending={"rate": 5})
     async with Running(config, None, echo()) as run:
-        pacing = record_pacing(run)
+        calls = record_pacing(run)
         for i in range(5):
             run.bot.send(f"+131255504{i:02d}", f"paced {i}", from_number=OURS)
         for i in range(5):
             run.bot.send(f"+131255505{i:02d}", f"other {i}", from_number=OTHER)
         await run.settle()
-    assert len(pacing[OURS]) == len(pacing[OTHER]) == 5 and len(run.telnyx.texts()) == 10
-    assert_paced(pacing[OURS], 5)
-    assert_paced(pacing[OTHER], 5)
+        taken = slots(run, calls)
+    assert len(taken[OURS]) == len(taken[OTHER]) == 5 and len(run.telnyx.texts()) == 10
+    assert_paced(taken[OURS], 5)
+    assert_paced(taken[OTHER], 5)
     # OTHER has its own 5/s budget: it starts at once, not after OURS's queue.
-    assert pacing[OTHER][0][1] < pacing[OURS][1][1]
+    assert taken[OTHER][0][1] < taken[OURS][1][1]
 
 
 async def test_a_stalled_number_does_not_hold_up_another(tmp_path):
@@ -323,14 +335,16 @@ async def test_per_profile_and_per_number_rates_override_the_default(tmp_path):
             "profiles": profiles, "numbers": {OTHER: {"send_rate": 0}}}  # fmt: skip
     config = Config.from_dict(data, base_dir=tmp_path)
     async with Running(config, None, echo()) as run:
-        pacing = record_pacing(run)
+        calls = record_pacing(run)
         for i in range(3):
             run.bot.send(f"+131255507{i:02d}", f"p{i}", from_number=OURS)
             run.bot.send(f"+131255508{i:02d}", f"u{i}", from_number=OTHER)
         await run.settle()
-    assert len(pacing[OURS]) == len(pacing[OTHER]) == 3 and len(run.telnyx.texts()) == 6
-    assert_paced(pacing[OURS], 4)
-    assert all(go - asked < 0.1 for asked, go in pacing[OTHER])  # never held (4/s would hold 0.25 s)
+        taken = slots(run, calls)
+        unpaced = [wait for mdr_id, _, _, wait in calls if run.bot.store.mdr(mdr_id)["from"] == OTHER]
+    assert len(taken[OURS]) == len(taken[OTHER]) == 3 and len(run.telnyx.texts()) == 6
+    assert_paced(taken[OURS], 4)
+    assert unpaced == [0.0] * 3  # never told to wait
 
 
 # -- robustness ---------------------------------------------------------------------------

@@ -153,8 +153,8 @@ def _find(store: Store, which: str, to_number: str | None) -> dict[str, Any]:
     if not rows:
         raise click.ClickException(f"no conversation with {customer}" + (f" on {ours}" if ours else ""))
     if len(rows) > 1:
-        ours = ", ".join(f"{r['our_number']} (id {r['id']})" for r in rows)
-        raise click.UsageError(f"{customer} texts several of the bot's numbers: {ours}; give --to or the id")
+        listed = ", ".join(f"{r['our_number']} (id {r['id']})" for r in rows)
+        raise click.UsageError(f"{customer} texts several of the bot's numbers: {listed}; give --to or the id")
     return rows[0]
 
 

@@ -56,6 +56,7 @@ HANDLED = "handled"  # a plugin claimed it
 UNHANDLED = "unhandled"  # no plugin claimed it
 IGNORED = "ignored"  # not for any plugin (profile disabled)
 FAILED = "failed"  # a plugin raised or timed out; for outbound: the send failed for good
+WAITING = "waiting"  # a person has the conversation; no plugin but optout claimed it
 
 # Outbound MDR statuses set by bot-core; Telnyx's own words (queued, sent, delivered, ...) follow.
 PENDING = "pending"  # in the outbox
@@ -200,6 +201,7 @@ from .sqlite import Store, iso  # noqa: E402  (the engine needs the names above)
 
 __all__ = [
     "ACCOUNT", "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
+    "WAITING",
     "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft", "SendEffect",
     "StatusEvent", "Store", "TimerEffect", "WorkStore", "iso",
 ]  # fmt: skip

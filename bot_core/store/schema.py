@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from . import PENDING, RECEIVED, SENDING
+from . import PENDING, RECEIVED, SENDING, WAITING
 
 # The WHERE clause of the outbox's partial indexes. SQLite uses a partial index only for a query
 # that repeats its WHERE clause, so every outbox query includes this text verbatim.
@@ -85,8 +85,43 @@ def _migration_claimed_work(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE heartbeats (owner TEXT PRIMARY KEY, at REAL NOT NULL)")
 
 
+def _migration_handoff_and_inbox(db: sqlite_utils.Database) -> None:
+    """Handoff and the operator inbox: who has each conversation, its latest message, operators.
+
+    Triggers keep ``last_mdr_id`` / ``last_message_at`` (the inbox lists conversations by it)
+    and ``waiting`` (an inbound message left for a person) right in the same statement that
+    writes the MDR, so no write path has to remember them.
+    """
+    for column, kind in (("with_person", "INTEGER NOT NULL DEFAULT 0"), ("operator", "TEXT"),
+                         ("handoff_reason", "TEXT"), ("handoff_at", "REAL"),
+                         ("waiting", "INTEGER NOT NULL DEFAULT 0"), ("last_mdr_id", "INTEGER"),
+                         ("last_message_at", "TEXT")):  # fmt: skip
+        db.execute(f"ALTER TABLE conversations ADD COLUMN {column} {kind}")
+    db.execute("ALTER TABLE mdrs ADD COLUMN operator TEXT")  # who wrote an operator reply
+    db.execute("UPDATE conversations SET last_mdr_id = (SELECT MAX(id) FROM mdrs WHERE conversation_id = conversations.id)")
+    db.execute("UPDATE conversations SET last_message_at = (SELECT created_at FROM mdrs WHERE id = last_mdr_id)")
+    db.execute("CREATE INDEX conversations_recent ON conversations(last_message_at)")
+    db.execute("CREATE INDEX conversations_waiting ON conversations(last_message_at) WHERE waiting = 1")
+    db.execute("CREATE INDEX conversations_with_person ON conversations(handoff_at) WHERE with_person = 1")
+    db.execute("CREATE INDEX conversations_updated_at ON conversations(updated_at)")
+    db.execute("CREATE INDEX conversations_their_number ON conversations(their_number)")  # the inbox's search
+    db.execute("CREATE INDEX mdrs_updated_at ON mdrs(updated_at)")  # the inbox's change feed
+    latest = ("UPDATE conversations SET last_mdr_id = NEW.id, last_message_at = NEW.created_at"
+              " WHERE id = NEW.conversation_id AND (last_mdr_id IS NULL OR last_mdr_id < NEW.id);")
+    db.execute(f"CREATE TRIGGER mdrs_latest_insert AFTER INSERT ON mdrs WHEN NEW.conversation_id IS NOT NULL"
+               f" BEGIN {latest} END")  # fmt: skip
+    db.execute(f"CREATE TRIGGER mdrs_latest_update AFTER UPDATE OF conversation_id ON mdrs"
+               f" WHEN NEW.conversation_id IS NOT NULL AND OLD.conversation_id IS NULL BEGIN {latest} END")  # fmt: skip
+    db.execute(f"CREATE TRIGGER mdrs_waiting AFTER UPDATE OF status ON mdrs WHEN NEW.status = '{WAITING}'"
+               " BEGIN UPDATE conversations SET waiting = 1 WHERE id = NEW.conversation_id; END")  # fmt: skip
+    db["operators"].create({"name": str, "password_hash": str, "profiles": str, "created_at": str}, pk="name",
+                           not_null={"password_hash", "profiles", "created_at"})  # fmt: skip
+    db["inbox_keys"].create({"name": str, "value": str}, pk="name")  # the generated session signing key
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_recipients_and_status_profile,
     _migration_claimed_work,
+    _migration_handoff_and_inbox,
 )

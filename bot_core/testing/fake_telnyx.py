@@ -461,10 +461,10 @@ class _Transport(httpx.AsyncBaseTransport):
         except ValueError:
             payload = None
         with fake._lock:
-            timeout = fake._next_fault(payload, only_timeout=True)
-            if timeout:
+            timed_out = fake._next_fault(payload, only_timeout=True) is not None
+            if timed_out:
                 fake.requests.append(Recorded(request.method, request.url.path, dict(request.headers), payload))
-        if timeout:
+        if timed_out:
             raise httpx.ReadTimeout("the fake Telnyx did not answer (scripted timeout)", request=request)
         return await self._app.handle_async_request(request)
 

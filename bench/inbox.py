@@ -1,0 +1,224 @@
+"""The operator inbox's figures: list render time on a large database, and what ten open inboxes
+cost the webhook path. Prints; asserts nothing.
+
+    python bench/inbox.py                                   # 100,000 conversations, 1,000,000 MDRs
+    python bench/inbox.py --conversations 10000 --mdrs 100000 --messages 2000   # quicker
+
+1. Builds a database with ``--conversations`` conversations and ``--mdrs`` MDRs (bench/seed.py;
+   1% of the conversations wait for a person), starts ``bot-core serve`` on it with the inbox on,
+   signs in and times ``GET /inbox/`` over loopback: the whole list page (session check, query,
+   template), for an operator who sees every profile and one limited to one profile, the "Needs
+   a human" filter, the next page, and a conversation page.
+2. Sends webhooks at a fixed rate and reports the acknowledgement p50/p99 with no inbox open
+   and with ten inboxes open, each on the event stream and fetching the list again on every
+   change, as inbox.js does in a browser; runs alternate, after a warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import re
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from load import Plan, run_in_process  # noqa: E402
+from run import SECRET, ms, percentile  # noqa: E402
+from seed import OUR_NUMBER, customer, seed  # noqa: E402
+from services import Fake, start_server  # noqa: E402
+
+from bot_core.inbox import operators  # noqa: E402
+from bot_core.store import Store  # noqa: E402
+
+PASSWORD = "bench password"
+BROWSERS = 10
+
+
+def config_text(fake_url: str) -> str:
+    return f"""
+[bot]
+database = "bot.db"
+shutdown_grace = "1s"
+
+[telnyx]
+api_base = "{fake_url}"
+
+[inbox]
+enabled = true
+
+[profiles.bench]
+secret = "{SECRET}"
+numbers = ["{OUR_NUMBER}"]
+plugins = ["echo"]
+
+[profiles.other]
+secret = "other-secret"
+numbers = ["+13125550199"]
+"""
+
+
+def build(database: Path, conversations: int, mdrs: int) -> None:
+    started = time.perf_counter()
+    seed(database, mdrs, conversations)
+    store = Store(database)
+    with store.transaction() as conn:
+        conn.execute("UPDATE conversations SET waiting = 1, with_person = 1 WHERE id % 100 = 0")
+        operators.add(conn, "all", PASSWORD, (), time.time())
+        operators.add(conn, "limited", PASSWORD, ("bench",), time.time())
+    store.close()
+    with sqlite3.connect(database) as conn:
+        conn.execute("ANALYZE")
+    print(f"built {conversations:,} conversations and {mdrs:,} MDRs in {time.perf_counter() - started:.0f} s")
+
+
+def sign_in(client: httpx.Client, name: str) -> None:
+    page = client.get("/inbox/login").text
+    token = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+    response = client.post("/inbox/login", data={"csrf": token, "username": name, "password": PASSWORD})
+    assert response.status_code == 303, response.text
+
+
+def timed(client: httpx.Client, path: str, repeat: int = 30) -> list[float]:
+    client.get(path)  # warm the page cache and the template
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        response = client.get(path)
+        times.append(time.perf_counter() - started)
+        assert response.status_code == 200, (path, response.status_code)
+    return times
+
+
+def figure_1(url: str) -> None:
+    print("\n1. the inbox's pages over loopback (median / p95 / max of 30)")
+    with httpx.Client(base_url=url, timeout=30) as everyone, httpx.Client(base_url=url, timeout=30) as limited:
+        sign_in(everyone, "all")
+        sign_in(limited, "limited")
+        first = everyone.get("/inbox/").text
+        older = re.search(r'href="(/inbox/\?before=[^"]+)"', first)[1].replace("&amp;", "&")
+        cid = re.search(r'href="/inbox/c/(\d+)"', first)[1]
+        for label, client, path in (
+            ("conversation list, every profile", everyone, "/inbox/"),
+            ("conversation list, one profile", limited, "/inbox/"),
+            ("Needs a human", everyone, "/inbox/?waiting=1"),
+            ("the next page", everyone, older),
+            ("the list's live region (what inbox.js fetches)", everyone, "/inbox/?partial=1"),
+            ("a conversation", everyone, f"/inbox/c/{cid}"),
+            ("search by a whole number", everyone, f"/inbox/?q=%2B{customer(4242)[1:]}"),
+            ("search by part of a number", everyone, f"/inbox/?q={customer(4242)[5:]}"),
+            ("search by text", everyone, "/inbox/?q=hello+99999"),
+        ):
+            times = timed(client, path)
+            print(f"   {label:<48} {ms(statistics.median(times))} {ms(percentile(times, 0.95))} {ms(max(times))}")
+
+
+async def _browsers(url: str, seconds: float, pipe) -> None:
+    """Ten inboxes on the list page: each listens to the event stream and fetches the list on a change."""
+    refreshes = 0
+
+    async def browser(name: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            page = (await client.get("/inbox/login")).text
+            token = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+            await client.post("/inbox/login", data={"csrf": token, "username": name, "password": PASSWORD})
+            changed = asyncio.Event()
+            refresher = asyncio.create_task(refresh(client, changed))
+            try:
+                async with client.stream("GET", "/inbox/events") as events:
+                    async for line in events.aiter_lines():
+                        if line.startswith("event: change"):
+                            changed.set()
+            finally:
+                refresher.cancel()
+
+    async def refresh(client: httpx.AsyncClient, changed: asyncio.Event) -> None:
+        """As inbox.js on the list page: changes coalesce, one fetch a second at most."""
+        nonlocal refreshes
+        while True:
+            await changed.wait()
+            changed.clear()
+            started = time.monotonic()
+            await client.get("/inbox/?partial=1")
+            refreshes += 1
+            await asyncio.sleep(max(0.0, started + 1.0 - time.monotonic()))
+
+    tasks = [asyncio.create_task(browser("all")) for _ in range(BROWSERS)]
+    pipe.send("ready")
+    await asyncio.sleep(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    pipe.send(refreshes)
+
+
+def _browsers_main(url: str, seconds: float, pipe) -> None:
+    asyncio.run(_browsers(url, seconds, pipe))
+
+
+def figure_2(url: str, messages: int, rate: float, rounds: int) -> None:
+    print(f"\n2. webhook acknowledgement latency, {messages} webhooks at {rate:g}/s a run (p50 / p99)")
+    senders = [f"+1773{3_000_000 + i:07d}" for i in range(200)]
+    port = int(url.rsplit(":", 1)[1])
+    run_in_process(Plan(port, SECRET, OUR_NUMBER, senders, messages // 4, rate=rate, prefix="warm-"))  # not counted
+    p99: dict[int, list[float]] = {0: [], BROWSERS: []}
+    # Alternating runs, so that a change in the machine's load shows in both columns alike.
+    for n, browsers in enumerate([0, BROWSERS] * rounds):
+        process = pipe = None
+        if browsers:
+            context = multiprocessing.get_context("spawn")
+            pipe, child = context.Pipe()
+            process = context.Process(target=_browsers_main, args=(url, messages / rate + 5, child))
+            process.start()
+            assert pipe.recv() == "ready"
+            time.sleep(3)  # the sign-ins (Argon2) are done before the burst
+        result = run_in_process(Plan(port, SECRET, OUR_NUMBER, senders, messages, rate=rate, prefix=f"r{n}-"))
+        assert set(result.status) == {200}, set(result.status)
+        extra = ""
+        if process is not None:
+            extra = f"   ({pipe.recv()} list refreshes by the inboxes)"
+            process.join()
+        label = f"{browsers} inboxes open" if browsers else "no inbox open"
+        p99[browsers].append(percentile(result.latency, 0.99))
+        print(f"   {label:<28} {ms(percentile(result.latency, 0.5))} {ms(p99[browsers][-1])}{extra}")
+        time.sleep(2)  # let the replies go out before the next run
+    without, with_ = statistics.median(p99[0]), statistics.median(p99[BROWSERS])
+    print(f"   median p99: {ms(without)} without, {ms(with_)} with {BROWSERS} inboxes open ({with_ / without - 1:+.0%})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, default=100_000)
+    parser.add_argument("--mdrs", type=int, default=1_000_000)
+    parser.add_argument("--messages", type=int, default=3000, help="webhooks per run of figure 2")
+    parser.add_argument("--rate", type=float, default=100.0, help="webhooks per second in figure 2")
+    parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (none open, ten open) in figure 2")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bot-core-inbox-bench-"))
+    fake = Fake()
+    try:
+        build(folder / "bot.db", args.conversations, args.mdrs)
+        config = folder / "bot.toml"
+        config.write_text(config_text(fake.url))
+        server = start_server(config, folder / "server.log")
+        try:
+            figure_1(server.url)
+            figure_2(server.url, args.messages, args.rate, args.rounds)
+        finally:
+            server.stop()
+    finally:
+        fake.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

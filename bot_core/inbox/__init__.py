@@ -1,0 +1,1 @@
+"""The operator inbox: web pages where people see conversations and take over from the bot."""

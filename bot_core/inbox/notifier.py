@@ -1,0 +1,118 @@
+"""Live updates: one poller finds changed conversations and fans them out to every open page.
+
+However many browsers have the inbox open, the database sees one cheap query per interval,
+and none at all while nothing was committed (``PRAGMA data_version``) or nobody is watching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import anyio.to_thread
+
+from .operators import Operator
+from .reader import connect
+
+log = logging.getLogger("bot_core.inbox")
+
+# Rows are found by updated_at, stamped before their transaction commits: looking this far back
+# catches a row committed late by a slower writer (another process), and ``_seen`` drops repeats.
+LOOKBACK = timedelta(seconds=2)
+
+
+class Subscription:
+    """One open page: the conversation ids it may see arrive on ``queue`` (None: closing)."""
+
+    def __init__(self, operator: Operator) -> None:
+        self.operator = operator
+        self.queue: asyncio.Queue[list[int] | None] = asyncio.Queue()
+
+
+class Notifier:
+    """Polls for changes while someone is subscribed; ``tick`` runs on the loop at every poll."""
+
+    def __init__(self, path: Path, interval: float, tick: Callable[[], object] = lambda: None) -> None:
+        self.path = path
+        self.interval = interval
+        self.tick = tick
+        self._subscriptions: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self._cursor = ""
+        self._seen: dict[tuple[str, int], str] = {}
+
+    def subscribe(self, operator: Operator) -> Subscription:
+        subscription = Subscription(operator)
+        self._subscriptions.add(subscription)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def close(self) -> None:
+        """End every open stream (the server is stopping)."""
+        for subscription in self._subscriptions:
+            subscription.queue.put_nowait(None)
+        self._subscriptions.clear()
+        if self._task is not None:
+            self._task.cancel()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _run(self) -> None:
+        while self._subscriptions:
+            await asyncio.sleep(self.interval)
+            try:
+                self.tick()
+                changed = await anyio.to_thread.run_sync(self._changes)
+            except Exception:
+                log.exception("cannot read the inbox's changes; trying again")
+                continue
+            for subscription in list(self._subscriptions):
+                visible = [cid for cid, profile in changed.items() if subscription.operator.sees(profile)]
+                if visible:
+                    subscription.queue.put_nowait(visible)
+
+    def _changes(self) -> dict[int, str | None]:
+        """Conversations whose messages or hands changed since the last call: id -> profile."""
+        if self._conn is None:
+            self._conn = connect(self.path)
+        conn = self._conn
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return {}
+        self._version = version
+        if not self._cursor:  # the first poll: start from now
+            latest = conn.execute("SELECT MAX(updated_at) FROM mdrs").fetchone()[0]
+            self._cursor = latest or ""
+        since = _back(self._cursor)
+        rows = conn.execute(
+            "SELECT 'm', m.id, m.updated_at, c.id, c.profile FROM mdrs m JOIN conversations c"
+            " ON c.id = m.conversation_id WHERE m.updated_at >= ?"
+            " UNION ALL SELECT 'c', id, updated_at, id, profile FROM conversations WHERE updated_at >= ?",
+            (since, since),
+        ).fetchall()
+        changed: dict[int, str | None] = {}
+        for kind, row_id, updated_at, conversation_id, profile in rows:
+            if self._seen.get((kind, row_id)) != updated_at:
+                self._seen[(kind, row_id)] = updated_at
+                changed[conversation_id] = profile
+            self._cursor = max(self._cursor, updated_at)
+        since = _back(self._cursor)
+        self._seen = {key: at for key, at in self._seen.items() if at >= since}
+        return changed
+
+
+def _back(cursor: str) -> str:
+    if not cursor:
+        return ""
+    return (datetime.fromisoformat(cursor) - LOOKBACK).isoformat(timespec="milliseconds")

@@ -1,0 +1,291 @@
+"""The inbox's pages: login, the conversation list, a conversation, its actions, live events.
+
+Pages are rendered on the server; ``?partial=1`` renders just the live region, which
+``static/inbox.js`` fetches again when the event stream names a conversation on the page. Reads
+run in worker threads (:mod:`.reader`); the few writes (take over, hand back, reply) are single
+short statements on the bot's own connection, like a plugin's ``bot.send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+from starlette.applications import Starlette
+from starlette.datastructures import URL
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
+
+from .. import handoff
+from ..bot import Bot
+from ..messages import Conversation
+from . import operators, reader
+from .auth import SESSION_COOKIE, SESSION_SECONDS, Throttle, checked_form, csrf_token, session_key
+from .notifier import Notifier, Subscription
+from .operators import Operator
+
+log = logging.getLogger("bot_core.inbox")
+
+HERE = Path(__file__).parent
+HEARTBEAT = 15.0  # seconds between keep-alive comments on an idle event stream
+# No inline script or style, no framing, forms post only here.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+}
+
+
+class Inbox:
+    """The ASGI app mounted at ``/inbox``; built at its first request, once the bot has started
+    (the session key may live in the database)."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        settings = bot.config.inbox
+        self.reader = reader.Reader(bot.config.bot.database)
+        self.notifier = Notifier(bot.config.bot.database, settings.poll_interval, tick=lambda: handoff.expire(bot))
+        self.throttle = Throttle(settings.login_delay)
+        self.templates = Jinja2Templates(directory=HERE / "templates")
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            self._app = self._build()
+        await self._app(scope, receive, send)
+
+    def close(self) -> None:
+        self.notifier.close()
+        self.reader.close()
+
+    def _build(self) -> Starlette:
+        config = self.bot.config
+        routes = [
+            Route("/", self.index, methods=["GET"]),
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/c/{id:int}", self.conversation, methods=["GET"]),
+            Route("/c/{id:int}/reply", self.reply, methods=["POST"]),
+            Route("/c/{id:int}/take", self.take, methods=["POST"]),
+            Route("/c/{id:int}/release", self.release, methods=["POST"]),
+            Route("/events", self.events, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=HERE / "static")),
+        ]
+        session = Middleware(
+            SessionMiddleware, secret_key=session_key(self.bot.store, config.inbox.secret_key),
+            session_cookie=SESSION_COOKIE, max_age=SESSION_SECONDS, path="/inbox", same_site="lax",
+            https_only=(config.bot.public_url or "").startswith("https://"),
+        )  # fmt: skip
+        return Starlette(routes=routes, middleware=[session], exception_handlers={HTTPException: self.error})
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def render(self, request: Request, template: str, status: int = 200, **context: Any) -> Response:
+        context.update(base=request.scope.get("root_path", ""), csrf=csrf_token(request))
+        response = self.templates.TemplateResponse(request, template, context, status_code=status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def operator(self, request: Request) -> Operator | None:
+        name = request.session.get("operator")
+        return await self.reader.run(operators.find, name) if name else None
+
+    async def require(self, request: Request) -> Operator:
+        """The signed-in operator; otherwise a page goes to the login page and an action is refused."""
+        operator = await self.operator(request)
+        if operator is None:
+            if request.method == "GET":
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                raise HTTPException(303, headers={"location": f"{self.base(request)}/login?next={quote(target)}"})
+            raise HTTPException(401, "Sign in first.")
+        return operator
+
+    @staticmethod
+    def base(request: Request) -> str:
+        return request.scope.get("root_path", "")
+
+    async def visible(self, request: Request, operator: Operator) -> dict[str, Any]:
+        """The conversation in the URL, or 404 when it does not exist or is another profile's."""
+        found = await self.reader.run(reader.conversation, operator, request.path_params["id"])
+        if found is None:
+            raise HTTPException(404, "No such conversation.")
+        return found
+
+    async def error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 303:
+            return RedirectResponse(exc.headers["location"], 303)
+        return self.render(request, "error.html", exc.status_code, message=exc.detail, operator=None)
+
+    def back(self, request: Request, conversation_id: int) -> Response:
+        return RedirectResponse(f"{self.base(request)}/c/{conversation_id}", 303)
+
+    # -- sign in and out ----------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        target = request.query_params.get("next", "")
+        if not target.startswith(self.base(request) + "/"):  # only back into the inbox
+            target = f"{self.base(request)}/"
+        if request.method == "GET":
+            return self.render(request, "login.html", next=target, operator=None)
+        form = await checked_form(request)
+        name, password = form.get("username", "").strip(), form.get("password", "")
+        client = f"client:{request.client.host if request.client else '?'}"
+        keys = (f"name:{name.casefold()}", client)
+        wait = self.throttle.wait(*keys)
+        if wait:
+            return self.render(request, "login.html", 429, next=target, operator=None, username=name,
+                               error=f"Too many failed sign-ins. Try again in {wait:.0f} s.")  # fmt: skip
+        found = await self.reader.run(operators.authenticate, name, password)
+        if found is None:
+            wait = self.throttle.failed(*keys)
+            log.warning("inbox sign-in refused for %r from %s", name, client)
+            return self.render(request, "login.html", 401, next=target, operator=None, username=name,
+                               error=f"Wrong username or password. Wait {wait:.0f} s before trying again.")  # fmt: skip
+        self.throttle.succeeded(keys[0])
+        request.session.clear()  # a new session: no token from before the login survives
+        request.session["operator"] = found.name
+        csrf_token(request)
+        log.info("inbox sign-in: %s", found.name)
+        return RedirectResponse(target, 303)
+
+    async def logout(self, request: Request) -> Response:
+        await checked_form(request)
+        request.session.clear()
+        return RedirectResponse(f"{self.base(request)}/login", 303)
+
+    # -- pages --------------------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        operator = await self.require(request)
+        params = request.query_params
+        waiting, query, before = params.get("waiting") == "1", params.get("q", ""), params.get("before")
+        rows = await self.reader.run(partial(reader.conversations, waiting=waiting, query=query, before=before),
+                                     operator)  # fmt: skip
+        older = None
+        if len(rows) == reader.PAGE:
+            kept = {k: v for k, v in params.items() if k not in ("partial", "before")}
+            older = str(URL(request.url.path).include_query_params(**kept, before=f"{rows[-1]['last_message_at']} {rows[-1]['id']}"))
+        template = "_list.html" if params.get("partial") else "list.html"
+        return self.render(request, template, operator=operator, rows=rows, waiting=waiting, query=query,
+                           older=older)  # fmt: skip
+
+    async def conversation(self, request: Request) -> Response:
+        operator = await self.require(request)
+        found = await self.visible(request, operator)
+        template = "_thread.html" if request.query_params.get("partial") else "conversation.html"
+        return self.render(request, template, operator=operator, c=found)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    async def _act(self, request: Request) -> tuple[Operator, dict[str, str], Conversation]:
+        form = await checked_form(request)
+        operator = await self.require(request)
+        found = await self.visible(request, operator)
+        conversation = self.bot.store.conversation_by_id(found["id"])
+        assert conversation is not None  # conversations are never deleted
+        return operator, form, conversation
+
+    async def take(self, request: Request) -> Response:
+        operator, _, conversation = await self._act(request)
+        handoff.hand_over(self.bot, conversation, f"taken over by {operator.name}", operator=operator.name)
+        return self.back(request, conversation.id)
+
+    async def release(self, request: Request) -> Response:
+        operator, _, conversation = await self._act(request)
+        handoff.hand_back(self.bot, conversation, f"handed back by {operator.name}", operator=operator.name)
+        return self.back(request, conversation.id)
+
+    async def reply(self, request: Request) -> Response:
+        """Send an operator's reply from the number the customer texted, through the outbox.
+
+        Replying takes the conversation over: the bot must not answer the customer's next
+        message in the middle of a person's conversation."""
+        operator, form, conversation = await self._act(request)
+        text = form.get("text", "").strip()
+        if not text:
+            raise HTTPException(400, "Write a reply first.")
+        bot = self.bot
+        if bot.is_opted_out(conversation.profile, conversation.their_number):
+            raise HTTPException(409, "This customer opted out (texted STOP): nothing can be sent to them.")
+        handoff.hand_over(bot, conversation, f"taken over by {operator.name}", operator=operator.name)
+        with bot.store.transaction() as conn:
+            mdr_id = bot.send(conversation.their_number, text, profile=conversation.profile,
+                              from_number=conversation.our_number)  # fmt: skip
+            conn.execute("UPDATE mdrs SET operator = ? WHERE id = ?", (operator.name, mdr_id))
+        handoff.touch(bot, conversation.id, operator.name)
+        log.info("operator %s replied in conversation %d (MDR %d)", operator.name, conversation.id, mdr_id,
+                 extra={"conversation_id": conversation.id, "mdr_id": mdr_id})  # fmt: skip
+        return self.back(request, conversation.id)
+
+    # -- live updates -------------------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        operator = await self.operator(request)
+        if operator is None:
+            raise HTTPException(401, "Sign in first.")
+        return EventStream(self.notifier, self.notifier.subscribe(operator))
+
+
+class EventStream(Response):
+    """Server-sent events: ``change`` with the ids of changed conversations the operator may see.
+
+    Ends when the browser goes away (watched on ``receive``, so a closed tab unsubscribes at
+    once rather than at the next write) or when the notifier closes.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, notifier: Notifier, subscription: Subscription) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**SECURITY_HEADERS, "x-accel-buffering": "no"})  # no body: no Content-Length
+        self.notifier = notifier
+        self.subscription = subscription
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                await self._stream(send)
+                group.cancel_scope.cancel()
+        except OSError:  # the connection broke mid-send
+            pass
+        finally:
+            self.notifier.unsubscribe(self.subscription)
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
+        queue = self.subscription.queue
+        while True:
+            try:
+                ids = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            except TimeoutError:
+                await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                continue
+            if ids is None:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            body = f"event: change\ndata: {json.dumps(sorted(ids))}\n\n".encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
