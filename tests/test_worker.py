@@ -296,7 +296,7 @@ def slots(run, calls) -> dict[str, list[tuple[float, float]]]:
 
 def assert_paced(taken: list[tuple[float, float]], rate: float) -> None:
     # Answered of a slot minus asked of the one before bounds their real distance from above.
-    assert all(later[1] - earlier[0] >= 1 / rate for earlier, later in zip(taken, taken[1:])), taken
+    assert all(later[1] - earlier[0] >= 1 / rate for earlier, later in pairwise(taken)), taken
 
 
 async def test_pacing_spaces_sends_per_number_and_numbers_never_wait_for_each_other(tmp_path):

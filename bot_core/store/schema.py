@@ -114,9 +114,9 @@ def _migration_handoff_and_inbox(db: sqlite_utils.Database) -> None:
                f" WHEN NEW.conversation_id IS NOT NULL AND OLD.conversation_id IS NULL BEGIN {latest} END")  # fmt: skip
     db.execute(f"CREATE TRIGGER mdrs_waiting AFTER UPDATE OF status ON mdrs WHEN NEW.status = '{WAITING}'"
                " BEGIN UPDATE conversations SET waiting = 1 WHERE id = NEW.conversation_id; END")  # fmt: skip
-    db["operators"].create({"name": str, "password_hash": str, "profiles": str, "created_at": str}, pk="name",
+    db.table("operators").create({"name": str, "password_hash": str, "profiles": str, "created_at": str}, pk="name",
                            not_null={"password_hash", "profiles", "created_at"})  # fmt: skip
-    db["inbox_keys"].create({"name": str, "value": str}, pk="name")  # the generated session signing key
+    db.table("inbox_keys").create({"name": str, "value": str}, pk="name")  # the generated session signing key
 
 
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
