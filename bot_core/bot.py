@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,7 +34,7 @@ from .metrics import Metrics
 from .outbox import draft
 from .phone import region_of
 from .plugins import Plugins, call_impl, load_plugins
-from .store import IGNORED, CancelEffect, ConsentEffect, SendEffect, Store, TimerEffect
+from .store import ERRORS, IGNORED, TRANSIENT, CancelEffect, ConsentEffect, SendEffect, Store, TimerEffect, open_store
 from .telnyx import TelnyxClient, make_client
 from .webhooks import Webhook, verify_v1, verify_v2
 from .worker import Sender
@@ -76,7 +75,7 @@ class Bot:
         A running server's sender picks such messages up within a second (``bot-core send``).
         """
         if not hasattr(self, "store"):
-            self.store = Store(self.config.bot.database, clock=self.clock, secrets=self.config.secrets())
+            self.store = open_store(self.config.bot.database, clock=self.clock, secrets=self.config.secrets())
 
     def close(self) -> None:
         """Close the database :meth:`open` opened (:meth:`stop` does it for a started bot)."""
@@ -110,8 +109,14 @@ class Bot:
         loop = asyncio.get_running_loop()
         loops = [*self.dispatcher.loops, self.sender.claims]
         self._tasks = [loop.create_task(claims.run()) for claims in loops] + [loop.create_task(self._heartbeat())]
+        # Work committed by another replica (PostgreSQL's NOTIFY); the loops poll besides.
+        self.store.listen(lambda: loop.call_soon_threadsafe(self._wake_all))
         self.started = True
         self._announce()
+
+    def _wake_all(self) -> None:
+        for claims in (*self.dispatcher.loops, self.sender.claims):
+            claims.wake()
 
     def _take_over_dead(self) -> bool:
         """End the leases of owners on this host whose process is gone; True if there were any."""
@@ -130,9 +135,8 @@ class Bot:
             try:
                 await self.store.call(self.store.renew, self.owner, lease)
                 if await self.store.call(self._take_over_dead):
-                    for claims in (*self.dispatcher.loops, self.sender.claims):
-                        claims.wake()
-            except sqlite3.Error as exc:
+                    self._wake_all()
+            except ERRORS as exc:
                 log.warning("cannot renew the leases of this process (%s); trying again", exc)
 
     def _announce(self) -> None:
@@ -165,7 +169,7 @@ class Bot:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await asyncio.wait_for(self.store.call(self.store.release, self.owner), 2.0)
-        except (sqlite3.Error, TimeoutError) as exc:
+        except (*ERRORS, TimeoutError) as exc:
             log.warning("cannot give back this process's work (%s); its leases run out instead", exc)
         if not drained:
             log.warning("shutdown grace ran out; unfinished work will resume at the next start")
@@ -182,7 +186,7 @@ class Bot:
         while True:
             try:
                 return await self.store.call(fn, *args, **kwargs)
-            except sqlite3.OperationalError as exc:
+            except TRANSIENT as exc:
                 level = logging.WARNING if delay == 0.05 else logging.DEBUG
                 log.log(level, "cannot write to the database (%s); trying again", exc)
                 await asyncio.sleep(delay)
@@ -246,7 +250,7 @@ class Bot:
         """
         try:
             return await self._accept(webhook)
-        except (sqlite3.Error, TimeoutError) as exc:
+        except (*ERRORS, TimeoutError) as exc:
             reason = exc if str(exc) else f"no answer from the database within {self.config.bot.store_timeout:g}s"
             log.error("cannot store a webhook (%s); answering 503 so that Telnyx delivers it again", reason)
             raise WebhookError("the bot cannot store this webhook right now; deliver it again later", 503) from None

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -18,6 +21,9 @@ import pytest
 from bot_core.fake_telnyx import FakeTelnyx
 
 SAMPLES = Path(__file__).parent / "samples"
+
+# Every development and CI machine runs PostgreSQL 15 here (trust authentication).
+POSTGRES = os.environ.get("BOT_CORE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def sample(name: str) -> dict:
@@ -119,3 +125,54 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.02):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+@cache
+def _postgres_error() -> str | None:
+    """Why the test PostgreSQL does not answer, or None when it does."""
+    import psycopg
+
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+def _admin(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL of the test PostgreSQL whose search_path is a schema of this test's own, dropped after it.
+
+    No server: the test skips, saying how to run it; on CI (CI=true) it fails instead."""
+    if (error := _postgres_error()) is not None:
+        reason = (f"PostgreSQL not reachable at BOT_CORE_TEST_POSTGRES={POSTGRES} ({error}): start PostgreSQL 15 "
+                  "there (trust authentication) or point BOT_CORE_TEST_POSTGRES at a server to run these tests")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    schema = f"test_{secrets.token_hex(6)}"
+    _admin(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in POSTGRES else "?"
+    yield f"{POSTGRES}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
+    _admin(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs once per store engine."""
+    return request.param
+
+
+@pytest.fixture
+def database_url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """``[bot] database`` for the engine under test: a SQLite file, or a PostgreSQL schema of its own."""
+    if engine == "sqlite":
+        return str(tmp_path / "bot.db")
+    return request.getfixturevalue("postgres_url")

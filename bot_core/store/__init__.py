@@ -32,14 +32,20 @@ Plugin effects made while handling a unit (``bot.send``, ``bot.schedule``, ``can
 opt-in/out) travel as :data:`Effect` values and are written in the finish transaction, with
 the state and the replies, or not at all.
 
-Engines: :mod:`.sqlite` (one file, WAL, several processes on one host). A PostgreSQL engine
-implements the same methods with ``SELECT ... FOR UPDATE SKIP LOCKED`` in the claim queries;
-nothing outside this package writes SQL against the work tables.
+Engines: :mod:`.sqlite` (one file, WAL, several processes on one host) and :mod:`.postgres`
+(N replicas on N machines: ``SELECT ... FOR UPDATE SKIP LOCKED`` in the claim queries,
+``LISTEN/NOTIFY`` wake-ups). :func:`open_store` picks one from ``[bot] database``: a
+``postgresql://`` URL or a file path. Nothing outside this package writes SQL.
+
+Failures: :data:`ERRORS` is what any engine raises when the database fails, :data:`TRANSIENT`
+the passing kind (a lock held elsewhere, a lost connection) that the unit retries.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Union
 
 # Inbound MDR statuses.
@@ -54,6 +60,25 @@ PENDING = "pending"  # in the outbox
 SENDING = "sending_local"  # its HTTP request started; it may have reached Telnyx
 SANDBOX = "sandbox"  # recorded, never sent (sandbox mode)
 BLOCKED = "blocked"  # not sent: the recipient opted out
+
+
+class Unavailable(Exception):
+    """The database did not answer now (connection lost, pool exhausted): retry later."""
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer bot-core than this one: refuse to touch it."""
+
+
+# sqlite3.OperationalError: locked, busy, disk full, I/O; the PostgreSQL engine raises
+# Unavailable for psycopg's OperationalError (connection, deadlock, serialization) and pool timeouts.
+TRANSIENT: tuple[type[Exception], ...] = (sqlite3.OperationalError, Unavailable)
+ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, Unavailable)
+
+
+def is_postgres(database: str | Path) -> bool:
+    """Whether ``[bot] database`` names a PostgreSQL server (a URL) rather than a SQLite file."""
+    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
 
 
 class LeaseLost(Exception):
@@ -150,8 +175,19 @@ Effect = Union[SendEffect, TimerEffect, CancelEffect, ConsentEffect]
 
 from .sqlite import Store, iso  # noqa: E402  (the engine needs the names above)
 
+
+def open_store(database: str | Path, **kwargs: Any) -> Store:
+    """The engine ``database`` names, migrated. psycopg is imported only for a PostgreSQL URL,
+    so SQLite deployments never need it."""
+    if is_postgres(database):
+        from .postgres import PostgresStore
+
+        return PostgresStore(str(database), **kwargs)
+    return Store(database, **kwargs)
+
+
 __all__ = [
     "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
-    "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft", "SendEffect",
-    "StatusEvent", "Store", "TimerEffect", "iso",
+    "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "SchemaTooNew", "Unavailable", "Outbound", "OutboundDraft", "SendEffect",
+    "StatusEvent", "Store", "TimerEffect", "is_postgres", "iso", "open_store",
 ]  # fmt: skip

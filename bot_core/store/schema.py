@@ -79,4 +79,59 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE heartbeats (owner TEXT PRIMARY KEY, at REAL NOT NULL)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """The plugins' key-value store (``bot.plugin_store``): data of a plugin that is not per conversation."""
+    db.execute(PLUGIN_DATA)
+
+
+PLUGIN_DATA = ("CREATE TABLE plugin_data (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+               " updated_at TEXT NOT NULL, PRIMARY KEY (plugin, key))")  # fmt: skip
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2, _migration_3)
+
+
+# The same tables on PostgreSQL, one SQL script per migration; ``bot_core_schema`` counts those
+# applied. Types mirror what the SQLite engine stores (times as ISO text that sorts, flags as 0/1
+# integers, JSON as text), so the contract's SQL runs unchanged on both.
+POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE mdrs (
+        id BIGSERIAL PRIMARY KEY, direction TEXT NOT NULL, profile TEXT, from_number TEXT NOT NULL,
+        to_number TEXT NOT NULL, text TEXT NOT NULL, media TEXT, status TEXT NOT NULL, parts INTEGER,
+        encoding TEXT, telnyx_id TEXT, error TEXT, conversation_id BIGINT, in_reply_to BIGINT,
+        claimed_by TEXT, attempts INTEGER DEFAULT 0, next_attempt_at DOUBLE PRECISION,
+        ignore_optout INTEGER DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        lease_owner TEXT, lease_until DOUBLE PRECISION);
+    CREATE UNIQUE INDEX mdrs_telnyx_id ON mdrs(direction, telnyx_id);
+    CREATE INDEX mdrs_created_at ON mdrs(created_at);
+    CREATE INDEX mdrs_conversation ON mdrs(conversation_id);
+    CREATE INDEX mdrs_leased ON mdrs(lease_owner) WHERE lease_owner IS NOT NULL;
+    CREATE INDEX mdrs_inbox_lane ON mdrs(to_number, from_number, id) WHERE status = '{RECEIVED}';
+    CREATE INDEX mdrs_outbox_lane ON mdrs(from_number, to_number, id) WHERE {IN_OUTBOX};
+    CREATE TABLE conversations (
+        id BIGSERIAL PRIMARY KEY, profile TEXT, our_number TEXT NOT NULL, their_number TEXT NOT NULL,
+        state TEXT NOT NULL, created_at TEXT, updated_at TEXT);
+    CREATE UNIQUE INDEX conversations_pair ON conversations(our_number, their_number);
+    CREATE TABLE optouts (profile TEXT, number TEXT, opted_out INTEGER, updated_at TEXT);
+    CREATE UNIQUE INDEX optouts_pk ON optouts(profile, number) NULLS NOT DISTINCT;
+    CREATE TABLE consent_log (
+        id BIGSERIAL PRIMARY KEY, profile TEXT, number TEXT, action TEXT, source TEXT, at TEXT);
+    CREATE TABLE delivery_events (
+        id BIGSERIAL PRIMARY KEY, telnyx_id TEXT, status TEXT, error TEXT, received_at TEXT,
+        from_number TEXT, to_number TEXT, mdr_id BIGINT, hook TEXT, hook_error TEXT,
+        lease_owner TEXT, lease_until DOUBLE PRECISION);
+    CREATE INDEX delivery_events_telnyx_id ON delivery_events(telnyx_id);
+    CREATE INDEX delivery_events_leased ON delivery_events(lease_owner) WHERE lease_owner IS NOT NULL;
+    CREATE INDEX delivery_events_lane ON delivery_events(from_number, to_number, id) WHERE hook = 'pending';
+    CREATE TABLE timers (
+        id BIGSERIAL PRIMARY KEY, conversation_id BIGINT, plugin TEXT, name TEXT,
+        due_at DOUBLE PRECISION, text TEXT, payload TEXT, status TEXT, created_at TEXT, fired_at TEXT,
+        lease_owner TEXT, lease_until DOUBLE PRECISION);
+    CREATE INDEX timers_due ON timers(due_at) WHERE status = 'pending';
+    CREATE INDEX timers_leased ON timers(lease_owner) WHERE lease_owner IS NOT NULL;
+    CREATE INDEX timers_lane ON timers(conversation_id, due_at, id) WHERE status = 'pending';
+    CREATE TABLE pacing (number TEXT PRIMARY KEY, next_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE heartbeats (owner TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
+    """,
+    PLUGIN_DATA,
+)

@@ -33,7 +33,7 @@ from ..messages import Conversation, DeliveryStatus, InboundMessage, Media
 from ..timers import Timer
 from . import (
     BLOCKED, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
-    OutboundDraft, SendEffect, StatusEvent, TimerEffect,
+    OutboundDraft, SchemaTooNew, SendEffect, StatusEvent, TimerEffect,
 )  # fmt: skip
 from .schema import IN_OUTBOX, MIGRATIONS
 
@@ -94,9 +94,19 @@ class Store:
     def _migrate(self) -> None:
         with self.transaction():
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(f"{self.path} has schema version {version}; this bot-core knows "
+                                   f"{len(MIGRATIONS)}: upgrade bot-core")  # fmt: skip
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
                 migration(sqlite_utils.Database(self.conn))
                 self.conn.execute(f"PRAGMA user_version = {number}")
+
+    def schema_version(self) -> tuple[int, int]:
+        """(the database's schema version, the newest this code knows)."""
+        return self._read_one("PRAGMA user_version")[0], len(MIGRATIONS)
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """No wake-ups from other processes on SQLite: their work is found by polling."""
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -166,9 +176,9 @@ class Store:
         now = self.now()
         media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
         cursor = self._statement(
-            "INSERT OR IGNORE INTO mdrs (direction, profile, from_number, to_number, text,"
+            "INSERT INTO mdrs (direction, profile, from_number, to_number, text,"
             " media, status, telnyx_id, error, created_at, updated_at)"
-            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (message.profile, message.from_number, message.to_number, message.text, media,
              status, message.id, self.redact(error), now, now),
         )  # fmt: skip
@@ -390,8 +400,8 @@ class Store:
 
     def _conversation_id(self, profile: str | None, our_number: str, their_number: str, now: str) -> int:
         self.conn.execute(
-            "INSERT OR IGNORE INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, '{}', ?, ?)", (profile, our_number, their_number, now, now),
+            "INSERT INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
+            " VALUES (?, ?, ?, '{}', ?, ?) ON CONFLICT DO NOTHING", (profile, our_number, their_number, now, now),
         )  # fmt: skip
         return self.conn.execute("SELECT id FROM conversations WHERE our_number = ? AND their_number = ?",
                                  (our_number, their_number)).fetchone()[0]  # fmt: skip
@@ -573,8 +583,9 @@ class Store:
                                 (profile, number)).fetchone()  # fmt: skip
         if bool(row and row[0]) == opted_out:
             return False
-        self.conn.execute("INSERT OR REPLACE INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)",
-                          (profile, number, int(opted_out), now))  # fmt: skip
+        self.conn.execute("INSERT INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)"
+                          " ON CONFLICT (profile, number) DO UPDATE SET opted_out = excluded.opted_out,"
+                          " updated_at = excluded.updated_at", (profile, number, int(opted_out), now))  # fmt: skip
         self.conn.execute("INSERT INTO consent_log (profile, number, action, source, at) VALUES (?, ?, ?, ?, ?)",
                           (profile, number, "opt_out" if opted_out else "opt_in", source, now))  # fmt: skip
         return True
