@@ -33,6 +33,7 @@ from .messages import Conversation, InboundMessage, Reply
 from .metrics import Metrics
 from .outbox import draft
 from .phone import region_of
+from .plugin_store import PluginStore
 from .plugins import Plugins, call_impl, load_plugins
 from .store import ERRORS, IGNORED, TRANSIENT, CancelEffect, ConsentEffect, SendEffect, Store, TimerEffect, open_store
 from .telnyx import TelnyxClient, make_client
@@ -304,8 +305,15 @@ class Bot:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """The bot's SQLite database, for plugins' own tables (prefix them with the plugin name)."""
+        """The bot's SQLite database, for SQLite-only plugins' own tables (prefix them with the
+        plugin name). On PostgreSQL it raises RuntimeError: engine-neutral plugins keep their data
+        in :meth:`plugin_store`."""
         return self.store.db
+
+    def plugin_store(self, plugin: str) -> PluginStore:
+        """``plugin``'s own key-value data, on either engine and shared by every replica (see
+        :mod:`bot_core.plugin_store`). Opened with the database: call it from ``startup`` on."""
+        return PluginStore(self.store, plugin)
 
     def send(
         self,

@@ -665,6 +665,30 @@ class Store:
             self._apply(effects, now)
             return [self._add_outbound(d, conversation.id, None, now) for d in replies]
 
+    # -- plugin data (bot.plugin_store) -------------------------------------------------------
+
+    def plugin_get(self, plugin: str, key: str) -> str | None:
+        row = self._read_one("SELECT value FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key))
+        return row[0] if row else None
+
+    def plugin_put(self, plugin: str, key: str, value: str, *, only_new: bool = False) -> bool:
+        """Write one value (JSON text); with ``only_new``, only if the key has none (else False)."""
+        on_conflict = "DO NOTHING" if only_new else "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        cursor = self._statement(
+            f"INSERT INTO plugin_data (plugin, key, value, updated_at) VALUES (?, ?, ?, ?)"
+            f" ON CONFLICT (plugin, key) {on_conflict}", (plugin, key, value, self.now()),
+        )  # fmt: skip
+        return bool(cursor.rowcount)
+
+    def plugin_delete(self, plugin: str, key: str) -> bool:
+        return bool(self._statement("DELETE FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key)).rowcount)
+
+    def plugin_items(self, plugin: str, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, value) of every key of ``plugin`` that starts with ``prefix``, by key."""
+        rows = self._read("SELECT key, value FROM plugin_data WHERE plugin = ? AND substr(key, 1, ?) = ? ORDER BY key",
+                          (plugin, len(prefix), prefix))  # fmt: skip
+        return [(key, value) for key, value in rows]
+
     # -- MDR queries -------------------------------------------------------------------------
 
     def mdrs(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
