@@ -95,6 +95,7 @@ class Bot:
         self.metrics.track_queue("inbox", lambda: len(self.dispatcher.inbox))
         self.metrics.track_queue("outbox", lambda: len(self.sender.claims))
         self._take_over_dead()
+        self.store.healthy(self.owner)  # a heartbeat: other replicas and commands see this one alive
         in_flight = self.store.unheld_in_flight()
         if in_flight:
             log.warning("%d send(s) may have reached Telnyx: their request had started when the last process "
@@ -135,6 +136,7 @@ class Bot:
             await asyncio.sleep(min(lease / 4, 5.0))
             try:
                 await self.store.call(self.store.renew, self.owner, lease)
+                await self.store.call(self.store.healthy, self.owner)  # alive: see database_in_use
                 if await self.store.call(self._take_over_dead):
                     self._wake_all()
             except ERRORS as exc:

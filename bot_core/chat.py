@@ -23,7 +23,7 @@ from .config import Config
 from .errors import BotError
 from .fake_telnyx import SignedWebhook, TelnyxWebhooks
 from .runner import database_in_use
-from .store import BLOCKED, FAILED, HANDLED, PENDING, RECEIVED, SENDING, Store
+from .store import BLOCKED, FAILED, HANDLED, PENDING, SENDING, open_store
 
 CUSTOMER = "+13125550123"  # the sample customer the simulator and the test harness text from
 BOT_PREFIX = "bot> "
@@ -223,16 +223,10 @@ def check_database(config: Config, customer: str, number: str) -> None:
     if database_in_use(path):
         raise ChatError(f"another process (a running `bot-core serve`?) is using {path}; stop it first, "
                         "or chat with a config whose database is a copy")  # fmt: skip
-    store = Store(path)
+    store = open_store(path)
     try:
-        conn = store.conn
-        inbound = conn.execute(f"SELECT count(*) FROM mdrs WHERE direction = 'inbound' AND status = '{RECEIVED}'")
-        outbound = conn.execute("SELECT count(*) FROM mdrs WHERE direction = 'outbound'"
-                                f" AND status IN ('{PENDING}', '{SENDING}')")  # fmt: skip
-        timers = conn.execute(
-            "SELECT count(*) FROM timers t JOIN conversations c ON c.id = t.conversation_id"
-            " WHERE t.status = 'pending' AND NOT (c.our_number = ? AND c.their_number = ?)", (number, customer))
-        waiting = (inbound.fetchone()[0], outbound.fetchone()[0], timers.fetchone()[0])
+        backlog = store.backlog()
+        waiting = (backlog["messages"], backlog["sends"], store.pending_timers(except_conversation=(number, customer)))
     finally:
         store.close()
     if any(waiting):

@@ -18,7 +18,7 @@ from ..config import Config, load_config, parse_duration
 from ..errors import ConfigError
 from ..logs import setup_logging
 from ..phone import normalize_number
-from ..store import Store, iso
+from ..store import Store, iso, open_store as _open_store
 
 DEMO = "the bundled demo config"
 T = TypeVar("T")
@@ -42,7 +42,7 @@ def load(path: str | None) -> Config:
 
 
 def open_store(config: Config) -> Store:
-    return Store(config.bot.database, secrets=config.secrets())
+    return _open_store(config.bot.database, secrets=config.secrets())
 
 
 def quiet_logging(config: Config) -> None:

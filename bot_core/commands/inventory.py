@@ -23,10 +23,9 @@ def _counts(config: Config, column: str) -> dict[tuple[str, str], int]:
     """Message counts keyed by (``column`` value, direction)."""
     store = open_store(config)
     try:
-        rows = store.conn.execute(f"SELECT {column}, direction, count(*) FROM mdrs GROUP BY 1, 2").fetchall()
+        return store.counts(column)
     finally:
         store.close()
-    return {(key, direction): count for key, direction, count in rows}
 
 
 def _profile_state(config: Config, name: str) -> NumberState:
@@ -54,7 +53,7 @@ def profiles(config_path: str | None, as_json: bool) -> None:
     counts = _counts(config, "profile")
     store = open_store(config)
     try:
-        opted_out = dict(store.conn.execute("SELECT profile, count(*) FROM optouts WHERE opted_out = 1 GROUP BY 1"))
+        opted_out = store.opted_out_counts()
     finally:
         store.close()
     rows = [

@@ -55,6 +55,7 @@ from .sqlite import Store as SQLiteStore
 _MIGRATION_LOCK = 0x626F74636F7265
 _CLAIM_LOCK = _MIGRATION_LOCK + 1
 _ID_INSERT = re.compile(r"\s*INSERT INTO (mdrs|timers|conversations|consent_log|delivery_events)\b")
+HEARTBEAT_WINDOW = 15.0  # seconds: three heartbeats of a started bot (Bot._heartbeat)
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -296,9 +297,10 @@ class PostgresStore(SQLiteStore):
             return super().apply_status(*args, **kwargs)
 
     def release(self, owner: str) -> None:
-        with self.transaction():
+        with self.transaction() as conn:
             self._wakes()
             super().release(owner)
+            conn.execute("DELETE FROM heartbeats WHERE owner = ?", (owner,))  # stopped: not alive
 
     def expire(self, owner: str) -> None:
         with self.transaction():
@@ -312,6 +314,19 @@ class PostgresStore(SQLiteStore):
     def _apply(self, *args: Any, **kwargs: Any) -> list[int | None]:
         self._wakes()
         return super()._apply(*args, **kwargs)
+
+
+def replicas_alive(url: str, within: float = HEARTBEAT_WINDOW) -> bool:
+    """Whether a bot of this database wrote its heartbeat in the last ``within`` seconds (a
+    started bot writes one every few seconds, and deletes it when it stops)."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT EXISTS (SELECT 1 FROM heartbeats WHERE at > %s)", (time.time() - within,))
+            return bool(row.fetchone()[0])
+    except psycopg.errors.UndefinedTable:  # a database no bot has started on yet
+        return False
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot connect to PostgreSQL at {describe(url)}: {exc}") from None
 
 
 def describe(url: str) -> str:

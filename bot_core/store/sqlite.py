@@ -689,6 +689,25 @@ class Store:
                           (plugin, len(prefix), prefix))  # fmt: skip
         return [(key, value) for key, value in rows]
 
+    def copy_conversation(self, target: Store, our_number: str, their_number: str) -> None:
+        """Copy what handling a message of one conversation reads (its state, the customer's
+        consent, every plugin's data) into ``target``, a scratch database (``bot-core explain``)."""
+        conversation = self._rows("SELECT profile, state, created_at FROM conversations"
+                                  " WHERE our_number = ? AND their_number = ?", (our_number, their_number))  # fmt: skip
+        optouts = self._read("SELECT profile, number, opted_out, updated_at FROM optouts WHERE number = ?",
+                             (their_number,))  # fmt: skip
+        data = self._read("SELECT plugin, key, value, updated_at FROM plugin_data")
+        with target.transaction() as conn:
+            for row in conversation:
+                conn.execute("INSERT INTO conversations (profile, our_number, their_number, state, created_at,"
+                             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                             (row["profile"], our_number, their_number, row["state"], row["created_at"],
+                              row["created_at"]))  # fmt: skip
+            for row in optouts:
+                conn.execute("INSERT INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)", row)
+            for row in data:
+                conn.execute("INSERT INTO plugin_data (plugin, key, value, updated_at) VALUES (?, ?, ?, ?)", row)
+
     # -- MDR queries -------------------------------------------------------------------------
 
     def mdrs(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
@@ -712,6 +731,33 @@ class Store:
     def mdr(self, mdr_id: int) -> dict | None:
         rows = self.mdrs(limit=1, where="id = :id", params={"id": mdr_id})
         return rows[0] if rows else None
+
+    def mdr_columns(self, mdr_id: int) -> dict[str, Any] | None:
+        """Every column of one MDR, by the names the table gives them."""
+        rows = self._rows("SELECT * FROM mdrs WHERE id = ?", (mdr_id,))
+        return rows[0] if rows else None
+
+    def delivery_events(self, telnyx_id: str) -> list[dict[str, Any]]:
+        """The delivery statuses Telnyx reported for one sent message, in arrival order."""
+        return self._rows("SELECT status, error, received_at FROM delivery_events WHERE telnyx_id = ? ORDER BY id",
+                          (telnyx_id,))  # fmt: skip
+
+    def counts(self, column: str) -> dict[tuple[Any, str], int]:
+        """MDR counts keyed by (``column`` value, direction); ``column`` is ours, never user input."""
+        rows = self._read(f"SELECT {column}, direction, count(*) FROM mdrs GROUP BY {column}, direction")
+        return {(key, direction): count for key, direction, count in rows}
+
+    def opted_out_counts(self) -> dict[str | None, int]:
+        """How many numbers are opted out, by profile."""
+        return dict(self._read("SELECT profile, count(*) FROM optouts WHERE opted_out = 1 GROUP BY profile"))
+
+    def pending_timers(self, *, except_conversation: tuple[str, str] | None = None) -> int:
+        """Pending timers, not counting those of the (our, their) conversation given."""
+        our, their = except_conversation or ("", "")
+        return self._read_one(
+            "SELECT count(*) FROM timers t JOIN conversations c ON c.id = t.conversation_id"
+            " WHERE t.status = 'pending' AND NOT (c.our_number = ? AND c.their_number = ?)", (our, their),
+        )[0]  # fmt: skip
 
 
 _INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at"
