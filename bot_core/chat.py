@@ -23,7 +23,7 @@ from .config import Config
 from .errors import BotError
 from .fake_telnyx import SignedWebhook, TelnyxWebhooks
 from .runner import database_in_use
-from .store import BLOCKED, FAILED, HANDLED, PENDING, SENDING, open_store
+from .store import BLOCKED, FAILED, HANDLED, PENDING, SENDING, display, open_store
 
 CUSTOMER = "+13125550123"  # the sample customer the simulator and the test harness text from
 BOT_PREFIX = "bot> "
@@ -221,7 +221,7 @@ def check_database(config: Config, customer: str, number: str) -> None:
     """
     path = config.bot.database
     if database_in_use(path):
-        raise ChatError(f"another process (a running `bot-core serve`?) is using {path}; stop it first, "
+        raise ChatError(f"another process (a running `bot-core serve`?) is using {display(path)}; stop it first, "
                         "or chat with a config whose database is a copy")  # fmt: skip
     store = open_store(path)
     try:
@@ -231,7 +231,7 @@ def check_database(config: Config, customer: str, number: str) -> None:
         store.close()
     if any(waiting):
         raise ChatError(
-            f"{path} has work waiting ({waiting[0]} message(s) to handle, {waiting[1]} to send, {waiting[2]} "
+            f"{display(path)} has work waiting ({waiting[0]} message(s) to handle, {waiting[1]} to send, {waiting[2]} "
             "timer(s) of other customers); chat runs in sandbox mode and would record them as never sent. "
             "Let `bot-core serve` finish them, or chat with a config whose database is a copy"
         )  # fmt: skip

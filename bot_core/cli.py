@@ -22,6 +22,7 @@ from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .plugins import load_plugins
+from .store import Unavailable, display, schema_version
 
 
 @click.group()
@@ -113,6 +114,16 @@ def check(config_path: str | None) -> None:
             click.echo(f"  {number.number}  profile {number.profile}  messaging-enabled  plugins: {active}")
         else:
             click.echo(f"  {number.number}  profile {number.profile or '-'}  NOT enabled: {number.reason}")
+    try:
+        version, known = schema_version(config.bot.database)
+    except Unavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"database: {display(config.bot.database)} (schema version {version or 'none yet'}; "
+               f"this bot-core: {known})")  # fmt: skip
+    if version > known:
+        click.echo(f"error: the database was migrated by a newer bot-core (schema version {version} > {known}): "
+                   "upgrade bot-core before starting it", err=True)  # fmt: skip
+        sys.exit(1)
     for warning in _warnings(config, plugins):
         click.echo(f"warning: {warning}", err=True)
     if not config.enabled_numbers():

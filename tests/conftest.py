@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from urllib.parse import quote
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.store import open_store
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -176,3 +178,23 @@ def database_url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     if engine == "sqlite":
         return str(tmp_path / "bot.db")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``database_url`` as ``$BOT_CORE_DATABASE``, which test configs name (``database =
+    "${BOT_CORE_DATABASE}"``), so commands run in child processes use it too."""
+    monkeypatch.setenv("BOT_CORE_DATABASE", database_url)
+    return database_url
+
+
+@contextmanager
+def server_using(database: str) -> Iterator[None]:
+    """What ``database_in_use`` sees of a running server: the SQLite file held open, or a
+    replica's fresh heartbeat on PostgreSQL."""
+    store = open_store(database)
+    store.healthy("a running server")
+    try:
+        yield
+    finally:
+        store.close()

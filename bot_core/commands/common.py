@@ -18,7 +18,7 @@ from ..config import Config, load_config, parse_duration
 from ..errors import ConfigError
 from ..logs import setup_logging
 from ..phone import normalize_number
-from ..store import Store, iso, open_store as _open_store
+from ..store import SchemaTooNew, Store, Unavailable, iso, open_store as _open_store
 
 DEMO = "the bundled demo config"
 T = TypeVar("T")
@@ -42,7 +42,10 @@ def load(path: str | None) -> Config:
 
 
 def open_store(config: Config) -> Store:
-    return _open_store(config.bot.database, secrets=config.secrets())
+    try:
+        return _open_store(config.bot.database, secrets=config.secrets())
+    except (SchemaTooNew, Unavailable) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def quiet_logging(config: Config) -> None:

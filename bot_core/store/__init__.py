@@ -47,6 +47,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import urlsplit
 
 # Inbound MDR statuses.
 RECEIVED = "received"  # in the inbox, not yet handled
@@ -79,6 +80,25 @@ ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, Unavailable)
 def is_postgres(database: str | Path) -> bool:
     """Whether ``[bot] database`` names a PostgreSQL server (a URL) rather than a SQLite file."""
     return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+
+
+def schema_version(database: str | Path) -> tuple[int, int]:
+    """(``database``'s schema version, the newest this code knows), without opening or migrating
+    it: ``bot-core check`` reports a database newer than the code."""
+    if is_postgres(database):
+        from .postgres import schema_version as version
+    else:
+        from .sqlite import schema_version as version  # type: ignore[assignment]
+    return version(database if is_postgres(database) else Path(database))  # type: ignore[arg-type]
+
+
+def display(database: str | Path) -> str:
+    """``database`` for messages and logs: a URL without its password."""
+    if not is_postgres(database):
+        return str(database)
+    parts = urlsplit(str(database))
+    host = parts.hostname or "localhost"
+    return f"{parts.scheme}://{parts.username + '@' if parts.username else ''}{host}:{parts.port or 5432}{parts.path}"
 
 
 class LeaseLost(Exception):
@@ -189,5 +209,5 @@ def open_store(database: str | Path, **kwargs: Any) -> Store:
 __all__ = [
     "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
     "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "SchemaTooNew", "Unavailable", "Outbound", "OutboundDraft", "SendEffect",
-    "StatusEvent", "Store", "TimerEffect", "is_postgres", "iso", "open_store",
+    "StatusEvent", "Store", "TimerEffect", "display", "is_postgres", "schema_version", "iso", "open_store",
 ]  # fmt: skip

@@ -44,10 +44,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from . import SENDING, SchemaTooNew, Unavailable
+from . import SENDING, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
 from .sqlite import Store as SQLiteStore
 
@@ -123,7 +122,7 @@ class PostgresStore(SQLiteStore):
             self.pool.open(wait=True, timeout=connect_timeout)
         except psycopg.OperationalError as exc:
             self.pool.close()
-            raise Unavailable(f"cannot connect to PostgreSQL at {describe(url)}: {exc}") from None
+            raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="bot-core-store")
         self._batch = []
         self._batch_lock = threading.Lock()
@@ -159,7 +158,7 @@ class PostgresStore(SQLiteStore):
                 conn.execute("INSERT INTO bot_core_schema (version) VALUES (0)")
             version = row[0] if row else 0
             if version > len(POSTGRES_MIGRATIONS):
-                raise SchemaTooNew(f"the database at {describe(self.url)} has schema version {version}; this "
+                raise SchemaTooNew(f"the database at {display(self.url)} has schema version {version}; this "
                                    f"bot-core knows {len(POSTGRES_MIGRATIONS)}: upgrade bot-core")  # fmt: skip
             for script in POSTGRES_MIGRATIONS[version:]:
                 conn.raw.execute(script)
@@ -167,10 +166,6 @@ class PostgresStore(SQLiteStore):
             schema = conn.execute("SELECT current_schema()").fetchone()[0]
         # One channel per schema: bots on other schemas of the same database are not woken.
         self.channel = f"bot_core_{zlib.crc32(schema.encode()):08x}"
-
-    def schema_version(self) -> tuple[int, int]:
-        """(the database's schema version, the newest this code knows)."""
-        return self._read("SELECT version FROM bot_core_schema")[0][0], len(POSTGRES_MIGRATIONS)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -316,6 +311,18 @@ class PostgresStore(SQLiteStore):
         return super()._apply(*args, **kwargs)
 
 
+def schema_version(url: str) -> tuple[int, int]:
+    """(the database's schema version, the newest this code knows), read only: 0 before the first start."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT version FROM bot_core_schema").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0, len(POSTGRES_MIGRATIONS)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None
+    return (row[0] if row else 0), len(POSTGRES_MIGRATIONS)
+
+
 def replicas_alive(url: str, within: float = HEARTBEAT_WINDOW) -> bool:
     """Whether a bot of this database wrote its heartbeat in the last ``within`` seconds (a
     started bot writes one every few seconds, and deletes it when it stops)."""
@@ -326,13 +333,4 @@ def replicas_alive(url: str, within: float = HEARTBEAT_WINDOW) -> bool:
     except psycopg.errors.UndefinedTable:  # a database no bot has started on yet
         return False
     except psycopg.OperationalError as exc:
-        raise Unavailable(f"cannot connect to PostgreSQL at {describe(url)}: {exc}") from None
-
-
-def describe(url: str) -> str:
-    """Where ``url`` points, without its password: host:port/dbname."""
-    try:
-        info = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "(an invalid URL)"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None

@@ -101,10 +101,6 @@ class Store:
                 migration(sqlite_utils.Database(self.conn))
                 self.conn.execute(f"PRAGMA user_version = {number}")
 
-    def schema_version(self) -> tuple[int, int]:
-        """(the database's schema version, the newest this code knows)."""
-        return self._read_one("PRAGMA user_version")[0], len(MIGRATIONS)
-
     def listen(self, wake: Callable[[], None]) -> None:
         """No wake-ups from other processes on SQLite: their work is found by polling."""
 
@@ -761,6 +757,17 @@ class Store:
 
 
 _INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at"
+
+
+def schema_version(path: Path) -> tuple[int, int]:
+    """(the file's schema version, the newest this code knows), read only: 0 for no file yet."""
+    if not path.exists():
+        return 0, len(MIGRATIONS)
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0], len(MIGRATIONS)
+    finally:
+        conn.close()
 
 
 def _inbound(row: tuple) -> InboundMessage:
