@@ -92,8 +92,9 @@ class Bot:
         self.sender = Sender(self.store, self.client, config, self.metrics, self.clock, self.owner, self.stored)
         self.dispatcher = Dispatcher(self)
         self.timers = self.dispatcher.timers
-        self.metrics.track_queue("inbox", lambda: len(self.dispatcher.inbox))
-        self.metrics.track_queue("outbox", lambda: len(self.sender.claims))
+        # Depths count the database's backlog, what every process of the bot has left to do.
+        self.metrics.track_queue("inbox", lambda: self._backlog("messages"))
+        self.metrics.track_queue("outbox", lambda: self._backlog("sends"))
         self._take_over_dead()
         self.store.healthy(self.owner)  # a heartbeat: other replicas and commands see this one alive
         in_flight = self.store.unheld_in_flight()
@@ -119,6 +120,9 @@ class Bot:
     def _wake_all(self) -> None:
         for claims in (*self.dispatcher.loops, self.sender.claims):
             claims.wake()
+
+    def _backlog(self, kind: str) -> int:
+        return self.store.backlog()[kind] if hasattr(self, "store") else 0
 
     def _take_over_dead(self) -> bool:
         """End the leases of owners on this host whose process is gone; True if there were any."""
@@ -309,7 +313,11 @@ class Bot:
     def db(self) -> sqlite_utils.Database:
         """The bot's SQLite database, for SQLite-only plugins' own tables (prefix them with the
         plugin name). On PostgreSQL it raises RuntimeError: engine-neutral plugins keep their data
-        in :meth:`plugin_store`."""
+        in :meth:`plugin_store`.
+
+        A connection of its own, on the event loop's thread: its writes take effect at once,
+        not with the outcome of the message being handled, and wait for the file's write lock
+        (a few seconds at most). Keep them small and idempotent."""
         return self.store.db
 
     def plugin_store(self, plugin: str) -> PluginStore:

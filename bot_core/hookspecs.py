@@ -107,12 +107,19 @@ def handle_message(
 
     ``conversation.state`` is a JSON-serialisable dict for this (our number, their number)
     pair: change it in place. Changes by every plugin called for the message are committed
-    with the replies in one transaction. If the plugin raises, or runs past ``plugin_timeout``,
-    the message is marked ``failed``, the state is left as it was before the message, and the
-    profile's ``fallback_reply`` (if any) is sent instead.
+    with the replies in one transaction, and so are the plugin effects made during the call:
+    ``bot.send``, ``bot.schedule``, ``bot.cancel_timers``, ``bot.opt_out`` / ``opt_in``
+    (``bot.send`` and ``bot.schedule`` return None here: the row exists once the outcome is
+    committed). If the plugin raises, or runs past ``plugin_timeout``, the message is marked
+    ``failed``, the state is left as it was before the message, none of those effects happen,
+    and the profile's ``fallback_reply`` (if any) is sent instead. More than ``[bot]
+    max_replies`` (default 10) replies and sends for one message fail it the same way, with
+    nothing sent and an error naming the plugin that went over.
 
-    Messages of one conversation are handled one at a time, in arrival order; different
-    conversations are handled concurrently.
+    Messages of one conversation are handled one at a time, in arrival order, by one process
+    at a time; different conversations are handled concurrently. A message whose handling was
+    cut off (a crash, a kill, a shutdown past its grace) is handled again: keep side effects
+    outside bot-core idempotent.
     """
 
 
@@ -121,8 +128,11 @@ def handle_timer(bot: Bot, timer: Timer, conversation: Conversation, config: dic
     """A timer scheduled with ``bot.schedule(..., plugin=NAME)`` is due.
 
     Only the plugin that scheduled the timer is called. Returns replies exactly as
-    ``handle_message`` does (``None`` or an empty list: no reply). State changes are committed
-    with the replies. Opt-outs are checked when the replies are sent, not when scheduled.
+    ``handle_message`` does (``None`` or an empty list: no reply). State changes and plugin
+    effects are committed with the replies, as for ``handle_message``, and ``max_replies``
+    applies. Opt-outs are checked when the replies are sent, not when scheduled. A timer fires
+    once however long its handler takes (it is cut off by ``plugin_timeout``), and never while
+    a message of its conversation is waiting or being handled.
     """
 
 
@@ -135,5 +145,9 @@ def delivery_status(bot: Bot, status: DeliveryStatus) -> None:
 
     Called for the plugins active on the sending number's profile, after the MDR was updated;
     ``status.mdr_id`` names that MDR (None when Telnyx reported on a message bot-core does not
-    know). The return value is ignored; exceptions are logged and ignored.
+    know). The return value is ignored; exceptions are logged and ignored (the failing plugin's
+    effects are dropped). Each status is a stored unit of work: its calls happen in the order
+    the statuses arrived for a (from, to) pair, ``plugin_timeout`` cuts a call off, plugin
+    effects made during the calls are committed when they are done, and a call cut off by a
+    crash or a shutdown past its grace is made again at the next start.
     """

@@ -69,8 +69,13 @@ class Sender:
         self._draining = True
         for task in self._sleepers:
             task.cancel()
-        await self.claims.claim_once()  # the replies of plugin calls that finished while stopping
-        return await self.claims.close(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Each lane's next send becomes claimable when the one before it is sent.
+        while await self.claims.claim_once() or len(self.claims):
+            if not await self.claims.join(max(0.0, deadline - loop.time())):
+                break
+        return await self.claims.close(max(0.0, deadline - loop.time()))
 
     async def _send(self, message: Outbound) -> None:
         """Send one message, retrying as long as it takes (or until stopping)."""

@@ -132,7 +132,8 @@ def test_empty_file_gives_defaults(tmp_path):
     assert dataclasses.asdict(config.bot) == {
         "database": tmp_path / "bot.db", "public_url": None, "plugins_dir": None, "sandbox": False,
         "verify_signatures": True, "plugin_timeout": 10.0, "shutdown_grace": 10.0, "fallback_reply": "",
-        "max_parts": 10, "log_format": "text"}
+        "max_parts": 10, "log_format": "text", "max_replies": 10, "store_timeout": 1.0, "lease": 60.0,
+        "poll_interval": 1.0}
     assert dataclasses.asdict(config.telnyx) == {
         "api_version": 1, "api_base": "https://sms.telnyx.com", "api_key": None, "public_key": None,
         "management_base": "https://api.telnyx.com/v2", "webhook_failover_url": None}

@@ -61,7 +61,7 @@ public_key = "{public_key}"
 timeout = "300ms"
 backoff_initial = "50ms"
 backoff_max = "100ms"
-max_attempts = 3
+max_attempts = 4  # the three faults below may all fall on one send: it still goes out
 
 [profiles.main]
 secret = "${{MAIN_SECRET}}"

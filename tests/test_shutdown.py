@@ -120,7 +120,7 @@ async def test_while_stopping_webhooks_get_503_and_in_flight_work_is_finished(tm
     run = Running(config, telnyx, plugin("gate", handle_message=handle_message))
     await run.start()
     await run.text("slow")
-    await eventually(lambda: run.bot.dispatcher.lanes)
+    await eventually(lambda: len(run.bot.dispatcher.inbox))  # its plugin call is running
     stopping = asyncio.get_running_loop().create_task(run.bot.stop())
     await asyncio.sleep(0.05)
     refused = await run.post(*v1_inbound("too late", from_="+13125550177"))

@@ -87,7 +87,7 @@ class Store:
         return conn
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
         for conn in (self.conn, self._reader, self.db.conn):
             conn.close()
 
