@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -198,3 +199,8 @@ def server_using(database: str) -> Iterator[None]:
         yield
     finally:
         store.close()
+
+
+def rows(store: Any, statement: str, params: tuple = ()) -> list[tuple]:
+    """A test's look at the store's tables, on either engine (the SQLite engine's SQL)."""
+    return store._read(statement, params)
