@@ -21,6 +21,9 @@ from bot_core.testing import BotTester, FakeClock
 
 from .conftest import free_port, wait_for
 
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = pytest.mark.usefixtures("database")
+
 NUMBER, CUSTOMER = "+13125550100", "+13125550123"
 SIGNUP = {
     "trigger": "JOIN",
@@ -36,7 +39,7 @@ SIGNUP = {
 
 
 def config(flows=None, plugins=("flows", "fallback"), fallback="Sorry?"):
-    return {"profiles": {"support": {
+    return {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"}, "profiles": {"support": {
         "secret": "s", "numbers": [NUMBER], "plugins": list(plugins),
         "plugin_config": {"flows": {"signup": SIGNUP} if flows is None else flows, "fallback": {"text": fallback}},
     }}}  # fmt: skip
@@ -361,6 +364,7 @@ def test_an_unreachable_receiver_is_retried_and_the_delivery_survives_a_restart(
             assert [body["answers"] for body, _ in receiver.requests] == [{"name": "Ann", "zip": "60601"}]
 
 
+@pytest.mark.parametrize("engine", ["sqlite"])  # two databases side by side: tmp_path's and tmp_path/live's
 def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
     with Receiver() as receiver:
         with BotTester(posting(receiver.url), tmp_path=tmp_path) as bot:
