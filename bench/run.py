@@ -13,7 +13,8 @@ HTTP/1.1 load generator in another process, and prints:
 2. end to end (webhook in, reply received by the fake Telnyx): a burst's replies/s and the
    server's CPU time per message, then latency at a fixed offered rate;
 3. ack latency while a plugin awaits 1 s per message across 200 conversations;
-4. figures 1 and 2 again with a large database, and the server's peak RSS.
+4. figures 1 and 2 again with a large database, and the server's peak RSS;
+6. end to end and ack p99 on one and two processes, SQLite beside PostgreSQL (bench/replicas.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from load import Plan, Result, run_in_process  # noqa: E402
+from replicas import figure_6  # noqa: E402
 from seed import OUR_NUMBER, customer, seed  # noqa: E402
 from services import Fake, Process, start_bare, start_server  # noqa: E402
 
@@ -202,7 +204,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="duration of fixed-rate runs")
     parser.add_argument("--mdrs", type=int, default=200_000, help="MDRs in the large database (figure 4)")
     parser.add_argument("--conversations", type=int, default=20_000, help="conversations in the large database")
-    parser.add_argument("--only", default="1234", help="figures to run, e.g. 12")
+    parser.add_argument("--only", default="12346", help="figures to run, e.g. 12")
+    parser.add_argument("--replica-messages", type=int, default=4000, help="webhooks in a burst of figure 6")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bot-core-bench-"))
@@ -243,6 +246,9 @@ def main() -> None:
                 if key in report.figures and f"{key}-large" in report.figures:
                     change = report.figures[f"{key}-large"] / report.figures[key] - 1
                     report.line(f"{label}: large vs empty database", f"{change:+8.1%}")
+        if "6" in args.only:
+            print("\n6. end to end on one and two processes: SQLite file, PostgreSQL replicas (empty database)")
+            figure_6(report, work, fake, args, senders, config_text, SECRET)
     finally:
         fake.stop()
         if not args.keep:
