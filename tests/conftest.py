@@ -49,7 +49,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> Server:
+    def start(self, timeout: float = 20) -> Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         with self.log_path.open("ab") as log:
@@ -57,7 +57,7 @@ class Server:
                 [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bot-core serve exited with {self.process.returncode}:\n{self.log}")

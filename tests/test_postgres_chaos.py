@@ -111,7 +111,7 @@ class Replicas:
 
     def start(self) -> None:
         for server in self.servers:
-            server.start()
+            server.start(timeout=90)
 
     def url(self, rng: random.Random, other_than: str | None = None) -> str:
         with self.lock:
@@ -123,7 +123,7 @@ class Replicas:
         server = rng.choice(self.servers)
         with self.lock:
             server.stop(signal.SIGKILL)
-        server.start()
+        server.start(timeout=90)  # a loaded 2-core machine may take a while
 
     @property
     def log(self) -> str:

@@ -57,13 +57,17 @@ def test_replicas_claiming_at_once_never_share_a_unit_and_keep_each_conversation
     store.close()
     handled: list[tuple[str, str, int]] = []  # (replica, customer, message number), in finishing order
     lock = threading.Lock()
+    all_in = threading.Barrier(3)
 
     def replica(name: str) -> None:
         replica_store = open_store(database_url)
         try:
-            idle = 0
+            idle, first = 0, True
             while idle < 20:
-                claimed = replica_store.claim_inbound(name, 3, 60)
+                claimed = replica_store.claim_inbound(name, 1 if first else 3, 60)
+                if first:  # every replica holds a unit before any goes on: the work is spread
+                    all_in.wait(60)
+                    first = False
                 idle = 0 if claimed else idle + 1
                 for message in claimed:
                     with lock:

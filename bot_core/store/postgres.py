@@ -50,8 +50,9 @@ from . import SENDING, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
 from .sqlite import Store as SQLiteStore
 
-# pg_advisory_xact_lock keys: "botcore" in ASCII, and the next number.
-_MIGRATION_LOCK = 0x626F74636F7265
+# pg_advisory_xact_lock(class, key) classes ("bc" in ASCII, then the next); the key is the
+# schema's, so bots on different schemas of one database never wait for each other's locks.
+_MIGRATION_LOCK = 0x6263
 _CLAIM_LOCK = _MIGRATION_LOCK + 1
 _ID_INSERT = re.compile(r"\s*INSERT INTO (mdrs|timers|conversations|consent_log|delivery_events)\b")
 HEARTBEAT_WINDOW = 15.0  # seconds: three heartbeats of a started bot (Bot._heartbeat)
@@ -151,7 +152,12 @@ class PostgresStore(SQLiteStore):
 
     def _migrate(self) -> None:
         with self.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))  # replicas starting together
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            if schema is None:
+                raise Unavailable(f"no schema of the search_path exists in {display(self.url)}: create it first")
+            crc = zlib.crc32(schema.encode())
+            self._lock_key = crc - 2**32 if crc >= 2**31 else crc  # an int4
+            conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_MIGRATION_LOCK, self._lock_key))  # replicas starting together
             conn.execute("CREATE TABLE IF NOT EXISTS bot_core_schema (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM bot_core_schema").fetchone()
             if row is None:
@@ -163,9 +169,8 @@ class PostgresStore(SQLiteStore):
             for script in POSTGRES_MIGRATIONS[version:]:
                 conn.raw.execute(script)
             conn.execute("UPDATE bot_core_schema SET version = ?", (len(POSTGRES_MIGRATIONS),))
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
         # One channel per schema: bots on other schemas of the same database are not woken.
-        self.channel = f"bot_core_{zlib.crc32(schema.encode()):08x}"
+        self.channel = f"bot_core_{crc:08x}"
 
     # -- connections -------------------------------------------------------------------------
 
@@ -258,7 +263,7 @@ class PostgresStore(SQLiteStore):
             return []
         alias = re.search(r"FROM \w+ (\w+)", select).group(1)  # type: ignore[union-attr]
         with self.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
+            conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_CLAIM_LOCK, self._lock_key))
             rows = conn.execute(
                 f"UPDATE {table} SET lease_owner = :owner, lease_until = :until"
                 f" WHERE id IN ({select} FOR UPDATE OF {alias} SKIP LOCKED) RETURNING {returning}",
