@@ -206,7 +206,7 @@ class Bot:
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(self.store.call(self.store.healthy, self.owner))
         done, _ = await asyncio.wait({self._probe}, timeout=self.config.bot.store_timeout)
-        return bool(done) and self._probe.result()
+        return bool(done) and self._probe.exception() is None and self._probe.result()
 
     async def idle(self, timeout: float | None = None) -> bool:
         """Wait until no message, send or status hook call is left to do (tests, the chat simulator).

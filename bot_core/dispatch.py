@@ -52,14 +52,16 @@ class Dispatcher:
         self.bot = bot
         store, settings = bot.store, bot.config.bot
 
-        def claims(name: str, claim: Any, work: Any, key: Any) -> Claims:
+        def claims(name: str, claim: Any, work: Any, key: Any, table: str) -> Claims:
             return Claims(name, lambda n: store.call(claim, bot.owner, n, settings.lease), work, key,
+                          lambda row_id: store.call(store.release_unit, table, row_id, bot.owner),
                           poll=settings.poll_interval)  # fmt: skip
 
-        self.inbox: Claims[InboundMessage] = claims("inbound", store.claim_inbound, self._handle, lambda m: m.mdr_id)
-        self.timers: Claims[Timer] = claims("timer", store.claim_timers, self._fire, lambda t: t.id)
+        self.inbox: Claims[InboundMessage] = claims("inbound", store.claim_inbound, self._handle, lambda m: m.mdr_id,
+                                                    "mdrs")  # fmt: skip
+        self.timers: Claims[Timer] = claims("timer", store.claim_timers, self._fire, lambda t: t.id, "timers")
         self.statuses: Claims[StatusEvent] = claims("delivery status", store.claim_status_hooks, self._observe,
-                                                    lambda e: e.id)  # fmt: skip
+                                                    lambda e: e.id, "delivery_events")  # fmt: skip
 
     @property
     def loops(self) -> tuple[Claims, ...]:
@@ -89,7 +91,8 @@ class Dispatcher:
                         extra={"message_id": message.id, "mdr_id": message.mdr_id})
             await bot.stored(store.finish_inbound, message.mdr_id, status=IGNORED, error=reason, owner=bot.owner)
             return
-        conversation = await bot.stored(store.conversation, number.profile, message.to_number, message.from_number)
+        conversation = store.find_conversation(message.to_number, message.from_number) or await bot.stored(
+            store.conversation, number.profile, message.to_number, message.from_number)  # the first message
         outcome = await self.consult(message, conversation)
         await self._commit(message.mdr_id, conversation, outcome, message_id=message.id)
 

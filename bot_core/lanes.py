@@ -24,16 +24,19 @@ T = TypeVar("T")
 class Claims(Generic[T]):
     """Claim up to ``capacity`` units at a time with ``claim(n)`` and run ``work(unit)`` for each.
 
-    ``work`` records its own outcome (and failures) in the store; an exception escaping it is
-    a bug: it is logged and the unit's lease is left to run out, so another claim retries it.
+    ``work`` records its own outcome (and passing failures) in the store; an exception escaping
+    it is a bug: it is logged, and after a pause the unit is given back with ``release(key)``,
+    so a claim retries it.
     """
 
     def __init__(self, name: str, claim: Callable[[int], Awaitable[list[T]]], work: Callable[[T], Awaitable[None]],
-                 key: Callable[[T], Hashable], *, capacity: int = 256, poll: float = 1.0) -> None:  # fmt: skip
+                 key: Callable[[T], Hashable], release: Callable[[Hashable], Awaitable[None]], *,
+                 capacity: int = 256, poll: float = 1.0) -> None:  # fmt: skip
         self.name = name
         self._claim = claim
         self._work = work
         self._key = key
+        self._release = release
         self.capacity = capacity
         self.poll = poll
         self._running: dict[Hashable, asyncio.Task[None]] = {}
@@ -57,7 +60,8 @@ class Claims(Generic[T]):
             self._wake.clear()
             await self.claim_once()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+                async with asyncio.timeout(self.poll):  # unlike wait_for, no task per wake-up
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -93,12 +97,20 @@ class Claims(Generic[T]):
         except LeaseLost as exc:
             log.warning("%s work dropped: %s (another process took it over)", self.name, exc)
         except Exception:
-            log.exception("unexpected error in %s work; its lease runs out and it is claimed again", self.name)
+            log.exception("unexpected error in %s work; it is tried again in %gs", self.name, self.poll)
+            await self._give_back(key)
         finally:
             del self._running[key]
             if not self._running:
                 self._idle.set()
             self._wake.set()  # the next unit of its lane may be claimable now
+
+    async def _give_back(self, key: Hashable) -> None:
+        await asyncio.sleep(self.poll)
+        try:
+            await self._release(key)
+        except sqlite3.Error:
+            log.warning("cannot give %s work back; its lease runs out instead", self.name)
 
     async def join(self, timeout: float | None = None) -> bool:
         """Wait until no unit runs here; False if ``timeout`` passed first."""

@@ -51,7 +51,7 @@ class Sender:
         settings = config.bot
         self.claims: Claims[Outbound] = Claims(
             "send", lambda n: store.call(store.claim_sends, owner, n, settings.lease), self._send, lambda m: m.id,
-            poll=settings.poll_interval,
+            lambda mdr_id: store.call(store.release_unit, "mdrs", mdr_id, owner), poll=settings.poll_interval,
         )  # fmt: skip
         public_url = settings.public_url
         self._status_url = f"{public_url}/webhooks/telnyx" if public_url else None

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import random
+import sqlite3
 import time
 import uuid
 
@@ -288,3 +289,28 @@ async def test_a_plugin_call_cut_off_by_a_stop_is_made_again_at_the_next_start(t
         assert run.telnyx.texts() == ["first #1", "second #2"]
         assert run.bot.store.mdr(mdr_id)["status"] == HANDLED
         assert run.mdrs(direction="inbound", status=RECEIVED) == []
+
+
+async def test_an_unexpected_error_gives_the_message_back_to_be_handled_again(tmp_path, caplog, monkeypatch):
+    """A bug (not a passing store failure) in recording an outcome: the message is not dropped
+    from memory and stranded; after a pause it is claimed and handled again."""
+    calls: list[str] = []
+
+    def handle_message(message):
+        calls.append(message.text)
+        return "ok"
+
+    config = make_config(tmp_path, ["once"], bot={"poll_interval": "50ms"})
+    async with Running(config, None, plugin("once", handle_message=handle_message)) as run:
+        finish = run.bot.store.finish_inbound
+
+        def broken_once(*args, **kwargs):
+            monkeypatch.setattr(run.bot.store, "finish_inbound", finish)
+            raise sqlite3.IntegrityError("a bug")
+
+        monkeypatch.setattr(run.bot.store, "finish_inbound", broken_once)
+        mdr_id = (await run.text("hi")).json()["mdr_id"]
+        await run.settle()
+        assert calls == ["hi", "hi"] and run.telnyx.texts() == ["ok"]
+        assert run.bot.store.mdr(mdr_id)["status"] == HANDLED
+        assert "unexpected error in inbound work" in caplog.text

@@ -259,3 +259,32 @@ async def test_a_reply_waiting_for_a_retry_does_not_hold_up_the_next_message(tmp
         assert len(telnyx.calls) == 1  # "re: two" waits behind "re: one" in their own lane
         await run.settle()
         assert telnyx.texts() == ["re: one", "re: two"]
+
+
+@pytest.mark.anyio
+async def test_two_bots_on_one_database_share_the_work_once_and_in_order(tmp_path):
+    """Two processes' worth of bots (two owners) on one SQLite file: any may take any webhook;
+    each message is handled by one of them, once, after the one before it in its conversation."""
+    calls: list[str] = []
+
+    async def handle_message(message, conversation):
+        calls.append(message.id)
+        n = conversation.state.get("n", 0) + 1
+        conversation.state["n"] = n
+        await asyncio.sleep(0.01 * (n % 3))  # uneven handling times invite overtaking
+        return f"{message.text} #{n}"
+
+    telnyx = ScriptedTelnyx()
+    config = make_config(tmp_path, ["count"])
+    module = plugin("count", handle_message=handle_message)
+    async with Running(config, telnyx, module) as one, Running(config, telnyx, module) as two:
+        customers = [f"+131255506{i:02d}" for i in range(5)]
+        for i in range(8):
+            for c, customer in enumerate(customers):
+                await (one if (i + c) % 2 else two).text(f"m{i}", from_=customer, sms_id=f"{customer}-{i}")
+        await eventually(lambda: len(telnyx.accepted) == 40, timeout=30)
+        await one.settle()
+        await two.settle()
+    assert sorted(calls) == sorted(f"{c}-{i}" for c in customers for i in range(8))  # each once
+    for customer in customers:
+        assert telnyx.texts(to=customer) == [f"m{i} #{i + 1}" for i in range(8)]

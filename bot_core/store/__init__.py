@@ -32,10 +32,13 @@ Plugin effects made while handling a unit (``bot.send``, ``bot.schedule``, ``can
 opt-in/out) travel as :data:`Effect` values and are written in the finish transaction, with
 the state and the replies, or not at all.
 
-Engines: :mod:`.sqlite` (one file, WAL, several processes on one host) and :mod:`.postgres`
-(N replicas on N machines: ``SELECT ... FOR UPDATE SKIP LOCKED`` in the claim queries,
-``LISTEN/NOTIFY`` wake-ups). :func:`open_store` picks one from ``[bot] database``: a
-``postgresql://`` URL or a file path. Nothing outside this package writes SQL.
+Engines implement :class:`WorkStore`: :mod:`.sqlite` (one file, WAL, several processes on one
+host; writes serialized by SQLite's write lock, so a claim is one UPDATE ... RETURNING) and
+:mod:`.postgres` (N replicas on N machines: ``SELECT ... FOR UPDATE SKIP LOCKED`` in the claim
+queries, the lane-head condition as a NOT EXISTS on earlier unfinished rows, claims serialized
+by an advisory lock; ``LISTEN/NOTIFY`` wake-ups). :func:`open_store` picks one from
+``[bot] database``: a ``postgresql://`` URL or a file path. Nothing outside this package writes
+SQL against the work tables.
 
 Failures: :data:`ERRORS` is what any engine raises when the database fails, :data:`TRANSIENT`
 the passing kind (a lock held elsewhere, a lost connection) that the unit retries.
@@ -44,10 +47,15 @@ the passing kind (a lock held elsewhere, a lost connection) that the unit retrie
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ..messages import Conversation, InboundMessage
+    from ..timers import Timer
 
 # Inbound MDR statuses.
 RECEIVED = "received"  # in the inbox, not yet handled
@@ -193,6 +201,42 @@ class ConsentEffect:
 
 Effect = Union[SendEffect, TimerEffect, CancelEffect, ConsentEffect]
 
+
+@runtime_checkable
+class WorkStore(Protocol):
+    """The claim and lease layer every engine implements (the rest of the store is plain CRUD).
+
+    ``owner`` names a process (``host:pid:nonce``); ``lease`` is in seconds. Claims return at
+    most ``limit`` units, each the head of its lane, none held by a live lease. Finishes and
+    send marks raise :class:`LeaseLost` when ``owner`` no longer holds the unit.
+    """
+
+    def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]: ...
+    def claim_timers(self, owner: str, limit: int, lease: float) -> list[Timer]: ...
+    def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]: ...
+    def claim_status_hooks(self, owner: str, limit: int, lease: float) -> list[StatusEvent]: ...
+    def finish_inbound(self, mdr_id: int, *, status: str, conversation: Conversation | None = None,
+                       replies: Sequence[OutboundDraft] = (), claimed_by: str | None = None, error: str | None = None,
+                       effects: Sequence[Effect] = (), owner: str | None = None) -> list[int]: ...  # fmt: skip
+    def finish_timer(self, timer_id: int, conversation: Conversation | None, replies: Sequence[OutboundDraft],
+                     error: str | None = None, *, effects: Sequence[Effect] = (),
+                     owner: str | None = None) -> list[int]: ...  # fmt: skip
+    def finish_status_hook(self, event_id: int, *, error: str | None = None, effects: Sequence[Effect] = (),
+                           owner: str | None = None) -> bool: ...  # fmt: skip
+    def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float: ...
+    def mark_sent(self, mdr_id: int, telnyx_id: str | None, status: str, attempts: int | None = None,
+                  owner: str | None = None) -> None: ...  # fmt: skip
+    def mark_retry(self, mdr_id: int, attempts: int, next_attempt_at: float, error: str,
+                   owner: str | None = None) -> None: ...  # fmt: skip
+    def mark_final(self, mdr_id: int, status: str, error: str | None, attempts: int | None = None,
+                   owner: str | None = None) -> None: ...  # fmt: skip
+    def renew(self, owner: str, lease: float) -> None: ...
+    def release(self, owner: str) -> None: ...
+    def release_unit(self, table: str, row_id: int, owner: str) -> None: ...
+    def owners(self) -> set[str]: ...
+    def expire(self, owner: str) -> None: ...
+    def unheld_in_flight(self) -> int: ...
+
 from .sqlite import Store, iso  # noqa: E402  (the engine needs the names above)
 
 
@@ -208,6 +252,7 @@ def open_store(database: str | Path, **kwargs: Any) -> Store:
 
 __all__ = [
     "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
-    "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "SchemaTooNew", "Unavailable", "Outbound", "OutboundDraft", "SendEffect",
-    "StatusEvent", "Store", "TimerEffect", "display", "is_postgres", "schema_version", "iso", "open_store",
+    "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft",
+    "SchemaTooNew", "SendEffect", "StatusEvent", "Store", "TimerEffect", "Unavailable", "WorkStore", "display",
+    "is_postgres", "iso", "open_store", "schema_version",
 ]  # fmt: skip

@@ -32,6 +32,7 @@ each host's wall clock: keep replicas' clocks in sync (NTP), well within the lea
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -50,12 +51,15 @@ from . import SENDING, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
 from .sqlite import Store as SQLiteStore
 
+T = TypeVar("T")
+
 # pg_advisory_xact_lock(class, key) classes ("bc" in ASCII, then the next); the key is the
 # schema's, so bots on different schemas of one database never wait for each other's locks.
 _MIGRATION_LOCK = 0x6263
 _CLAIM_LOCK = _MIGRATION_LOCK + 1
 _ID_INSERT = re.compile(r"\s*INSERT INTO (mdrs|timers|conversations|consent_log|delivery_events)\b")
 HEARTBEAT_WINDOW = 15.0  # seconds: three heartbeats of a started bot (Bot._heartbeat)
+_ALIAS = re.compile(r"(?:FROM|JOIN) (?:mdrs|timers|delivery_events) ([a-z])\b")
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -125,8 +129,6 @@ class PostgresStore(SQLiteStore):
             self.pool.close()
             raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="bot-core-store")
-        self._batch = []
-        self._batch_lock = threading.Lock()
         try:
             self._migrate()
         except BaseException:
@@ -198,6 +200,12 @@ class PostgresStore(SQLiteStore):
             finally:
                 self._local.conn = None
 
+    def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``job`` on a pool thread, in a transaction of its own. PostgreSQL commits
+        transactions side by side, so SQLite's group commit would only hold row locks longer.
+        Cancel the future to give up waiting: a job not started yet is then skipped."""
+        return asyncio.wrap_future(self._executor.submit(job))
+
     def _wakes(self) -> None:
         """The open transaction makes work: notify the replicas when it commits."""
         self._local.notify = True
@@ -261,7 +269,7 @@ class PostgresStore(SQLiteStore):
         params = {**params, "now": now}
         if not self._read(select, params):  # the idle case: no lock, no write
             return []
-        alias = re.search(r"FROM \w+ (\w+)", select).group(1)  # type: ignore[union-attr]
+        alias = _ALIAS.search(select).group(1)  # type: ignore[union-attr]  # the table the claim leases
         with self.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_CLAIM_LOCK, self._lock_key))
             rows = conn.execute(

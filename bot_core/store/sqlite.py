@@ -2,9 +2,10 @@
 
 Three connections to one WAL file. The *writer* connection runs every write on one thread of
 its own (:meth:`Store.call`), so a write that waits for the file lock (another process holds
-``BEGIN IMMEDIATE``) or fails (the disk is full) never stalls the event loop; webhook inserts
-that arrive together share one transaction (group commit). The *reader* connection answers
-the reads, which WAL never makes wait for a writer. The *plugin* connection is ``bot.db``.
+``BEGIN IMMEDIATE``) or fails (the disk is full) never stalls the event loop; writes queued
+while the thread is busy (webhook inserts in a burst, finishes, send marks) share one
+transaction, each in its own savepoint (group commit). The *reader* connection answers the
+reads, which WAL never makes wait for a writer. The *plugin* connection is ``bot.db``.
 
 Any thread may call the synchronous methods (tests and the CLI do): a lock per connection
 keeps their statements apart. A busy timeout of a few seconds, not 30, makes a write behind
@@ -32,7 +33,7 @@ from ..logs import MASK
 from ..messages import Conversation, DeliveryStatus, InboundMessage, Media
 from ..timers import Timer
 from . import (
-    BLOCKED, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
+    PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
     OutboundDraft, SchemaTooNew, SendEffect, StatusEvent, TimerEffect,
 )  # fmt: skip
 from .schema import IN_OUTBOX, MIGRATIONS
@@ -42,7 +43,6 @@ T = TypeVar("T")
 # Telnyx delivery statuses only move forward: a late "sent" never overwrites "delivered".
 _STATUS_RANK = {PENDING: 0, SENDING: 1, "queued": 2, "sending": 3, "sent": 4}
 _FINAL_RANK = 5
-_FREE = "(lease_owner IS NULL OR lease_until < :now)"
 _UNIT_TABLES = ("mdrs", "timers", "delivery_events")
 
 
@@ -73,8 +73,8 @@ class Store:
         self._read_lock = threading.Lock()
         self.db = sqlite_utils.Database(self._connect(busy_timeout))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="bot-core-store")
-        self._batch: list[tuple[tuple, asyncio.Future, asyncio.AbstractEventLoop]] = []
-        self._batch_lock = threading.Lock()
+        self._jobs: list[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._jobs_lock = threading.Lock()
         self._migrate()
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
@@ -108,7 +108,45 @@ class Store:
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` (a method of this store) on the writer thread, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        return await self.submit(partial(fn, *args, **kwargs))
+
+    def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``job`` for the writer thread. Jobs queued while it is busy run together in one
+        transaction (group commit: one commit, one wake-up of each thread, for all of them),
+        each in a savepoint of its own, so one failing job fails alone. Cancel the future to
+        give up waiting: a job not started yet is then skipped."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._jobs_lock:
+            self._jobs.append((job, future, loop))
+            if len(self._jobs) > 1:
+                return future  # a drain is queued already and takes this one too
+        loop.run_in_executor(self._executor, self._drain)
+        return future
+
+    def _drain(self) -> None:
+        with self._jobs_lock:
+            jobs, self._jobs = self._jobs, []
+        jobs = [job for job in jobs if not job[1].done()]  # done: its caller gave up (a webhook got 503)
+        if not jobs:
+            return
+        results: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        try:
+            with self.transaction() as conn:
+                for job, future, _ in jobs:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        results.append((future, job(), None))
+                    except Exception as exc:
+                        if not conn.in_transaction:  # SQLite rolled it all back (disk full): all failed
+                            raise
+                        conn.execute("ROLLBACK TO job")
+                        results.append((future, None, exc))
+                    conn.execute("RELEASE job")
+        except Exception as exc:  # BEGIN or COMMIT failed (locked, disk full): every job failed
+            results = [(future, None, exc) for _, future, _ in jobs]
+        loop = jobs[0][2]
+        loop.call_soon_threadsafe(_settle, results)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -182,42 +220,13 @@ class Store:
 
     def insert_inbound(self, message: InboundMessage, *, status: str = RECEIVED,
                        error: str | None = None) -> asyncio.Future[int | None]:  # fmt: skip
-        """:meth:`add_inbound` on the writer thread, in one transaction with the webhooks that
-        arrive meanwhile (group commit). Cancel the future to give up waiting: an insert not
-        started yet is then skipped."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int | None] = loop.create_future()
-        with self._batch_lock:
-            self._batch.append(((message, status, error), future, loop))
-            if len(self._batch) > 1:
-                return future  # a flush is queued already and takes this one too
-        loop.run_in_executor(self._executor, self._flush_inbound)
-        return future
-
-    def _flush_inbound(self) -> None:
-        with self._batch_lock:
-            batch, self._batch = self._batch, []
-        batch = [item for item in batch if not item[1].done()]  # done: its webhook got its 503 already
-        if not batch:
-            return
-        try:
-            with self.transaction():
-                ids = [self.add_inbound(m, status=status, error=error) for (m, status, error), _, _ in batch]
-        except Exception as exc:
-            for _, future, loop in batch:
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-            return
-        for (_, future, loop), mdr_id in zip(batch, ids):
-            loop.call_soon_threadsafe(_settle, future, mdr_id, None)
+        """:meth:`add_inbound` on the writer thread, committed with whatever else is queued."""
+        return self.submit(partial(self.add_inbound, message, status=status, error=error))
 
     def pending_inbound(self) -> list[InboundMessage]:
         """Inbound messages acknowledged but not yet handled, oldest first."""
         rows = self._read(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE status = '{RECEIVED}' ORDER BY id")
         return [_inbound(row) for row in rows]
-
-    def inbound(self, mdr_id: int) -> InboundMessage | None:
-        row = self._read_one(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE id = ? AND direction = 'inbound'", (mdr_id,))
-        return _inbound(row) if row else None
 
     def finish_inbound(
         self,
@@ -267,23 +276,22 @@ class Store:
         """Lease the rows ``select`` picks (ids) to ``owner``; returns ``returning`` (id first) of each, by id."""
         now = self.lease_clock()
         params = {**params, "now": now}
-        with self._lock:
-            if not self.conn.execute(select, params).fetchone():  # the idle case: no write at all
-                return []
-            with self.transaction() as conn:
-                rows = conn.execute(
-                    f"UPDATE {table} SET lease_owner = :owner, lease_until = :until WHERE id IN ({select})"
-                    f" RETURNING {returning}",
-                    {**params, "owner": owner, "until": now + lease},
-                ).fetchall()
+        with self.transaction() as conn:  # claiming nothing writes nothing to the WAL
+            rows = conn.execute(
+                f"UPDATE {table} SET lease_owner = :owner, lease_until = :until WHERE id IN ({select})"
+                f" RETURNING {returning}",
+                {**params, "owner": owner, "until": now + lease},
+            ).fetchall()
         return sorted(rows)
 
     def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]:
         """The next received message of up to ``limit`` conversations nobody is working on."""
+        # The heads of the lanes come from one pass over the lane index (a backlog of thousands
+        # costs one cheap scan, not a lookup per row); a held head blocks its lane.
         select = (
-            f"SELECT m.id FROM mdrs m WHERE m.status = '{RECEIVED}' AND (m.lease_owner IS NULL OR m.lease_until < :now)"
-            f" AND NOT EXISTS (SELECT 1 FROM mdrs e WHERE e.status = '{RECEIVED}' AND e.to_number = m.to_number"
-            "  AND e.from_number = m.from_number AND e.id < m.id)"
+            f"SELECT m.id FROM (SELECT MIN(id) AS id FROM mdrs WHERE status = '{RECEIVED}'"
+            "  GROUP BY to_number, from_number) AS head JOIN mdrs m ON m.id = head.id"
+            " WHERE (m.lease_owner IS NULL OR m.lease_until < :now)"
             " AND NOT EXISTS (SELECT 1 FROM timers t JOIN conversations c ON c.id = t.conversation_id"
             "  WHERE t.lease_owner IS NOT NULL AND t.status = 'pending' AND t.lease_until >= :now"
             "  AND c.our_number = m.to_number AND c.their_number = m.from_number)"
@@ -310,10 +318,9 @@ class Store:
     def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]:
         """The first due send of up to ``limit`` (from, to) lanes nobody is sending."""
         select = (
-            f"SELECT m.id FROM mdrs m WHERE m.{IN_OUTBOX} AND (m.lease_owner IS NULL OR m.lease_until < :now)"
-            " AND COALESCE(m.next_attempt_at, 0) <= :due"
-            f" AND NOT EXISTS (SELECT 1 FROM mdrs e WHERE e.{IN_OUTBOX} AND e.from_number = m.from_number"
-            "  AND e.to_number = m.to_number AND e.id < m.id)"
+            f"SELECT m.id FROM (SELECT MIN(id) AS id FROM mdrs WHERE {IN_OUTBOX}"
+            "  GROUP BY from_number, to_number) AS head JOIN mdrs m ON m.id = head.id"
+            " WHERE (m.lease_owner IS NULL OR m.lease_until < :now) AND COALESCE(m.next_attempt_at, 0) <= :due"
             " ORDER BY m.id LIMIT :limit"
         )
         rows = self._claim("mdrs", select, {"limit": limit, "due": self.clock()}, owner, lease,
@@ -324,10 +331,9 @@ class Store:
     def claim_status_hooks(self, owner: str, limit: int, lease: float) -> list[StatusEvent]:
         """The first delivery status owing a hook call, of up to ``limit`` (from, to) lanes."""
         select = (
-            f"SELECT d.id FROM delivery_events d WHERE d.hook = 'pending' AND {_FREE.replace('lease', 'd.lease')}"
-            " AND NOT EXISTS (SELECT 1 FROM delivery_events e WHERE e.hook = 'pending'"
-            "  AND e.from_number = d.from_number AND e.to_number = d.to_number AND e.id < d.id)"
-            " ORDER BY d.id LIMIT :limit"
+            "SELECT d.id FROM (SELECT MIN(id) AS id FROM delivery_events WHERE hook = 'pending'"
+            "  GROUP BY from_number, to_number) AS head JOIN delivery_events d ON d.id = head.id"
+            " WHERE (d.lease_owner IS NULL OR d.lease_until < :now) ORDER BY d.id LIMIT :limit"
         )
         rows = self._claim("delivery_events", select, {"limit": limit}, owner, lease,
                            "id, telnyx_id, status, from_number, to_number, error, mdr_id")  # fmt: skip
@@ -346,6 +352,12 @@ class Store:
             for table in _UNIT_TABLES:
                 conn.execute(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
                              (owner,))  # fmt: skip
+
+    def release_unit(self, table: str, row_id: int, owner: str) -> None:
+        """Give back one unit ``owner`` holds, for any process to claim again."""
+        assert table in _UNIT_TABLES
+        self._statement(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                        (row_id, owner))  # fmt: skip
 
     def owners(self) -> set[str]:
         """Every process holding a lease now, live or not."""
@@ -383,16 +395,18 @@ class Store:
 
     def conversation(self, profile: str | None, our_number: str, their_number: str) -> Conversation:
         """The conversation between two numbers, created on first use."""
-        sql = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
-        row = self._read_one(sql, (our_number, their_number))
-        if row is None:
-            with self.transaction() as conn:
-                self._conversation_id(profile, our_number, their_number, self.now())
-                row = conn.execute(sql, (our_number, their_number)).fetchone()
-        return Conversation(
-            id=row[0], profile=row[1], our_number=our_number, their_number=their_number,
-            state=json.loads(row[2]),
-        )  # fmt: skip
+        found = self.find_conversation(our_number, their_number)
+        if found is not None:
+            return found
+        with self.transaction():
+            self._conversation_id(profile, our_number, their_number, self.now())
+            row = self.conn.execute(_CONVERSATION_SQL, (our_number, their_number)).fetchone()
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2]))
+
+    def find_conversation(self, our_number: str, their_number: str) -> Conversation | None:
+        """The conversation between two numbers, if it exists (a read: never waits for a writer)."""
+        row = self._read_one(_CONVERSATION_SQL, (our_number, their_number))
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2])) if row else None
 
     def _conversation_id(self, profile: str | None, our_number: str, their_number: str, now: str) -> int:
         self.conn.execute(
@@ -756,6 +770,7 @@ class Store:
         )[0]  # fmt: skip
 
 
+_CONVERSATION_SQL = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
 _INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at"
 
 
@@ -778,10 +793,11 @@ def _inbound(row: tuple) -> InboundMessage:
     )  # fmt: skip
 
 
-def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if future.done():  # its waiter gave up
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, result, exc in results:
+        if future.done():  # its waiter gave up
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
