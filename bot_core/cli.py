@@ -22,7 +22,7 @@ from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .plugins import load_plugins
-from .store import Unavailable, display, schema_version
+from .store import SchemaTooNew, Unavailable, display, open_store, schema_version
 
 
 @click.group()
@@ -68,7 +68,8 @@ def serve(config_path: str | None, host: str, port: int) -> None:
         )
     try:
         bot = Bot(config)
-    except ConfigError as exc:
+        open_store(config.bot.database).close()  # migrated now; an unreachable or newer database stops here
+    except (ConfigError, SchemaTooNew, Unavailable) as exc:
         raise click.ClickException(str(exc)) from None
     threading.Thread(target=_exit_after_grace, args=(bot,), name="bot-core-exit-watchdog", daemon=True).start()
     uvicorn.run(
