@@ -79,7 +79,7 @@ def start_bare(database: Path, log: Path) -> Process:
 
 
 def _fake_main(pipe) -> None:
-    from bot_core.fake_telnyx import FakeTelnyx
+    from bot_core.testing import FakeTelnyx
 
     fake = FakeTelnyx()
     pipe.send(fake.start())
@@ -93,7 +93,7 @@ def _fake_main(pipe) -> None:
 
 
 class Fake:
-    """bot_core.fake_telnyx.FakeTelnyx serving in a process of its own."""
+    """bot_core.testing.FakeTelnyx serving in a process of its own."""
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")

@@ -55,7 +55,7 @@ def create_app(bot: Bot) -> Starlette:
             answer = await bot.accept(webhook)
         except WebhookError as exc:
             bot.metrics.webhooks.labels(kind, str(exc.status)).inc()
-            if exc.status >= 500 or exc.status == 401:
+            if exc.status >= 500 or exc.status in (401, 403):
                 log.warning("webhook refused (%d): %s", exc.status, exc.reason)
             return JSONResponse({"ok": False, "error": exc.reason}, status_code=exc.status)
         bot.metrics.webhooks.labels(kind, "200").inc()

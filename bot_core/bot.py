@@ -19,31 +19,30 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import httpx
 import sqlite_utils
 
-from .config import Config, parse_duration
+from .config import Config, NumberState, parse_duration
 from . import effects as effects_
 from .dispatch import Dispatcher
 from .errors import SignatureError, WebhookError
 from .messages import Conversation, InboundMessage, Reply
 from .metrics import Metrics
 from .outbox import draft
-from .phone import region_of
+from .phone import alphanumeric_destination_error, normalize_number, sender_kind
 from .plugin_store import PluginStore
 from .plugins import Plugins, call_impl, load_plugins
 from .store import ERRORS, IGNORED, TRANSIENT, CancelEffect, ConsentEffect, SendEffect, Store, TimerEffect, open_store
 from .telnyx import TelnyxClient, make_client
+from .timers import Timer
 from .webhooks import Webhook, verify_v1, verify_v2
 from .worker import Sender
 
 log = logging.getLogger("bot_core")
-
-# Telnyx does not deliver alphanumeric sender IDs to these countries.
-NO_ALPHANUMERIC_REGIONS = {"US": "the US", "CA": "Canada"}
 
 
 class Bot:
@@ -66,6 +65,8 @@ class Bot:
         self._probe: asyncio.Future[bool] | None = None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.stopping = threading.Event()  # set when stop() begins: `serve` bounds the exit from here
+        # The one conversation (our number, theirs) whose timers this bot fires; None: every one.
+        self.timer_lane: tuple[str, str] | None = None
         self.started = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -124,6 +125,10 @@ class Bot:
     def _backlog(self, kind: str) -> int:
         return self.store.backlog()[kind] if hasattr(self, "store") else 0
 
+    def due_timers(self) -> list[Timer]:
+        """The timers this bot would fire now (those of :attr:`timer_lane` only, when set)."""
+        return self.store.due_timers(self.clock(), lane=self.timer_lane)
+
     def _take_over_dead(self) -> bool:
         """End the leases of owners on this host whose process is gone; True if there were any."""
         host = socket.gethostname()
@@ -152,8 +157,10 @@ class Bot:
             log.warning("!!! WEBHOOK SIGNATURES ARE NOT VERIFIED (verify_signatures = false): anyone who "
                         "can reach this server can make it send messages. Never run this way in production.")  # fmt: skip
         mode = "SANDBOX: nothing is sent" if config.bot.sandbox else f"Telnyx API v{config.telnyx.api_version}"
-        log.info("bot-core started (%s); messaging-enabled numbers: %s; plugins: %s", mode,
+        log.info("bot-core started (%s); messaging-enabled numbers: %s; plugins loaded: %s", mode,
                  ", ".join(config.enabled_numbers()) or "none", ", ".join(self.plugins.names) or "none")  # fmt: skip
+        for line in self.plugins.answering(config):
+            log.info("%s", line)
 
     async def stop(self) -> None:
         """Finish in-flight plugin calls and sends within ``shutdown_grace``, then close.
@@ -234,7 +241,10 @@ class Bot:
     def verify(self, webhook: Webhook, body: bytes, headers: Mapping[str, str]) -> None:
         """Check the signature of a parsed webhook; raise WebhookError (401, 404) if it fails."""
         if webhook.version == 1:
-            profile = self.config.profile_for_sender(webhook.number or "")
+            if not webhook.number:  # only a status can lack it; never say "number None"
+                raise WebhookError("V1 delivery status names no sending number ('from' or 'msg.src'): "
+                                   "cannot tell which messaging profile's secret signs it")  # fmt: skip
+            profile = self.config.profile_for_sender(webhook.number)
             if profile is None:
                 log.warning("webhook for %s refused: no messaging profile lists that number", webhook.number)
                 raise WebhookError(f"number {webhook.number} is not assigned to any messaging profile", 404)
@@ -275,8 +285,10 @@ class Bot:
         if webhook.kind == "status":
             status = webhook.status
             hook = any(self.plugins.impl("delivery_status", name) for name in self.plugins.names)
-            mdr_id = await self._stored_within(asyncio.ensure_future(self.store.call(self.store.apply_status, status,
-                                                                                      hook=hook)))  # fmt: skip
+            # A V1 status is vouched for by one profile's secret: it may move that profile's MDRs only.
+            signer = self.config.profile_for_sender(status.from_number or "") if webhook.version == 1 else None
+            mdr_id = await self._stored_within(asyncio.ensure_future(self.store.call(
+                self.store.apply_status, status, profile=signer.name if signer else None, hook=hook)))  # fmt: skip
             log.info("delivery status %s for %s", status.status, status.telnyx_id,
                      extra={"telnyx_id": status.telnyx_id, "mdr_id": mdr_id})
             if hook:
@@ -286,10 +298,14 @@ class Bot:
 
     async def _accept_message(self, message: InboundMessage) -> dict[str, Any]:
         number = self.config.number(message.to_number)
+        if message.other_recipients:
+            message, number = self._in_group(message)
         if number is None or number.profile is None:
-            log.warning("message %s to %s refused: no messaging profile lists that number", message.id, message.to_number,
+            recipients = ", ".join((message.to_number, *message.other_recipients))
+            log.warning("message %s to %s refused: no messaging profile lists that number", message.id, recipients,
                         extra={"message_id": message.id})
-            raise WebhookError(f"number {message.to_number} is not assigned to any messaging profile", 404)
+            what = f"number {recipients} is" if not message.other_recipients else f"none of {recipients} is"
+            raise WebhookError(f"{what} assigned to any messaging profile", 404)
         message = InboundMessage(**{**message.__dict__, "profile": number.profile})
         if not number.enabled:
             mdr_id = await self._stored_within(self.store.insert_inbound(message, status=IGNORED, error=number.reason))
@@ -306,6 +322,17 @@ class Bot:
                  extra={"message_id": message.id, "mdr_id": mdr_id, "profile": message.profile})
         self.dispatcher.inbox.wake()
         return {"ok": True, "kind": "message", "mdr_id": mdr_id}
+
+    def _in_group(self, message: InboundMessage) -> tuple[InboundMessage, NumberState | None]:
+        """A group message reaches us at whichever recipient we own, not only the first ``to``;
+        the others are kept on the MDR."""
+        recipients = (message.to_number, *message.other_recipients)
+        for recipient in recipients:
+            number = self.config.number(recipient)
+            if number is not None and number.profile is not None:
+                others = tuple(r for r in recipients if r != recipient)
+                return replace(message, to_number=recipient, other_recipients=others), number
+        return message, None
 
     # -- plugin API -------------------------------------------------------------------------
 
@@ -338,13 +365,17 @@ class Bot:
         """Queue a proactive message; returns its MDR id, or None inside a handler. Opt-outs are respected.
 
         The sender is ``from_number``, or the profile's alphanumeric sender ID with
-        ``alphanumeric=True``, or else the profile's first messaging-enabled number.
-        Raises ValueError when no sender fits or the alphanumeric ID cannot reach ``to``.
+        ``alphanumeric=True``, or else the profile's first messaging-enabled number. ``to`` is
+        normalised to E.164. Raises ValueError when ``to`` is not a phone number, no sender
+        fits, or an alphanumeric sender ID cannot reach ``to``.
 
         Inside ``handle_message``, ``handle_timer`` or ``delivery_status`` the message is
         queued with the handler's outcome: it exists (and has an id) only once that outcome is
         committed, and not at all if the handler fails. Such a call returns None.
         """
+        to = _e164(to, "cannot send to")
+        if from_number is not None and sender_kind(from_number) != "alphanumeric":
+            from_number = _e164(from_number, "cannot send from")
         sender_profile = self.config.profile_for_sender(from_number) if from_number else None
         name = profile or (sender_profile.name if sender_profile else None)
         if name not in self.config.profiles:
@@ -353,10 +384,6 @@ class Bot:
         if alphanumeric:
             if not chosen.alphanumeric_sender_id:
                 raise ValueError(f"profile {name!r} has no alphanumeric_sender_id")
-            region = region_of(to)
-            if region in NO_ALPHANUMERIC_REGIONS:
-                raise ValueError(f"Telnyx does not deliver alphanumeric sender IDs to {NO_ALPHANUMERIC_REGIONS[region]}"
-                                 f" ({to}); send from a number instead")  # fmt: skip
             from_number = chosen.alphanumeric_sender_id
         elif from_number is None:
             enabled = [n for n in chosen.numbers if (s := self.config.number(n)) and s.enabled]
@@ -365,6 +392,9 @@ class Bot:
             from_number = enabled[0]
         elif sender_profile is None or sender_profile.name != name:
             raise ValueError(f"{from_number} does not belong to profile {name!r}")
+        alphanumeric = sender_kind(from_number) == "alphanumeric"  # also when given as from_number
+        if alphanumeric and (why := alphanumeric_destination_error(to)):
+            raise ValueError(why)
         effects = effects_.current()
         outbound = draft(effects.opted_out if effects else self.store.is_opted_out,
                          Reply(text, ignore_optout=ignore_optout), profile=name, from_number=from_number, to_number=to,
@@ -436,26 +466,40 @@ class Bot:
         return count
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
+        """Whether ``number`` opted out of ``profile`` or of the whole account (``profile`` None).
+
+        Inside a handler, the handler's own opt-in or opt-out counts already."""
+        number = _e164(number, "not a number to look up")
         effects = effects_.current()
         return effects.opted_out(profile, number) if effects else self.store.is_opted_out(profile, number)
 
     def opt_out(self, profile: str | None, number: str, source: str) -> bool:
-        """Stop every message to ``number`` from ``profile``; ``source`` goes in the consent log.
+        """Stop every message to ``number`` from ``profile`` (None: from every profile, as
+        Telnyx's account-wide opt-outs do); ``source`` goes in the consent log.
 
-        Returns False when the number had opted out already. Inside a handler the change is
+        Returns False when that record had opted out already. Inside a handler the change is
         committed with its outcome."""
-        return self._consent(profile, number, True, source)
+        return self._consent(profile, _e164(number, "cannot opt out"), True, source)
 
     def opt_in(self, profile: str | None, number: str, source: str) -> bool:
-        return self._consent(profile, number, False, source)
+        """Lift the opt-out :meth:`opt_out` recorded for the same ``profile`` (None: account-wide)."""
+        return self._consent(profile, _e164(number, "cannot opt in"), False, source)
 
     def _consent(self, profile: str | None, number: str, opted_out: bool, source: str) -> bool:
         if (effects := effects_.current()) is None:
             return self.store.set_opted_out(profile, number, opted_out, source)
-        if effects.opted_out(profile, number) == opted_out:
+        if effects.record(profile, number) == opted_out:
             return False
         effects.add(ConsentEffect(profile, number, opted_out, source))
         return True
+
+
+def _e164(number: str, what: str) -> str:
+    """A number a plugin gave, in E.164 (the form every table is keyed by), or ValueError saying why."""
+    try:
+        return normalize_number(number)
+    except ValueError as exc:
+        raise ValueError(f"{what} {number!r}: {exc}") from None
 
 
 def _gone(owner: str, host: str) -> bool:

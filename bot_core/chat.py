@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import takewhile
@@ -19,9 +20,9 @@ import httpx
 
 from .asgi import create_app
 from .bot import Bot
-from .config import Config
+from .config import Config, parse_duration
 from .errors import BotError
-from .fake_telnyx import SignedWebhook, TelnyxWebhooks
+from .testing.fake_telnyx import SignedWebhook, TelnyxWebhooks
 from .runner import database_in_use
 from .store import BLOCKED, FAILED, HANDLED, PENDING, SENDING, display, open_store
 
@@ -56,7 +57,7 @@ class Session:
         self.webhooks = webhooks
         self._http = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(bot)), base_url="http://bot")
         if seen is None:  # only what is sent from now on counts
-            latest = bot.store.mdrs(limit=1, where="direction = 'outbound'")
+            latest = bot.store.mdrs(limit=1, direction="outbound")
             seen = latest[0]["id"] if latest else 0
         self.seen = seen
 
@@ -90,7 +91,7 @@ class Session:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while await self.bot.idle(max(0.0, deadline - loop.time())):
-            if not self.bot.store.due_timers(self.bot.clock()):
+            if not self.bot.due_timers():
                 return
             # A due timer reaches the dispatcher through the timer loop: let it hand it over.
             self.bot.timers.wake()
@@ -104,8 +105,7 @@ class Session:
         """
         if settle:
             await self.settle()
-        rows = self.bot.store.mdrs(limit=None, where="direction = 'outbound' AND id > :seen",
-                                   params={"seen": self.seen})  # fmt: skip
+        rows = self.bot.store.mdrs(limit=None, direction="outbound", after_id=self.seen)
         done = list(takewhile(lambda row: row["status"] not in (PENDING, SENDING), reversed(rows)))
         if done:
             self.seen = done[-1]["id"]
@@ -128,27 +128,48 @@ def show(text: str) -> str:
     return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
 
 
+class ShiftedClock:
+    """The real time, moved ahead by ``/wait``: timers and flow expiry can be tried in a chat."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+class ChatBot(Bot):
+    """The chat's bot: it fires only the chatting customer's timers. Other customers' timers
+    stay pending for ``bot-core serve`` (in sandbox mode they would be recorded, never sent)."""
+
+    def __init__(self, config: Config, *, lane: tuple[str, str], clock: ShiftedClock) -> None:
+        super().__init__(config, clock=clock)
+        self.timer_lane = lane
+
+
 async def chat(config: Config, *, customer: str, number: str, stdin: TextIO, stdout: TextIO, stderr: TextIO,
                interactive: bool) -> None:  # fmt: skip
     """Play the customer: each line of ``stdin`` is a text; each reply is printed as ``bot> TEXT``.
 
     Runs the config's bot in sandbox mode on its own database until ``stdin`` ends. Notes
-    (a message no plugin claimed, a reply that was blocked) go to ``stderr``.
+    (a message no plugin claimed, a reply that was blocked) go to ``stderr``. A line
+    ``/wait DURATION`` moves the bot's clock ahead instead of texting (see COMMANDS).
     """
-    bot = Bot(sandboxed(config))
+    clock = ShiftedClock()
+    bot = ChatBot(sandboxed(config), lane=(number, customer), clock=clock)
     await bot.start()
     try:
-        session = Session(bot, webhooks_for(config))
+        session = Session(bot, webhooks_for(config, clock=clock))
         try:
-            await _converse(session, customer, number, stdin, stdout, stderr, interactive)
+            await _converse(session, clock, customer, number, stdin, stdout, stderr, interactive)
         finally:
             await session.aclose()
     finally:
         await bot.stop()
 
 
-async def _converse(session: Session, customer: str, number: str, stdin: TextIO, stdout: TextIO,
-                    stderr: TextIO, interactive: bool) -> None:  # fmt: skip
+async def _converse(session: Session, clock: ShiftedClock, customer: str, number: str, stdin: TextIO,
+                    stdout: TextIO, stderr: TextIO, interactive: bool) -> None:  # fmt: skip
     def say(line: str, stream: TextIO = stdout) -> None:
         stream.write(line + "\n")
         stream.flush()
@@ -185,7 +206,14 @@ async def _converse(session: Session, customer: str, number: str, stdin: TextIO,
             continue
         if not interactive:
             say(YOU_PREFIX + show(text))
-        exchange = await session.text(text, from_=customer, to=number)
+        if text.startswith("/") and not text.startswith("//"):
+            if note := _command(session, clock, text):
+                say(note, stderr)
+            else:
+                show_outbound(await session.sent())  # what the timers now due sent
+            prompt()
+            continue
+        exchange = await session.text(text[1:] if text.startswith("//") else text, from_=customer, to=number)
         inbound = exchange.inbound or {}
         if inbound.get("status") != HANDLED:
             why = inbound.get("error") or "no plugin answered"
@@ -195,6 +223,28 @@ async def _converse(session: Session, customer: str, number: str, stdin: TextIO,
     if interactive:
         stdout.write("\n")
     show_outbound(await session.sent())
+
+
+COMMANDS = """\
+/wait DURATION   move the bot's clock ahead (30s, 15m, 2h, 1d): timers now due fire, flows expire
+/help            this list
+//TEXT           text TEXT, which starts with a slash"""
+
+
+def _command(session: Session, clock: ShiftedClock, line: str) -> str | None:
+    """Run a chat command; a note for stderr, or None when the clock moved."""
+    name, _, argument = line.strip().partition(" ")
+    if name == "/wait":
+        try:
+            seconds = parse_duration(argument.strip())
+        except ValueError as exc:
+            return f"(/wait: {exc})"
+        clock.offset += seconds
+        session.bot.timers.wake()
+        return None
+    if name == "/help":
+        return COMMANDS
+    return f"(unknown command {name}: text it as //{line[1:]}, or see /help)\n{COMMANDS}"
 
 
 def _lines(stream: TextIO) -> asyncio.Queue[str | None]:
@@ -213,11 +263,12 @@ def _lines(stream: TextIO) -> asyncio.Queue[str | None]:
     return queue
 
 
-def check_database(config: Config, customer: str, number: str) -> None:
+def check_database(config: Config) -> None:
     """Refuse to chat on a database a server is using, or one with work a sandbox would swallow.
 
-    The simulator runs a whole bot: it would handle the inbox, send the outbox and fire timers
-    in sandbox mode, so real customers' pending messages would be recorded and never sent.
+    The simulator runs a whole bot: it would handle the inbox and send the outbox in sandbox
+    mode, so real customers' pending messages would be recorded and never sent. Their timers
+    are no reason to refuse: :class:`ChatBot` fires only the chatting customer's.
     """
     path = config.bot.database
     if database_in_use(path):
@@ -226,14 +277,14 @@ def check_database(config: Config, customer: str, number: str) -> None:
     store = open_store(path)
     try:
         backlog = store.backlog()
-        waiting = (backlog["messages"], backlog["sends"], store.pending_timers(except_conversation=(number, customer)))
+        waiting = (backlog["messages"], backlog["sends"])
     finally:
         store.close()
     if any(waiting):
         raise ChatError(
-            f"{display(path)} has work waiting ({waiting[0]} message(s) to handle, {waiting[1]} to send, {waiting[2]} "
-            "timer(s) of other customers); chat runs in sandbox mode and would record them as never sent. "
-            "Let `bot-core serve` finish them, or chat with a config whose database is a copy"
+            f"{display(path)} has work waiting ({waiting[0]} message(s) to handle, {waiting[1]} to send); chat runs"
+            " in sandbox mode and would record them as never sent. Let `bot-core serve` finish them, or chat "
+            "with a config whose database is a copy"
         )  # fmt: skip
 
 

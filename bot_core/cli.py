@@ -12,8 +12,10 @@ from typing import Any
 import click
 
 from .commands.chat import chat_command
-from .commands.common import DEMO, config_option, load
+from .commands.conversations import conversations
+from .commands.common import DEMO, config_option, failure, group_config_option, load
 from .commands.explain import explain_command
+from .commands.init import init_command
 from .commands.inventory import numbers, plugins_command, profiles
 from .commands.messages import messages, optouts
 from .commands.send import send
@@ -27,14 +29,17 @@ from .store import SchemaTooNew, Unavailable, display, open_store, schema_versio
 
 @click.group()
 @click.version_option(package_name="bot-core")
+@group_config_option
 def cli() -> None:
     """bot-core: a pluggable SMS chatbot framework for Telnyx.
 
-    Every command takes --config bot.toml (or $BOT_CORE_CONFIG); without one it uses the demo
-    bot. Lists print tables; --json prints one JSON object a line for scripts.
+    Every command takes --config bot.toml (or $BOT_CORE_CONFIG), anywhere on the line; without
+    one it uses the demo bot, and commands that only read say so rather than create its
+    database. Lists print tables; --json prints one JSON object a line for scripts.
 
     \b
     Examples:
+      bot-core init my-bot                           # start a new bot
       bot-core serve --config bot.toml               # run the bot
       bot-core check --config bot.toml               # validate the config
       bot-core chat --config bot.toml                # text the bot, no Telnyx needed
@@ -98,16 +103,19 @@ def check(config_path: str | None) -> None:
     Example:
       bot-core check --config bot.toml
     """
-    config = load(config_path)
+    problems: list[str] = []
+    config = load(config_path, problems)
     try:
         plugins = load_plugins(config)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        problems += str(exc).splitlines()
+    if problems:  # the file's own mistakes and its plugins' settings, told at once
+        raise failure(ConfigError("\n".join(problems)))
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
-    for profile in config.profiles.values():
+    for profile, answering in zip(config.profiles.values(), plugins.answering(config)):
         state = "enabled" if profile.enabled else "DISABLED"
-        click.echo(f"profile {profile.name}: {state}")
+        click.echo(f"{answering}; {state}")
     click.echo("numbers:")
     for number in config.numbers_state():
         if number.enabled:
@@ -142,6 +150,6 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
     return warnings
 
 
-for command in (messages, optouts, profiles, numbers, plugins_command, send, chat_command, explain_command,
-                telnyx):
+for command in (init_command, messages, optouts, conversations, profiles, numbers, plugins_command, send,
+                chat_command, explain_command, telnyx):
     cli.add_command(command)

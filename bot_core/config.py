@@ -1,7 +1,8 @@
 """Loading bot.toml into typed settings: the bot, Telnyx, sending, Messaging Profiles and numbers.
 
-Every mistake is a :class:`ConfigError` naming the file, the dotted key and the rule, so that
-``bot-core check`` can print it as-is. Secrets never appear in a repr or in an error message.
+Every mistake is a line naming the file, the dotted key and the rule, so that ``bot-core check``
+can print it as-is; the reader goes on after a mistake, and one :class:`ConfigError` lists them
+all, one a line, so a file is fixed in one pass. Secrets never appear in a repr or in an error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bot_core.errors import ConfigError
+from bot_core.logs import Secret
 from bot_core.phone import alphanumeric_sender_id_error, normalize_number
 from bot_core.store import is_postgres
 
@@ -31,6 +33,7 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _URL = re.compile(r"https?://[^/?#\s]+([/?#]\S*)?")
 _API_BASES = {1: "https://sms.telnyx.com", 2: "https://api.telnyx.com/v2"}
 _MANAGEMENT_BASE = "https://api.telnyx.com/v2"
+MIN_MASKED = 6
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array"}
 
 
@@ -66,41 +69,58 @@ def _type_name(value: object) -> str:
     return "a table" if isinstance(value, Mapping) else _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _interpolate(value: Any, key: str, source: str, environ: Mapping[str, str]) -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string under ``value`` (keys are left alone)."""
+def _interpolate(value: Any, key: str, source: str, environ: Mapping[str, str], problems: list[str],
+                 secrets: list[str]) -> Any:  # fmt: skip
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string under ``value`` (keys are left alone).
+
+    Every value taken from the environment is a secret: it is added to ``secrets`` (for masking
+    in logs, errors and output) and the string holding it becomes a :class:`Secret`, whose
+    repr is masked (``repr(bot.config)``). Mistakes are added to ``problems``.
+    """
     if isinstance(value, Mapping):
-        return {k: _interpolate(v, _join(key, k), source, environ) for k, v in value.items()}
+        return {k: _interpolate(v, _join(key, k), source, environ, problems, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_interpolate(v, f"{key}[{i}]", source, environ) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{key}[{i}]", source, environ, problems, secrets) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
+    before = len(secrets)
 
     def substitute(match: re.Match[str]) -> str:
         name, has_default, default = match[1].partition(":-")
         if not match[2] or not _VARIABLE.fullmatch(name):
-            raise _error(source, key, "malformed ${...}: write ${NAME} or ${NAME:-default}")
-        if environ.get(name):
+            problems.append(str(_error(source, key, "malformed ${...}: write ${NAME} or ${NAME:-default}")))
+        elif environ.get(name):
+            secrets.append(environ[name])
             return environ[name]
-        if has_default:  # as in the shell, an empty variable also takes the default
+        elif has_default:  # as in the shell, an empty variable also takes the default
             return default
-        if name in environ:
+        elif name in environ:
             return ""
-        raise _error(source, key, f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        else:
+            problems.append(str(_error(source, key, f"environment variable {name} is not set "
+                                                    f"(use ${{{name}:-default}} for a default)")))  # fmt: skip
+        return match[0]  # left as written: the mistake is reported once, not again as an empty value
 
-    return _REFERENCE.sub(substitute, value)
+    result = _REFERENCE.sub(substitute, value)
+    return Secret(result) if len(secrets) > before else result
 
 
 class _Table:
-    """One TOML table being read: typed getters whose errors name file and key, then a leftovers check."""
+    """One TOML table being read: typed getters, then a leftovers check.
 
-    def __init__(self, data: object, key: str, source: str) -> None:
-        if not isinstance(data, Mapping):
-            raise _error(source, key, f"must be a table, not {_type_name(data)}")
-        self.data, self.key, self.source = data, key, source
+    A getter that meets a mistake reports it (file, key, rule) to the ``problems`` its whole
+    file shares and returns the default, so reading goes on and every mistake is found.
+    """
+
+    def __init__(self, data: Mapping, key: str, source: str, problems: list[str]) -> None:
+        self.data, self.key, self.source, self.problems = data, key, source, problems
         self.seen: set[str] = set()
 
     def error(self, rule: str, *parts: str) -> ConfigError:
         return _error(self.source, _join(self.key, *parts), rule)
+
+    def report(self, rule: str, *parts: str) -> None:
+        self.problems.append(str(self.error(rule, *parts)))
 
     def get(self, name: str, kinds: tuple[type, ...], what: str, default: Any = None) -> Any:
         self.seen.add(name)
@@ -109,11 +129,12 @@ class _Table:
         value = self.data[name]
         # bool is an int subclass: `max_parts = true` must not pass as 1, nor `enabled = 1` as true.
         if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
-            raise self.error(f"must be {what}, not {_type_name(value)}", name)
+            self.report(f"must be {what}, not {_type_name(value)}", name)
+            return default
         return value
 
     def table(self, name: str) -> _Table:
-        return _Table(self.get(name, (Mapping,), "a table", {}), _join(self.key, name), self.source)
+        return _Table(self.get(name, (Mapping,), "a table", {}), _join(self.key, name), self.source, self.problems)
 
     def subtables(self) -> dict[str, _Table]:
         return {name: self.table(name) for name in self.data}
@@ -129,19 +150,22 @@ class _Table:
         value = self.get(name, (int,), "an integer", default)
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-            raise self.error(f"must be an integer {bounds}, not {value}", name)
+            self.report(f"must be an integer {bounds}, not {value}", name)
+            return default
         return value
 
     def choice(self, name: str, choices: tuple[Any, ...], default: Any) -> Any:
         value = self.get(name, (type(default),), _type_name(default), default)
         if value not in choices:
-            raise self.error(f"must be {' or '.join(map(repr, choices))}, not {value!r}", name)
+            self.report(f"must be {' or '.join(map(repr, choices))}, not {value!r}", name)
+            return default
         return value
 
     def rate(self, name: str, default: float | None = None) -> float | None:
         value = self.get(name, (int, float), "a number", default)
         if value is not None and not (math.isfinite(value) and value >= 0):
-            raise self.error(f"must be a number of messages per second >= 0, not {value}", name)
+            self.report(f"must be a number of messages per second >= 0, not {value}", name)
+            value = default
         return None if value is None else float(value)
 
     def duration(self, name: str, default: float) -> float:
@@ -149,7 +173,8 @@ class _Table:
         try:
             return parse_duration(value)
         except ValueError as exc:
-            raise self.error(str(exc), name) from None
+            self.report(str(exc), name)
+            return default
 
     def path(self, name: str, base: Path, default: str | None = None) -> Path | None:
         value = self.get(name, (str, os.PathLike), "a path", default)
@@ -159,22 +184,25 @@ class _Table:
         if (value := self.string(name, empty_is_unset=True)) is None:
             return default
         if not _URL.fullmatch(value):
-            raise self.error("must be an http(s) URL such as https://example.com", name)
+            self.report("must be an http(s) URL such as https://example.com", name)
+            return default
         return value.rstrip("/")
 
     def names(self, name: str) -> tuple[str, ...] | None:
         value = self.get(name, (list, tuple), "an array of plugin names")
         if value is not None and not all(isinstance(item, str) and item for item in value):
-            raise self.error("must be an array of plugin names (non-empty strings)", name)
+            self.report("must be an array of plugin names (non-empty strings)", name)
+            return None
         return None if value is None else tuple(dict.fromkeys(value))
 
     def phone_numbers(self, name: str) -> tuple[str, ...]:
         numbers = []
         for i, text in enumerate(self.get(name, (list, tuple), "an array of phone numbers", [])):
             try:
-                numbers.append(normalize_number(text))
+                numbers.append(normalize_number(text, strict=True))
             except ValueError as exc:
-                raise _error(self.source, f"{_join(self.key, name)}[{i}]", f"invalid phone number: {exc}") from None
+                self.problems.append(str(_error(self.source, f"{_join(self.key, name)}[{i}]",
+                                                f"invalid phone number: {exc}")))  # fmt: skip
         return tuple(dict.fromkeys(numbers))
 
     def plugin_config(self) -> dict[str, dict]:
@@ -187,7 +215,7 @@ class _Table:
                 where = f"in [{self.key}]" if self.key else "at the top level"
                 close = difflib.get_close_matches(name, sorted(self.seen), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise _error(self.source, "", f"unknown key {name!r} {where}{hint}")
+                self.problems.append(str(_error(self.source, "", f"unknown key {name!r} {where}{hint}")))
 
     def build(self, cls: type, **values: Any) -> Any:
         """``cls(**values)``, once every key of the table has been read."""
@@ -293,12 +321,23 @@ class Config:
     sending: SendingSettings
     profiles: dict[str, Profile]
     numbers: dict[str, NumberSettings]
+    environment_values: tuple[str, ...] = field(default=(), repr=False)  # what ${VAR} filled in
 
     @classmethod
     def from_dict(cls, data: Mapping, *, base_dir: str | os.PathLike = ".", source: str = "<dict>",
-                  environ: Mapping[str, str] | None = None) -> Config:
-        """Check ``data`` (parsed bot.toml) and build a Config; ``source`` names it in errors."""
-        root = _Table(_interpolate(data, "", source, os.environ if environ is None else environ), "", source)
+                  environ: Mapping[str, str] | None = None, problems: list[str] | None = None) -> Config:  # fmt: skip
+        """Check ``data`` (parsed bot.toml) and build a Config; ``source`` names it in errors.
+
+        Raises one ConfigError listing every mistake, one a line; given a ``problems`` list,
+        adds them to it instead and returns the Config read around them (with defaults in
+        their place), so that ``bot-core check`` can go on to check the plugins' settings.
+        """
+        if not isinstance(data, Mapping):
+            raise _error(source, "", f"must be a table, not {_type_name(data)}")
+        found: list[str] = []
+        from_environment: list[str] = []
+        environ = os.environ if environ is None else environ
+        root = _Table(_interpolate(data, "", source, environ, found, from_environment), "", source, found)
         base = Path(base_dir).absolute()
         bot = _bot(root.table("bot"), base)
         telnyx = _telnyx(root.table("telnyx"), bot.sandbox)
@@ -307,16 +346,25 @@ class Config:
         numbers: dict[str, NumberSettings] = {}
         for key, table in root.table("numbers").subtables().items():
             try:
-                number = normalize_number(key)
+                number = normalize_number(key, strict=True)
             except ValueError as exc:
-                raise table.error(f"invalid phone number: {exc}") from None
+                table.report(f"invalid phone number: {exc}")
+                continue
             if number in numbers:
-                raise table.error(f"is the same number as another [numbers] table ({number})")
+                table.report(f"is the same number as another [numbers] table ({number})")
+                continue
             numbers[number] = table.build(
                 NumberSettings, number=number, profile=table.string("profile"), plugins=table.names("plugins"),
                 plugin_config=table.plugin_config(), send_rate=table.rate("send_rate"))
         root.done()
-        return cls(None, base, bot, telnyx, sending, _assign(profiles, numbers, source), numbers)
+        _check_v2_alphanumeric(telnyx, bot.sandbox, profiles, source, found)
+        profiles = _assign(profiles, numbers, source, found)
+        if problems is not None:
+            problems.extend(found)
+        elif found:
+            raise ConfigError("\n".join(found))
+        return cls(None, base, bot, telnyx, sending, profiles, numbers,
+                   environment_values=tuple(dict.fromkeys(from_environment)))
 
     @cached_property
     def _owners(self) -> dict[str, str]:
@@ -351,6 +399,12 @@ class Config:
             plugin_config=plugin_config,
             send_rate=_first_set(getattr(settings, "send_rate", None), getattr(profile, "send_rate", None)))
 
+    def profile_state(self, name: str) -> NumberState:
+        """The settings a number of profile ``name`` gets when it has no [numbers] table of its own."""
+        profile = self.profiles[name]
+        return NumberState("", name, enabled=profile.enabled, reason=None, plugins=profile.plugins,
+                           plugin_config=profile.plugin_config, send_rate=profile.send_rate)  # fmt: skip
+
     def numbers_state(self) -> list[NumberState]:
         """Every number the config knows (listed by a profile or given a [numbers] table), sorted."""
         return list(self._states.values())
@@ -367,8 +421,15 @@ class Config:
         return next((p for p in self.profiles.values() if p.alphanumeric_sender_id == sender), None)
 
     def secrets(self) -> list[str]:
-        """Every secret in the config, for masking them in logs."""
-        return [p.secret for p in self.profiles.values()] + [k for k in (self.telnyx.api_key,) if k]
+        """Every secret in the config, for masking them in logs, errors and output.
+
+        The profile secrets, the API key, and every value filled in from the environment
+        (``${VAR}``, in ``plugin_config`` too) of at least :data:`MIN_MASKED` characters:
+        masking a shorter one (``LOG_FORMAT=json``) would mangle every line, and a secret that
+        short protects nothing.
+        """
+        environment = [v for v in self.environment_values if len(v) >= MIN_MASKED]
+        return [p.secret for p in self.profiles.values()] + [k for k in (self.telnyx.api_key,) if k] + environment
 
     def send_rate_for(self, number: str) -> float:
         """Messages per second for ``number``: its own, its profile's, else ``[sending] rate``."""
@@ -376,8 +437,12 @@ class Config:
         return _first_set(state.send_rate if state else None, self.sending.rate)
 
 
-def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> Config:
-    """Read bot.toml at ``path``; relative paths in it are relative to its folder, not the cwd."""
+def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None,
+                problems: list[str] | None = None) -> Config:  # fmt: skip
+    """Read bot.toml at ``path``; relative paths in it are relative to its folder, not the cwd.
+
+    ``problems``: as in :meth:`Config.from_dict` (a file that cannot be read or parsed raises).
+    """
     source = str(path)
     try:
         with open(path, "rb") as file:
@@ -386,7 +451,8 @@ def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
         raise ConfigError(f"{source}: cannot read the config file: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
-    config = Config.from_dict(data, base_dir=Path(path).absolute().parent, source=source, environ=environ)
+    config = Config.from_dict(data, base_dir=Path(path).absolute().parent, source=source, environ=environ,
+                              problems=problems)  # fmt: skip
     return replace(config, path=Path(path))
 
 
@@ -394,7 +460,7 @@ def _bot(t: _Table, base: Path) -> BotSettings:
     database: Path | str | None = t.get("database", (str, os.PathLike), "a path or URL", None)
     if not is_postgres(database or ""):  # a URL selects PostgreSQL; anything else is a SQLite file
         if (database := t.path("database", base, "bot.db")) is None:
-            raise t.error("must be a file name or a postgresql:// URL, not empty", "database")
+            t.report("must be a file name or a postgresql:// URL, not empty", "database")
     return t.build(
         BotSettings, database=database, public_url=t.url("public_url"), plugins_dir=t.path("plugins_dir", base),
         sandbox=t.boolean("sandbox", False), verify_signatures=t.boolean("verify_signatures", True),
@@ -415,10 +481,10 @@ def _is_ed25519_key(text: str) -> bool:
 def _telnyx(t: _Table, sandbox: bool) -> TelnyxSettings:
     version = t.choice("api_version", (1, 2), 1)
     if (api_key := t.string("api_key", empty_is_unset=True)) is None and version == 2 and not sandbox:
-        raise t.error("is required when api_version = 2 (unless [bot] sandbox = true)", "api_key")
+        t.report("is required when api_version = 2 (unless [bot] sandbox = true)", "api_key")
     public_key = t.string("public_key", empty_is_unset=True)
     if public_key is not None and not _is_ed25519_key(public_key):
-        raise t.error("must be a base64 Ed25519 public key (32 bytes once decoded)", "public_key")
+        t.report("must be a base64 Ed25519 public key (32 bytes once decoded)", "public_key")
     return t.build(TelnyxSettings, api_version=version, api_base=t.url("api_base", _API_BASES[version]),
                    api_key=api_key, public_key=public_key, management_base=t.url("management_base", _MANAGEMENT_BASE),
                    webhook_failover_url=t.url("webhook_failover_url"))
@@ -430,31 +496,50 @@ def _sending(t: _Table) -> SendingSettings:
         backoff_initial=t.duration("backoff_initial", 1.0), backoff_max=t.duration("backoff_max", 300.0),
         rate=t.rate("rate", 0.0), timeout=t.duration("timeout", 10.0))
     if settings.backoff_max < settings.backoff_initial:
-        raise t.error("must be >= backoff_initial", "backoff_max")
+        t.report("must be >= backoff_initial", "backoff_max")
     return settings
 
 
 def _profile(name: str, t: _Table) -> Profile:
     enabled = t.boolean("enabled", True)
     if not (secret := t.string("secret")):
-        raise t.error("is required: the Messaging Profile's secret, a non-empty string", "secret")
+        t.report("is required: the Messaging Profile's secret, a non-empty string", "secret")
     sender_id = t.string("alphanumeric_sender_id")
     if sender_id is not None and (why := alphanumeric_sender_id_error(sender_id)):
-        raise t.error(f"invalid Alphanumeric Sender ID {sender_id!r}: {why}", "alphanumeric_sender_id")
+        t.report(f"invalid Alphanumeric Sender ID {sender_id!r}: {why}", "alphanumeric_sender_id")
     return t.build(
         Profile, name=name, enabled=enabled, secret=secret, numbers=t.phone_numbers("numbers"),
         plugins=t.names("plugins"), plugin_config=t.plugin_config(), alphanumeric_sender_id=sender_id,
         send_rate=t.rate("send_rate"), telnyx_profile_id=t.string("telnyx_profile_id", empty_is_unset=True))
 
 
-def _assign(profiles: dict[str, Profile], numbers: dict[str, NumberSettings], source: str) -> dict[str, Profile]:
+def _check_v2_alphanumeric(telnyx: TelnyxSettings, sandbox: bool, profiles: dict[str, Profile], source: str,
+                           problems: list[str]) -> None:  # fmt: skip
+    """V2 sends from an alphanumeric sender ID need the profile's Telnyx id.
+
+    Telnyx's OpenAPI spec (team-telnyx/openapi, openapi/spec3.yml, CreateMessageRequest):
+    ``messaging_profile_id`` is "required if sending via number pool or with an alphanumeric
+    sender ID"; without it Telnyx refuses the send, for good.
+    """
+    if telnyx.api_version != 2 or sandbox:
+        return
+    for profile in profiles.values():
+        if profile.alphanumeric_sender_id and not profile.telnyx_profile_id:
+            problems.append(str(_error(source, _join("profiles", profile.name, "telnyx_profile_id"),
+                                       "is required with alphanumeric_sender_id when api_version = 2: Telnyx's V2 API "
+                                       "needs the messaging profile id to send from an alphanumeric sender ID")))  # fmt: skip
+
+
+def _assign(profiles: dict[str, Profile], numbers: dict[str, NumberSettings], source: str,
+            problems: list[str]) -> dict[str, Profile]:  # fmt: skip
     """Give each number at most one profile; numbers assigned by a [numbers] table join their profile's list."""
     owners: dict[str, str] = {}
     for profile in profiles.values():
         for number in profile.numbers:
             if (owner := owners.setdefault(number, profile.name)) != profile.name:
-                raise _error(source, _join("profiles", profile.name, "numbers"), f"{number} is listed by both "
-                             f"profile {owner!r} and profile {profile.name!r}; a number belongs to one profile")
+                problems.append(str(_error(source, _join("profiles", profile.name, "numbers"),
+                                           f"{number} is listed by both profile {owner!r} and profile "
+                                           f"{profile.name!r}; a number belongs to one profile")))  # fmt: skip
     extra: dict[str, list[str]] = {}
     for number, settings in numbers.items():
         key = _join("numbers", number, "profile")
@@ -462,10 +547,12 @@ def _assign(profiles: dict[str, Profile], numbers: dict[str, NumberSettings], so
             continue
         if settings.profile not in profiles:
             known = ", ".join(map(repr, profiles)) or "none"
-            raise _error(source, key, f"names unknown profile {settings.profile!r} (known: {known})")
+            problems.append(str(_error(source, key, f"names unknown profile {settings.profile!r} (known: {known})")))
+            continue
         if (owner := owners.setdefault(number, settings.profile)) != settings.profile:
-            raise _error(source, key, f"assigns {number} to profile {settings.profile!r}, but profile {owner!r} "
-                         "lists it; a number belongs to one profile")
+            rule = f"assigns {number} to profile {settings.profile!r}, but profile {owner!r} lists it"
+            problems.append(str(_error(source, key, f"{rule}; a number belongs to one profile")))
+            continue
         if number not in profiles[owner].numbers:
             extra.setdefault(owner, []).append(number)
     return {name: replace(p, numbers=p.numbers + tuple(extra.get(name, ()))) for name, p in profiles.items()}

@@ -51,9 +51,11 @@ class Dispatcher:
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
         store, settings = bot.store, bot.config.bot
+        extra = {"timer": {"lane": bot.timer_lane}} if bot.timer_lane else {}
 
         def claims(name: str, claim: Any, work: Any, key: Any, table: str) -> Claims:
-            return Claims(name, lambda n: store.call(claim, bot.owner, n, settings.lease), work, key,
+            more = extra.get(name, {})
+            return Claims(name, lambda n: store.call(claim, bot.owner, n, settings.lease, **more), work, key,
                           lambda row_id: store.call(store.release_unit, table, row_id, bot.owner),
                           poll=settings.poll_interval)  # fmt: skip
 

@@ -41,12 +41,17 @@ class Effects:
     def sends(self) -> list[tuple[str | None, SendEffect]]:
         return [(plugin, e) for plugin, e in self.items if isinstance(e, SendEffect)]
 
-    def opted_out(self, profile: str | None, number: str) -> bool:
-        """Opt-out state as this unit will leave it: its own consent changes over the stored one."""
+    def record(self, profile: str | None, number: str) -> bool:
+        """The consent record of ``profile`` (None: account-wide) as this unit will leave it."""
         for _, effect in reversed(self.items):
             if isinstance(effect, ConsentEffect) and (effect.profile, effect.number) == (profile, number):
                 return effect.opted_out
-        return self.store.is_opted_out(profile, number)
+        return self.store.consent_record(profile, number)
+
+    def opted_out(self, profile: str | None, number: str) -> bool:
+        """Opt-out state as this unit will leave it: its own consent changes over the stored ones
+        (an account-wide opt-out covers every profile)."""
+        return self.record(profile, number) or self.record(None, number)
 
 
 def current() -> Effects | None:

@@ -5,7 +5,8 @@ Every error bot-core raises on purpose descends from :class:`BotError`::
     BotError
     ├── ConfigError          bot.toml is malformed or breaks a rule (names file, key and rule)
     ├── WebhookError         a webhook was refused; carries the HTTP status and a reason
-    │   └── SignatureError   missing or bad signature (401)
+    │   ├── SignatureError   missing or bad signature (401)
+    │   └── ForeignStatusError  a V1 status signed by a profile that did not send the message (403)
     ├── SettingsError        a plugin's check_config found problems in its own settings
     ├── PluginError          a plugin raised or timed out while handling a message
     └── SendError            Telnyx refused or failed a send; says whether to retry
@@ -36,6 +37,13 @@ class SignatureError(WebhookError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason, status=401)
+
+
+class ForeignStatusError(WebhookError):
+    """A V1 delivery status names a message another profile sent: its secret cannot vouch for it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, status=403)
 
 
 class SettingsError(BotError):

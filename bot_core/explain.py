@@ -22,6 +22,7 @@ from .chat import sandboxed
 from .config import Config
 from .dispatch import Outcome
 from .errors import BotError
+from .logs import Masker
 from .messages import InboundMessage
 from .outbox import draft
 from .store import FAILED, IGNORED, RECEIVED, Store, is_postgres, open_store
@@ -32,7 +33,11 @@ class ExplainError(BotError):
 
 
 async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str, Any]:
-    """What the bot would do with ``text`` from ``from_`` to ``to``, committing nothing."""
+    """What the bot would do with ``text`` from ``from_`` to ``to``, committing nothing.
+
+    Every secret of the config is masked in the result: a plugin's exception or reply may
+    quote one, and the result is printed.
+    """
     number = config.number(to)
     if number is None or number.profile is None:
         raise ExplainError(f"{to} is not assigned to any messaging profile in the config: Telnyx's webhook "
@@ -69,7 +74,7 @@ async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str
         replies=[{"text": d.text, "encoding": d.encoding, "parts": d.parts, "status": d.status, "error": d.error}
                  for d in drafts],
     )  # fmt: skip
-    return result
+    return Masker(config.secrets()).mask_data(result)
 
 
 def _trace(bot: Bot, outcome: Outcome) -> list[dict[str, str]]:

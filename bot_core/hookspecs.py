@@ -7,9 +7,10 @@ subset of the hook's arguments, by name, and may be ``def`` or ``async def``.
 Calling rules, the same for every hook:
 
 - bot-core calls implementations one at a time, in the plugin order of the message's profile
-  (``plugins = [...]`` in bot.toml; when omitted: ``optout`` first, then plugins whose
-  ``handle_message`` is ``tryfirst``, the rest by name, ``trylast`` ones and ``fallback`` last),
-  and awaits each result that is awaitable before calling the next.
+  (``plugins = [...]`` in bot.toml, with ``optout`` always first and ``fallback`` always last;
+  when omitted, only ``optout`` is active), and awaits each result that is awaitable before
+  calling the next. pluggy's ``wrapper`` and ``hookwrapper`` implementations are refused when
+  the plugin loads: there is no chain of calls for them to wrap.
 - Only plugins active on the message's profile are called for that message.
 - A ``def`` implementation runs on the event loop: it must not block. Do slow work (HTTP
   calls, sleeps) in an ``async def`` implementation.
@@ -66,13 +67,13 @@ def check_config(profile: str, config: dict[str, Any]) -> dict[str, str] | None:
     """Check the plugin's settings for one profile; return the problems as ``{key: rule}``.
 
     Called when the config is loaded (``bot-core check``, ``serve``, the test harness), before
-    the bot starts, once per profile the plugin is active on (and once per number that has
-    its own ``plugin_config``). ``key`` is relative to the plugin's table (``""`` for the
-    table itself), e.g. ``{"signup.steps[1].regex": "is not a valid regular expression"}``;
-    bot-core prefixes the file and ``profiles.NAME.plugin_config.PLUGIN`` and refuses to
-    start. Instead of returning the problems, it may raise ``bot_core.SettingsError(problems)``
-    (handy when the plugin's own settings parser raises it). Must be a plain ``def``: no bot
-    exists yet.
+    the bot starts, once per profile the plugin is active on or has a ``plugin_config`` table
+    on, active or not (and once per number whose own settings change it). ``key`` is relative
+    to the plugin's table (``""`` for the table itself), e.g.
+    ``{"signup.steps[1].regex": "is not a valid regular expression"}``; bot-core prefixes the
+    file and ``profiles.NAME.plugin_config.PLUGIN`` and refuses to start. Instead of
+    returning the problems, it may raise ``bot_core.SettingsError(problems)`` (handy when the
+    plugin's own settings parser raises it). Must be a plain ``def``: no bot exists yet.
     """
 
 

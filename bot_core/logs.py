@@ -8,10 +8,57 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from typing import Any
 
 MASK = "[secret]"
+
+
+class Secret(str):
+    """A string whose ``repr`` is masked: config values filled from the environment.
+
+    ``repr(bot.config)``, a plugin_config dict in a traceback or an f-string's ``!r`` show
+    ``'[secret]'``; the value itself (``str``, JSON, HTTP headers) is the real one.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(MASK)
+
+
+def _escaped(text: str) -> set[str]:
+    """``text`` as it appears inside a JSON string (ASCII or not) and inside a Python repr, whose
+    quotes depend on the whole string: a ``'`` is escaped only in a repr that also holds a ``"``."""
+    return {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], str.__repr__(text)[1:-1],
+            str.__repr__(text + '"')[1:-2]}
+
+
+class Masker:
+    """Masks secrets in text, also in their escaped forms: a secret with a ``\\`` or a ``'`` in
+    it is spelled differently in a JSON document, in a repr, and in the repr of a JSON document."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for secret in {s for s in secrets if s}:
+            for once in _escaped(secret):
+                forms |= _escaped(once)
+        ordered = sorted(forms, key=len, reverse=True)  # the longest form first: it contains the others
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def mask(self, text: str) -> str:
+        return self._pattern.sub(MASK, text) if self._pattern is not None and text else text
+
+    def mask_data(self, value: Any) -> Any:
+        """A JSON-serialisable ``value`` with every string in it masked."""
+        if self._pattern is None:
+            return value
+        return json.loads(self.mask(json.dumps(value, default=str)))
 
 
 class SecretFilter(logging.Filter):
@@ -19,15 +66,13 @@ class SecretFilter(logging.Filter):
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.masker = Masker(secrets)
 
     def mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        return text
+        return self.masker.mask(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
+        if self.masker:
             record.msg, record.args = self.mask(record.getMessage()), None
             if record.exc_info and not record.exc_text:
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -37,7 +82,7 @@ class SecretFilter(logging.Filter):
                 if isinstance(value, str):
                     setattr(record, key, self.mask(value))
                 elif not isinstance(value, (int, float, bool, type(None))):  # a dict or a list
-                    setattr(record, key, json.loads(self.mask(json.dumps(value, default=str))))
+                    setattr(record, key, self.masker.mask_data(value))
         return True
 
 

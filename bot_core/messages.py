@@ -22,6 +22,8 @@ class InboundMessage:
 
     ``id`` is Telnyx's message id (stable across webhook retries); ``mdr_id`` is our MDR row.
     ``profile`` is the name of the Messaging Profile that owns ``to_number``.
+    ``other_recipients`` are everyone else a group message went to (V2 ``to`` and ``cc``,
+    E.164), besides ``to_number``, our number; a reply goes to ``from_number`` only.
     """
 
     id: str
@@ -32,6 +34,7 @@ class InboundMessage:
     media: tuple[Media, ...] = ()
     mdr_id: int | None = None
     received_at: str | None = None
+    other_recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

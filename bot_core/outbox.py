@@ -44,7 +44,7 @@ def draft(
 
     ``opted_out(profile, number)`` answers as the unit being handled will leave things (its
     own opt-in or opt-out counts), so a START's confirmation is not blocked."""
-    segments = count_segments(reply.text)
+    segments = count_segments(reply.text, from_number)  # Telnyx's encoding depends on the sender type
     status, error = PENDING, None
     if segments.parts > max_parts:
         status = FAILED

@@ -48,6 +48,18 @@ class Plugins:
     def names(self) -> list[str]:
         return sorted(self.sources)
 
+    def add(self, name: str, plugin: object, source: str) -> None:
+        """Register ``plugin`` (a module or object with hook implementations) as ``name``.
+
+        ``source`` says where it came from (``bot-core plugins`` prints it). Refuses a second
+        plugin of the same name, and pluggy wrappers (see :func:`_refuse_wrappers`).
+        """
+        if name in self.sources:
+            raise ConfigError(f"two plugins are named {name!r}: {self.sources[name]} and {source}; rename one")
+        self.manager.register(plugin, name=name)
+        _refuse_wrappers(self.manager, name, plugin)
+        self.sources[name] = source
+
     def hooks_of(self, name: str) -> list[str]:
         plugin = self.manager.get_plugin(name)
         return sorted(
@@ -62,95 +74,110 @@ class Plugins:
                 return impl
         return None
 
-    def default_order(self) -> list[str]:
-        """Every plugin: ALWAYS_FIRST, tryfirst handlers, by name, trylast handlers, ALWAYS_LAST."""
-
-        def rank(name: str) -> tuple[int, str]:
-            if name in ALWAYS_FIRST:
-                return (0, name)
-            if name in ALWAYS_LAST:
-                return (4, name)
-            impl = self.impl("handle_message", name)
-            if impl is not None and impl.tryfirst:
-                return (1, name)
-            if impl is not None and impl.trylast:
-                return (3, name)
-            return (2, name)
-
-        return sorted(self.sources, key=rank)
-
     def active(self, number: NumberState) -> list[str]:
         """The plugins that see messages to ``number``, in the order they are consulted.
 
         A configured list is kept as written, except that ALWAYS_FIRST plugins come first
-        (listed or not) and ALWAYS_LAST ones, when listed, last.
+        (listed or not) and ALWAYS_LAST ones, when listed, last. Without a list only the
+        ALWAYS_FIRST ones answer: a plugin answers customers only where a profile names it, so
+        a demo plugin or one pip-installed for another bot never answers a support line.
         """
-        if number.plugins is None:
-            order = self.default_order()
-        else:
-            order = [n for n in ALWAYS_FIRST if n in self.sources]
-            order += [n for n in number.plugins if n not in ALWAYS_FIRST + ALWAYS_LAST]
-            order += [n for n in ALWAYS_LAST if n in number.plugins]
+        order = [n for n in ALWAYS_FIRST if n in self.sources]
+        order += [n for n in number.plugins or () if n not in ALWAYS_FIRST + ALWAYS_LAST]
+        order += [n for n in ALWAYS_LAST if n in (number.plugins or ())]
         return [n for n in order if number.plugin_config.get(n, {}).get("enabled", True) is not False]
+
+    def answering(self, config: Config) -> list[str]:
+        """For each profile, a line saying which plugins answer its customers (``check`` and the
+        startup log print them, so that nobody learns it from a customer)."""
+        lines = []
+        for name, profile in config.profiles.items():
+            active = ", ".join(self.active(config.profile_state(name))) or "none"
+            if profile.plugins is None:
+                active += " (no `plugins` list: only opt-out compliance answers; list the plugins that should)"
+            lines.append(f"profile {name}: plugins answering: {active}")
+        return lines
 
     def check(self, config: Config) -> None:
         """Every plugin a profile or number names must be loaded, with sound settings and keywords.
 
         Called by ``load_plugins(config)``, so ``bot-core check`` and ``serve`` both refuse a
-        config that fails here.
+        config that fails here. Every problem is reported at once, one a line.
         """
+        problems = self._unknown(config)
+        for scope, number, own in _scopes(config):
+            active = self.active(number)
+            # A plugin's table is checked whether or not the plugin answers there: a typo in
+            # the settings of a plugin switched on later must not wait until then to surface.
+            # A number's scope checks only what it changes, so a profile's mistake is told once.
+            names = [n for n in dict.fromkeys([*active, *number.plugin_config])
+                     if n in self.sources and (own is None or n in own)]  # fmt: skip
+            wrong = {name: self._check_settings(config, scope, number, name) for name in names}
+            problems += [problem for found in wrong.values() for problem in found]
+            # A plugin whose settings are wrong cannot say which keywords they claim.
+            problems += self._check_keywords(config, scope, number, [n for n in active if not wrong.get(n)])
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    def _unknown(self, config: Config) -> list[str]:
+        """A problem for each plugin named in a ``plugins`` list or a ``plugin_config`` table that is not loaded."""
         where = [(f"profiles.{p.name}.plugins", p.plugins) for p in config.profiles.values()]
         where += [(f'numbers."{n.number}".plugins', n.plugins) for n in config.numbers.values()]
         where += [(f"profiles.{p.name}.plugin_config", p.plugin_config) for p in config.profiles.values()]
         where += [(f'numbers."{n.number}".plugin_config', n.plugin_config) for n in config.numbers.values()]
+        problems = []
         for key, names in where:
             for name in names or ():
                 if name not in self.sources:
                     close = difflib.get_close_matches(name, self.names, n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise ConfigError(
-                        f"{config.path or '<dict>'}: {key}: unknown plugin {name!r}"
-                        f" (loaded plugins: {', '.join(self.names) or 'none'}{hint})"
-                    )
-        for scope, number in _scopes(config):
-            active = self.active(number)
-            self._check_settings(config, scope, number, active)
-            self._check_keywords(config, scope, number, active)
+                    problems.append(f"{config.path or '<dict>'}: {key}: unknown plugin {name!r}"
+                                    f" (loaded plugins: {', '.join(self.names) or 'none'}{hint})")  # fmt: skip
+        return problems
 
-    def _check_settings(self, config: Config, scope: str, number: NumberState, active: list[str]) -> None:
-        """Ask each active plugin's ``check_config``; report every problem at once."""
+    def _check_settings(self, config: Config, scope: str, number: NumberState, name: str) -> list[str]:
+        """Ask plugin ``name``'s ``check_config`` about its table in ``scope``; the problems, one a line."""
+        problems = []
+        source = config.path or "<dict>"
+        settings = dict(number.plugin_config.get(name, {}))
+        # `enabled` is the framework's (see active()); the plugin checks the rest.
+        if not isinstance(settings.pop("enabled", True), bool):
+            problems.append(f"{source}: {scope}.plugin_config.{name}.enabled: must be true or false")
+        try:
+            found = self._call_sync("check_config", name, profile=number.profile, config=settings)
+        except ConfigError as exc:
+            return [*problems, str(exc)]
+        if found is not None and not isinstance(found, dict):
+            return [*problems, f"plugin {name!r}: check_config must return {{key: rule}} or None"]
+        for key, rule in (found or {}).items():
+            problems.append(f"{source}: {scope}.plugin_config.{name}{'.' if key else ''}{key}: {rule}")
+        return problems
+
+    def _check_keywords(self, config: Config, scope: str, number: NumberState, active: list[str]) -> list[str]:
+        """No two claimants may share a keyword on one profile; ALWAYS_FIRST's words are reserved."""
+        claims: dict[str, tuple[str, str]] = {}
         problems = []
         source = config.path or "<dict>"
         for name in active:
-            settings = dict(number.plugin_config.get(name, {}))
-            # `enabled` is the framework's (see active()); the plugin checks the rest.
-            if not isinstance(settings.pop("enabled", True), bool):
-                problems.append(f"{source}: {scope}.plugin_config.{name}.enabled: must be true or false")
-            found = self._call_sync("check_config", name, profile=number.profile, config=settings)
-            if found is not None and not isinstance(found, dict):
-                raise ConfigError(f"plugin {name!r}: check_config must return {{key: rule}} or None")
-            for key, rule in (found or {}).items():
-                problems.append(f"{source}: {scope}.plugin_config.{name}{'.' if key else ''}{key}: {rule}")
-        if problems:
-            raise ConfigError("\n".join(problems))
-
-    def _check_keywords(self, config: Config, scope: str, number: NumberState, active: list[str]) -> None:
-        """No two claimants may share a keyword on one profile; ALWAYS_FIRST's words are reserved."""
-        claims: dict[str, tuple[str, str]] = {}
-        source = config.path or "<dict>"
-        for name in active:
-            found = self._call_sync("register_keywords", name, profile=number.profile,
-                                    config=number.plugin_config.get(name, {}))  # fmt: skip
+            try:
+                found = self._call_sync("register_keywords", name, profile=number.profile,
+                                        config=number.plugin_config.get(name, {}))  # fmt: skip
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
             for item in found or ():
                 if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
-                    raise ConfigError(f"plugin {name!r}: register_keywords must return [(KEYWORD, claimant), ...]")
+                    problems.append(f"plugin {name!r}: register_keywords must return [(KEYWORD, claimant), ...]")
+                    break
                 keyword = normalize_keyword(item[0])
                 if not keyword:
-                    raise ConfigError(f"{source}: {scope}: plugin {name!r} ({item[1]})"
-                                      f" claims {item[0]!r}, which has no letters or digits")  # fmt: skip
+                    problems.append(f"{source}: {scope}: plugin {name!r} ({item[1]})"
+                                    f" claims {item[0]!r}, which has no letters or digits")  # fmt: skip
+                    continue
                 first = claims.setdefault(keyword, (name, item[1]))
                 if first != (name, item[1]):
-                    raise ConfigError(f"{source}: {scope}: {_conflict(keyword, first, (name, item[1]))}")
+                    problems.append(f"{source}: {scope}: {_conflict(keyword, first, (name, item[1]))}")
+        return problems
 
     def _call_sync(self, hook: str, name: str, **kwargs: Any) -> Any:
         """Call a config-time hook of one plugin (a plain def) with the arguments it asks for."""
@@ -182,18 +209,19 @@ class Plugins:
                 log.exception("plugin %r failed in %s", name, hook)
 
 
-def _scopes(config: Config) -> Iterator[tuple[str, NumberState]]:
-    """Each profile, and each number with its own plugin settings, as the plugins would see it."""
-    for profile in config.profiles.values():
-        yield f"profiles.{profile.name}", NumberState(
-            "", profile.name, enabled=profile.enabled, reason=None, plugins=profile.plugins,
-            plugin_config=profile.plugin_config, send_rate=None,
-        )  # fmt: skip
+def _scopes(config: Config) -> Iterator[tuple[str, NumberState, set[str] | None]]:
+    """Each profile, and each number with its own plugin settings, as the plugins would see it,
+    with the plugins whose settings the scope changes (None: all of them)."""
+    for name in config.profiles:
+        yield f"profiles.{name}", config.profile_state(name), None
     for settings in config.numbers.values():
         number = config.number(settings.number)
-        own = settings.plugins is not None or settings.plugin_config
-        if own and number is not None and number.profile is not None:
-            yield f'numbers."{settings.number}"', number
+        if not (settings.plugins is not None or settings.plugin_config) or number is None or number.profile is None:
+            continue
+        # Its own tables, and plugins its own list turns on that its profile's list does not.
+        inherited = set(config.profiles[number.profile].plugins or ())
+        own = set(settings.plugin_config) | (set(settings.plugins or ()) - inherited)
+        yield f'numbers."{settings.number}"', number, own
 
 
 def _conflict(keyword: str, first: tuple[str, str], second: tuple[str, str]) -> str:
@@ -230,11 +258,11 @@ def load_plugins(config: Config | None = None, *, installed: bool | Iterable[str
         if not bundled and wanted is not None and entry_point.name not in wanted:
             continue
         source = "bundled" if bundled else f"entry point {dist}"
-        _register(plugins, entry_point.name, entry_point.load(), source)
+        plugins.add(entry_point.name, entry_point.load(), source)
     if config is not None and config.bot.plugins_dir is not None:
         for path in sorted(config.bot.plugins_dir.glob("*.py")):
             if not path.name.startswith("_"):
-                _register(plugins, path.stem, _import_file(path), f"plugins_dir {path}")
+                plugins.add(path.stem, _import_file(path), f"plugins_dir {path}")
     try:
         manager.check_pending()  # a hookimpl with no hookspec is a typo, not a feature
     except pluggy.PluginValidationError as exc:
@@ -244,13 +272,19 @@ def load_plugins(config: Config | None = None, *, installed: bool | Iterable[str
     return plugins
 
 
-def _register(plugins: Plugins, name: str, module: ModuleType, source: str) -> None:
-    if name in plugins.sources:
-        raise ConfigError(
-            f"two plugins are named {name!r}: {plugins.sources[name]} and {source}; rename one"
-        )
-    plugins.manager.register(module, name=name)
-    plugins.sources[name] = source
+def _refuse_wrappers(manager: pluggy.PluginManager, name: str, module: object) -> None:
+    """Refuse pluggy's wrapper and hookwrapper implementations: bot-core calls each hook
+    implementation itself, one at a time (see hookspecs), so a wrapper would be called as a
+    plain function and fail on every message. No bot-core hook is historic, and a plugin
+    cannot declare hooks, so historic calls cannot reach a plugin either."""
+    for caller in manager.get_hookcallers(module) or ():
+        for impl in caller.get_hookimpls():
+            if impl.plugin is module and (impl.wrapper or impl.hookwrapper):
+                kind = "wrapper=True" if impl.wrapper else "hookwrapper=True"
+                manager.unregister(module)
+                raise ConfigError(f"plugin {name!r}: hook {caller.name!r} is implemented with @hookimpl({kind}); "
+                                  "bot-core calls every implementation itself, in the profile's order, and "
+                                  "does not support pluggy wrappers: use a plain @hookimpl")  # fmt: skip
 
 
 def _import_file(path: Path) -> ModuleType:

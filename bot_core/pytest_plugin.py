@@ -4,7 +4,7 @@ With bot-core installed, every pytest run has them; ``pytest --fixtures`` lists 
 
 - ``bot_tester``: a factory, ``bot_tester(config, **kwargs)`` -> a started
   :class:`~bot_core.testing.BotTester` in ``tmp_path``, stopped after the test.
-- ``fake_telnyx``: a :class:`~bot_core.fake_telnyx.FakeTelnyx`, in-process (pass it as
+- ``fake_telnyx``: a :class:`~bot_core.testing.FakeTelnyx`, in-process (pass it as
   ``bot_tester(config, telnyx=fake_telnyx)``; ``with fake_telnyx:`` serves it on loopback).
 - ``fake_clock``: a :class:`~bot_core.testing.FakeClock` (pass it as ``clock=fake_clock``).
 """
@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from .fake_telnyx import FakeTelnyx
-from .testing import BotTester, FakeClock
+from .testing import BotTester, FakeClock, FakeTelnyx
 
 
 @pytest.fixture

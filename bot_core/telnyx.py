@@ -33,9 +33,15 @@ class SendResult:
 
 
 class TelnyxClient(Protocol):
-    """What the sender needs from a Telnyx API version."""
+    """What the sender needs from a Telnyx API version.
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None) -> SendResult: ...
+    ``messaging_profile_id`` is Telnyx's id of the sending profile: V2 sends it (Telnyx's
+    OpenAPI spec, CreateMessageRequest: "required if sending via number pool or with an
+    alphanumeric sender ID"); V1 knows the profile from its secret.
+    """
+
+    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
+                   messaging_profile_id: str | None = None) -> SendResult: ...
 
     async def fetch(self, *, secret: str, telnyx_id: str) -> dict[str, Any]: ...
 
@@ -135,7 +141,8 @@ def _retry_after(value: str | None) -> float | None:
 class V1Client(_HttpClient):
     """``POST {api_base}/messages`` with ``x-profile-secret``: the API bot-core is built around."""
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None) -> SendResult:
+    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
+                   messaging_profile_id: str | None = None) -> SendResult:
         payload = {"from": from_, "to": to, "body": text}
         if webhook_url:
             payload["delivery_status_webhook_url"] = webhook_url
@@ -153,10 +160,13 @@ class V2Client(_HttpClient):
         super().__init__(base_url, timeout, transport)
         self._auth = {"authorization": f"Bearer {api_key}"}
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None) -> SendResult:
+    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
+                   messaging_profile_id: str | None = None) -> SendResult:
         payload = {"from": from_, "to": to, "text": text}
         if webhook_url:
             payload["webhook_url"] = webhook_url
+        if messaging_profile_id:  # given for an alphanumeric sender ID, where the spec requires it
+            payload["messaging_profile_id"] = messaging_profile_id
         body = await self._request("POST", "/messages", self._auth, payload)
         data = body.get("data") if isinstance(body.get("data"), dict) else {}
         recipients = data.get("to") if isinstance(data.get("to"), list) else []
@@ -171,7 +181,8 @@ class V2Client(_HttpClient):
 class SandboxClient:
     """Sends nothing: every message is accepted with status ``sandbox`` and logged."""
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None) -> SendResult:
+    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
+                   messaging_profile_id: str | None = None) -> SendResult:
         log.info("sandbox: not sending %s -> %s: %r", from_, to, text)
         return SendResult(f"sandbox-{uuid.uuid4()}", "sandbox")
 

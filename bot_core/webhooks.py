@@ -83,7 +83,7 @@ def parse_webhook(body: bytes) -> Webhook:
     data = document.get("data")
     if isinstance(data, dict) and "event_type" in data:
         return _parse_v2(data)
-    if isinstance(document.get("msg"), dict) or document.get("delivery_status") or "status" in document:
+    if _is_v1_status(document):
         return Webhook(1, "status", None, _parse_v1_status(document))
     return Webhook(1, "message", _parse_v1_inbound(document, body), None)
 
@@ -237,10 +237,23 @@ def _parse_v1_inbound(document: dict[str, Any], body: bytes) -> InboundMessage:
     return InboundMessage(message_id, text, from_number, to_number, None, media)
 
 
+def _is_v1_status(document: dict[str, Any]) -> bool:
+    """A V1 delivery status, in either documented shape, rather than an inbound message.
+
+    Telnyx posts the send response's shape (``msg`` {src, dst, body}, ``status``,
+    ``delivery_status``) or, per its messaging migration guide, "the current MDR": top-level
+    ``from``/``to``, ``direction: "outbound"``, ``status``, ``errors`` and ``body`` as an object
+    (``samples/v1-delivery-status*.json``). An inbound message has none of these.
+    """
+    return (isinstance(document.get("msg"), dict) or bool(document.get("delivery_status")) or "status" in document
+            or document.get("direction") == "outbound" or isinstance(document.get("body"), dict))  # fmt: skip
+
+
 def _parse_v1_status(document: dict[str, Any]) -> DeliveryStatus:
-    sms_id = _v1_string(document, "sms_id")
+    key = "sms_id" if "sms_id" in document or "id" not in document else "id"
+    sms_id = _v1_string(document, key)
     if not sms_id:
-        raise WebhookError("'sms_id' is empty")
+        raise WebhookError(f"{key!r} is empty")
     delivery_status = document.get("delivery_status")
     if delivery_status not in (None, "") and not isinstance(delivery_status, str):
         raise WebhookError("'delivery_status' must be a string")
@@ -255,8 +268,8 @@ def _parse_v1_status(document: dict[str, Any]) -> DeliveryStatus:
     return DeliveryStatus(
         telnyx_id=sms_id,
         status=status,
-        from_number=_lenient_number(msg.get("src")),
-        to_number=_lenient_number(msg.get("dst")),
+        from_number=_lenient_number(msg.get("src") or document.get("from")),  # send-response or MDR shape
+        to_number=_lenient_number(msg.get("dst") or document.get("to")),
         error=next(filter(None, errors), None),
     )
 
@@ -294,15 +307,17 @@ def _parse_v2(data: dict[str, Any]) -> Webhook:
     if event_type == "message.received":
         payload = _v2_object(data, "payload", "data.payload")
         sender = _v2_object(payload, "from", "data.payload.from")
-        from_path, to_path = "data.payload.from.phone_number", "data.payload.to[0].phone_number"
+        from_path = "data.payload.from.phone_number"
+        to_number, *others = _v2_recipients(payload)
         message = InboundMessage(
             id=_v2_string(payload, "id", "data.payload.id"),
             text=_v2_text(payload),
             from_number=_number(_v2_string(sender, "phone_number", from_path), from_path),
-            to_number=_number(_v2_string(_v2_first_to(payload), "phone_number", to_path), to_path),
+            to_number=to_number,
             profile=None,
             media=_media(payload.get("media"), "data.payload.media", "sha256"),
             received_at=_optional_string(payload.get("received_at")),
+            other_recipients=tuple(others),
         )
         return Webhook(2, "message", message, None, event_id, event_type)
     if event_type in _STATUS_EVENTS:
@@ -338,6 +353,25 @@ def _v2_first_to(payload: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(recipients[0], dict):
         raise WebhookError("data.payload.to[0] must be an object")
     return recipients[0]
+
+
+def _v2_recipients(payload: dict[str, Any]) -> list[str]:
+    """Every recipient of an inbound message, ``to`` then ``cc``, in E.164, without repeats.
+
+    A group MMS lists several (Telnyx's message object: ``to`` and ``cc`` arrays of
+    ``{phone_number, status, ...}``), ours not necessarily first, so the bot looks for its own
+    among them. The first ``to`` must be a phone number; an unreadable other one is dropped
+    rather than losing the message.
+    """
+    to_path = "data.payload.to[0].phone_number"
+    recipients = [_number(_v2_string(_v2_first_to(payload), "phone_number", to_path), to_path)]
+    for key in ("to", "cc"):
+        entries = payload.get(key)
+        for entry in entries if isinstance(entries, list) else ():
+            number = _lenient_number(entry.get("phone_number")) if isinstance(entry, dict) else None
+            if number is not None and number.startswith("+"):
+                recipients.append(number)
+    return list(dict.fromkeys(recipients))
 
 
 def _v2_string(parent: dict[str, Any], key: str, path: str) -> str:

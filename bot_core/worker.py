@@ -117,9 +117,11 @@ class Sender:
     async def _attempt(self, message: Outbound, profile: Profile, attempt: int) -> float | None:
         """One HTTP request; the seconds to wait before the next one, or None when settled."""
         try:
+            alphanumeric = message.from_number == profile.alphanumeric_sender_id
             result = await self.client.send(
                 secret=profile.secret, from_=message.from_number, to=message.to_number,
                 text=message.text, webhook_url=self._status_url,
+                messaging_profile_id=profile.telnyx_profile_id if alphanumeric else None,
             )  # fmt: skip
         except SendError as exc:
             if exc.opted_out:
@@ -173,8 +175,9 @@ def backoff(attempt: int, initial: float, maximum: float, retry_after: float | N
     """Exponential backoff with jitter; Telnyx's Retry-After wins when it is longer.
 
     The delay is drawn from the upper half of the exponential step, so retries of many
-    messages spread out while each still waits at least half its step.
+    messages spread out while each still waits at least half its step. Retry-After is capped
+    by ``maximum`` (backoff_max) too: a header saying "a day" must not park a conversation.
     """
     ceiling = min(maximum, initial * 2 ** (max(attempt, 1) - 1))
     delay = random.uniform(ceiling / 2, ceiling)
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, maximum))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,10 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from bot_core.fake_telnyx import FakeTelnyx
-from bot_core.store import open_store
+from bot_core.store import PENDING, RECEIVED, SENDING, open_store
+from bot_core.testing import FakeTelnyx
+
+pytest_plugins = ["pytester"]  # test_testing runs pytest on a plugin author's tests
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -39,30 +43,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")  # uvicorn's own line, port 0 resolved
+
+
 class Server:
-    """`bot-core serve` as a child process on a loopback port."""
+    """`bot-core serve` as a child process on a loopback port.
+
+    It binds port 0 and the port the system gave it is read from its log: a port picked free
+    beforehand could be taken by another test's socket before the server binds it."""
 
     def __init__(self, config: Path, log: Path) -> None:
         self.config = config
         self.log_path = log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
+        self.url = ""
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20) -> Server:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        seen = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", str(self.port)],
+                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", "0"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bot-core serve exited with {self.process.returncode}:\n{self.log}")
-            if healthy(self.url):
-                return self
+            if running := _LISTENING.search(self.log_path.read_bytes()[seen:].decode(errors="replace")):
+                self.port = int(running[1])
+                self.url = f"http://127.0.0.1:{self.port}"
+                if healthy(self.url):
+                    return self
             time.sleep(0.05)
         raise RuntimeError(f"bot-core serve did not become healthy:\n{self.log}")
 
@@ -73,6 +85,13 @@ class Server:
     def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         return httpx.post(self.url + "/webhooks/telnyx", content=body,
                           headers={"content-type": "application/json", **headers}, timeout=10)
+
+    def settled(self, database: str = "bot.db") -> bool:
+        """Whether the server has handled every message stored and finished every send: it sends
+        nothing more until a new webhook (or a timer) comes."""
+        with closing(sqlite3.connect(self.config.parent / database)) as conn:
+            busy = f"SELECT 1 FROM mdrs WHERE status IN ('{RECEIVED}', '{PENDING}', '{SENDING}') LIMIT 1"
+            return conn.execute(busy).fetchone() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.process is not None

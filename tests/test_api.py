@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import bot_core
@@ -21,6 +23,13 @@ def test_all_is_sorted_and_importable():
     assert bot_core.__all__ == sorted(bot_core.__all__)
     for name in bot_core.__all__:
         assert getattr(bot_core, name) is not None
+
+
+def test_a_plugin_module_importing_hookimpl_does_not_load_the_server_stack():
+    heavy = ["asyncio", "bot_core.bot", "httpx", "sqlite_utils", "starlette", "uvicorn"]
+    code = f"import sys; from bot_core import hookimpl, Reply; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
 
 
 def test_every_public_name_has_a_docstring():

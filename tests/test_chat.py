@@ -161,6 +161,54 @@ def test_chat_refuses_a_database_with_messages_waiting_to_be_sent(tmp_path):
     assert [r["status"] for r in mdrs(config)] == ["pending"]
 
 
+FLOW = """
+[profiles.support.plugin_config.flows.signup]
+trigger = "JOIN"
+expire_after = "1h"
+expiry_message = "Your signup timed out."
+steps = [{ ask = "Name?", save_as = "name" }, { ask = "ZIP?", save_as = "zip" }]
+done = "Thanks {name}!"
+"""
+
+
+def test_wait_moves_the_clock_so_timers_fire_and_flows_expire(tmp_path):
+    config = write_config(tmp_path, '["flows", "echo"]', extra=FLOW)
+    result = chat(config, "JOIN\nAda\n/wait 59m\n/wait 1m\nhello\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "you> JOIN", "bot> Name?", "you> Ada", "bot> ZIP?",
+        "you> /wait 59m",  # not due yet: nothing
+        "you> /wait 1m", "bot> Your signup timed out.",
+        "you> hello", "bot> echo hello #1",
+    ]  # fmt: skip
+
+
+def test_chat_commands_help_typos_and_a_literal_slash(tmp_path):
+    config = write_config(tmp_path)
+    result = chat(config, "/help\n/wait soon\n/wiat 5m\n//wait 5m\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "bot> echo /wait 5m #1"
+    assert "/wait DURATION" in result.stderr and "(/wait: 'soon' is not a duration" in result.stderr
+    assert "(unknown command /wiat: text it as //wiat 5m" in result.stderr
+
+
+def test_other_customers_timers_neither_stop_chat_nor_fire_in_it(tmp_path):
+    config = write_config(tmp_path)
+    store = Store(tmp_path / "bot.db")
+    other = store.conversation("support", OURS, "+13125550777")
+    store.add_timer(other.id, time.time() - 5, text="a real customer's reminder")  # due already
+    store.close()
+    result = chat(config, "hi\n/wait 1d\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["you> hi", "bot> echo hi #1", "you> /wait 1d"]
+    store = Store(tmp_path / "bot.db")
+    try:
+        assert [t.text for t in store.timers(other.id)] == ["a real customer's reminder"]  # still pending
+    finally:
+        store.close()
+    assert "a real customer's reminder" not in [r["text"] for r in mdrs(config)]
+
+
 def test_chat_refuses_a_number_that_is_not_messaging_enabled(tmp_path):
     config = write_config(tmp_path)
     result = chat(config, "hi\n", "--to", "+13125550102")

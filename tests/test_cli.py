@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from bot_core.cli import cli
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.messages import InboundMessage
 from bot_core.store import OutboundDraft, display, open_store
 
@@ -54,6 +54,7 @@ def write_config(tmp_path: Path, extra: str = "", telnyx: str = "", bot: str = "
         numbers = ["{OURS}", "{OTHER}"]
         plugins = ["boom", "echo"]
         alphanumeric_sender_id = "ACME"
+        telnyx_profile_id = "4001a2b3-0000-4000-8000-000000000002"
 
         [profiles.closed]
         enabled = false
@@ -243,9 +244,9 @@ def test_plugins_show_where_each_came_from_and_its_hooks(tmp_path):
     code, out = invoke("plugins", "--config", str(config), "--json")
     rows = {r["name"]: r for r in json_lines(out)}
     assert code == 0
-    assert rows["echo"]["source"] == "bundled" and rows["echo"]["hooks"] == ["handle_message"]
+    assert rows["echo"]["source"] == "bundled" and rows["echo"]["hooks"] == ["check_config", "handle_message"]
     assert rows["boom"]["source"] == f"plugins_dir {tmp_path / 'plugins' / 'boom.py'}"
-    assert rows["boom"]["profiles"] == ["closed", "support"]  # closed lists no plugins: all are active
+    assert rows["boom"]["profiles"] == ["support"]  # closed lists no plugins: only optout answers there
 
 
 def test_plugins_names_the_distribution_of_an_installed_entry_point(tmp_path):
@@ -266,11 +267,13 @@ def test_optouts_list_who_and_how_and_the_history(tmp_path):
     assert chatted.returncode == 0, chatted.stderr
     code, out = invoke("optouts", "--config", str(config), "--json")
     (row,) = json_lines(out)
-    assert (row["profile"], row["number"]) == ("support", CUSTOMER) and row["source"].startswith("texted STOP")
+    # Account-wide (profile None, "-" in the table), as Telnyx's opt-outs are by default.
+    assert (row["profile"], row["number"]) == (None, CUSTOMER) and row["source"].startswith("texted STOP")
     code, out = invoke("optouts", "--config", str(config), "--history", "--json")
     assert [r["action"] for r in json_lines(out)] == ["opt_out", "opt_in", "opt_out"]
     code, out = invoke("optouts", "--config", str(config))
     assert code == 0 and CUSTOMER in out and "texted STOP" in out
+    assert out.splitlines()[1].startswith("-  ")  # the profile column of an account-wide opt-out
 
 
 # -- send -----------------------------------------------------------------------------------
@@ -308,8 +311,18 @@ def test_send_respects_opt_outs(tmp_path):
     assert (row["status"], row["error"]) == ("blocked", "recipient opted out")
 
 
-@pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the US"), ("+14165550123", "Canada")])
-def test_send_refuses_an_alphanumeric_sender_to_us_and_canada(tmp_path, to, country):
+def test_send_refuses_a_number_without_its_country_code_saying_what_it_should_be(tmp_path):
+    # Never read "3125550123" as "+3125550123" (the Netherlands): refuse it and show E.164.
+    result = run("send", "--config", str(sandbox(tmp_path)), "--profile", "support", "--to", "3125550123", "hi")
+    assert result.returncode == 2
+    assert "--to" in result.stderr and "write +13125550123" in result.stderr
+
+
+# Telnyx's Alphanumeric Sender ID page: not supported to the United States, Canada or Puerto
+# Rico; the other US territories of the NANP (here Guam) are our reading (changes/fidelity.md).
+@pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the United States"), ("+14165550123", "Canada"),
+                                             ("+17875550100", "Puerto Rico"), ("+16715550100", "Guam")])
+def test_send_refuses_an_alphanumeric_sender_to_us_canada_and_us_territories(tmp_path, to, country):
     config = sandbox(tmp_path)
     result = run("send", "--config", str(config), "--profile", "support", "--alphanumeric", "--to", to, "Code 1")
     assert result.returncode == 1
@@ -413,12 +426,75 @@ def test_explain_works_beside_a_running_server(tmp_path):
     assert result.returncode == 0 and json.loads(result.stdout)["claimed_by"] == "echo"
 
 
+# -- --config anywhere; no stray demo databases ------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["messages", "show", "1", "--config", "{config}"],
+    ["messages", "show", "--config", "{config}", "1"],
+    ["messages", "--config", "{config}", "show", "1"],
+    ["--config", "{config}", "messages", "show", "1"],
+    ["messages", "show", "1", "--json", "--config", "{config}"],
+])  # fmt: skip
+def test_config_works_in_every_position(tmp_path, monkeypatch, args):
+    config = sandbox(tmp_path)
+    seed(config)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the demo bot would use a database here
+    code, out = invoke(*(a.format(config=config) for a in args))
+    assert code == 0, out
+    assert "old" in out and not list(elsewhere.iterdir())
+
+
+def test_a_typed_config_wins_over_the_environment_at_any_level(tmp_path, monkeypatch):
+    config = sandbox(tmp_path)
+    seed(config)
+    monkeypatch.setenv("BOT_CORE_CONFIG", str(tmp_path / "absent.toml"))
+    for args in (["profiles", "--json", "--config", str(config)], ["--config", str(config), "profiles", "--json"]):
+        code, out = invoke(*args)
+        assert code == 0, out
+        assert {r["name"] for r in json_lines(out)} == {"support", "closed"}
+    code, out = invoke("profiles")
+    assert code == 1 and "absent.toml" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["messages"], ["messages", "show", "1"], ["optouts"], ["conversations", "list"], ["conversations", "show", "1"],
+])  # fmt: skip
+def test_read_only_commands_without_a_config_create_no_database(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BOT_CORE_CONFIG", raising=False)
+    code, out = invoke(*args)
+    assert code == 1
+    assert "no --config given, and no demo database (bot-core-demo.db) in this folder" in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_inventories_without_a_database_show_zero_counts_and_create_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BOT_CORE_CONFIG", raising=False)
+    for command in ("profiles", "numbers", "plugins"):
+        code, out = invoke(command, "--json")
+        assert code == 0, out
+        assert json_lines(out)
+    code, out = invoke("profiles", "--json")
+    assert json_lines(out)[0]["inbound"] == 0
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "bot").mkdir()
+    config = sandbox(tmp_path / "bot")
+    code, out = invoke("messages", "--config", str(config))
+    assert code == 1 and f"no database at {config.parent / 'bot.db'} yet" in out
+    assert not (config.parent / "bot.db").exists()
+
+
 # -- help -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", [
     [], ["serve"], ["check"], ["chat"], ["send"], ["messages"], ["messages", "show"], ["profiles"], ["numbers"],
-    ["plugins"], ["optouts"], ["explain"], ["telnyx"], ["telnyx", "sync"],
+    ["plugins"], ["optouts"], ["explain"], ["telnyx"], ["telnyx", "sync"], ["conversations"],
+    ["conversations", "list"], ["conversations", "show"], ["conversations", "reset"], ["init"],
 ])  # fmt: skip
 def test_every_command_has_help_with_examples(command):
     code, out = invoke(*command, "--help")

@@ -306,6 +306,66 @@ def test_rule_violations_name_file_key_and_rule(tmp_path, text, expected):
     assert expected in error(tmp_path, text)
 
 
+def test_every_mistake_of_a_file_is_reported_at_once(tmp_path):
+    text = """
+[bot]
+max_parts = 11
+plugin_timeout = "ten seconds"
+databse = "x.db"
+
+[sending]
+rate = -1
+
+[profiles.support]
+numbers = ["+13125550100", "call me"]
+plugins = "echo"
+secret = "${MISSING_SECRET}"
+
+[profiles.sales]
+secret = "x"
+send_rate = "fast"
+
+[numbers."+13125550199"]
+profile = "nope"
+"""
+    lines = error(tmp_path, text).splitlines()
+    path = str(tmp_path / "bot.toml")
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    expected = [
+        "profiles.support.secret: environment variable MISSING_SECRET is not set",
+        "bot.max_parts: must be an integer from 1 to 10, not 11",
+        "bot.plugin_timeout: 'ten seconds' is not a duration",
+        "unknown key 'databse' in [bot] (did you mean 'database'?)",
+        "sending.rate: must be a number of messages per second >= 0",
+        "profiles.support.numbers[1]: invalid phone number",
+        "profiles.support.plugins: must be an array of plugin names",
+        "profiles.sales.send_rate: must be a number, not a string",
+        'numbers."+13125550199".profile: names unknown profile \'nope\'',
+    ]
+    for rule in expected:
+        assert sum(rule in line for line in lines) == 1, (rule, lines)
+    assert len(lines) == len(expected)
+
+
+def test_a_problems_list_collects_the_mistakes_and_keeps_what_could_be_read(tmp_path):
+    problems: list[str] = []
+    config = Config.from_dict({"bot": {"max_parts": 0, "sandbox": True}, "profiles": {"p": {
+        "secret": "s", "numbers": ["+13125550100", "nope"], "plugin_config": {"echo": {"prefix": "> "}}}}},
+        source="bot.toml", problems=problems)  # fmt: skip
+    assert [p.split(": ")[1] for p in problems] == ["bot.max_parts", "profiles.p.numbers[1]"]
+    assert config.bot.max_parts == 10 and config.bot.sandbox is True  # the default stands in
+    assert config.profiles["p"].numbers == ("+13125550100",)
+    assert config.profiles["p"].plugin_config == {"echo": {"prefix": "> "}}
+
+
+def test_every_unknown_key_of_a_table_is_reported(tmp_path):
+    lines = error(tmp_path, "[bot]\nsandbx = true\nmax_part = 3\n" + PROFILE).splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "unknown key 'sandbx' in [bot] (did you mean 'sandbox'?)",
+        "unknown key 'max_part' in [bot] (did you mean 'max_parts'?)",
+    ]
+
+
 def test_malformed_toml_names_file_and_position(tmp_path):
     message = error(tmp_path, "[bot]\nsandbox = \n")
     assert "invalid TOML" in message and "line 2" in message
@@ -333,7 +393,7 @@ def test_a_number_assigned_to_another_profile_than_its_lister_names_both(tmp_pat
 
 
 def test_numbers_are_normalised_to_e164(tmp_path):
-    text = '[profiles.p]\nsecret = "x"\nnumbers = ["+1 (312) 555-0100", "+13125550100"]\n[numbers."13125550101"]'
+    text = '[profiles.p]\nsecret = "x"\nnumbers = ["+1 (312) 555-0100", "+13125550100"]\n[numbers."+13125550101"]'
     config = load(tmp_path, text)
     assert config.profiles["p"].numbers == ("+13125550100",)
     assert list(config.numbers) == ["+13125550101"]
@@ -341,6 +401,22 @@ def test_numbers_are_normalised_to_e164(tmp_path):
     assert config.number("13125550101").number == "+13125550101"
     assert config.number("+13125550199") is None
     assert config.number("not a number") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "suggestion"),
+    [("3125550100", "write +13125550100"), ("13125550100", "write +13125550100"),
+     ("+3125550100", "+ then the country code")],
+)
+def test_config_numbers_must_be_valid_e164_and_the_error_says_what_they_would_look_like(tmp_path, text, suggestion):
+    # E.164 (ITU-T): "+", country code, national number. "3125550100" used to be read as
+    # "+3125550100", a Dutch number phonenumbers calls invalid, and listed as messaging-enabled.
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, f'[profiles.p]\nsecret = "x"\nnumbers = ["{text}"]')
+    assert "profiles.p.numbers[0]: invalid phone number" in str(caught.value) and "E.164" in str(caught.value)
+    assert suggestion in str(caught.value)
+    with pytest.raises(ConfigError, match="E.164"):
+        load(tmp_path, f'[profiles.p]\nsecret = "x"\n[numbers."{text}"]\nprofile = "p"')
 
 
 def test_enabled_and_reason_resolution(tmp_path):

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bot_core.webhooks import sign_v1
 
@@ -139,6 +140,7 @@ def test_sigkill_with_unprocessed_messages_and_unsent_replies_loses_nothing(serv
     assert statuses(database) == Counter({"handled": 13, "queued": 26})
 
 
+@pytest.mark.chaos
 def test_sigkill_at_a_random_moment_under_load(server_factory, fake_telnyx_server, tmp_path):
     fake = fake_telnyx_server
     server = server_factory(config_text(tmp_path, fake.url, pause=0.1)).start()

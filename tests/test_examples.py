@@ -25,6 +25,13 @@ CHICAGO = ZoneInfo("America/Chicago")
 BARE_ENV = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def copy_example(name: str, tmp_path: Path) -> Path:
+    """A copy of an example to run, so nothing is written into the repo, without what running
+    the examples as their READMEs say leaves there (databases, caches)."""
+    left_by_runs = shutil.ignore_patterns("*.db", "*.db-*", "__pycache__", "*.egg-info", ".pytest_cache")
+    return Path(shutil.copytree(EXAMPLES / name, tmp_path / name, ignore=left_by_runs))
+
+
 def install(example: Path, site: Path) -> dict[str, str]:
     """An environment in which ``example`` is installed, as pip would leave it, built from its
     own pyproject.toml (its entry points) and its ``src`` folder, without network."""
@@ -54,8 +61,7 @@ def test_each_example_passes_check_with_no_environment_set(name, tmp_path):
     ("signup-flow", "join", "What's your name?"),
 ])  # fmt: skip
 def test_the_readme_command_serves_the_example_in_sandbox_mode(name, text, reply, tmp_path):
-    example = tmp_path / name  # a copy, so the example's database is not written into the repo
-    shutil.copytree(EXAMPLES / name, example)
+    example = copy_example(name, tmp_path)
     readme = (example / "README.md").read_text()
     assert f"bot-core serve --config examples/{name}/bot.toml" in readme
     port = free_port()
@@ -125,8 +131,7 @@ def test_signup_flow_transcript(tmp_path):
 
 
 def test_custom_plugin_tests_pass_with_bot_cores_harness(tmp_path):
-    example = tmp_path / "custom-plugin"  # a copy, so nothing is written into the repo
-    shutil.copytree(EXAMPLES / "custom-plugin", example)
+    example = copy_example("custom-plugin", tmp_path)
     env = install(example, tmp_path / "site")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=example,
                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bot_core.errors import SignatureError
-from bot_core.fake_telnyx import FakeTelnyx, TelnyxWebhooks
+from bot_core.testing import FakeTelnyx, TelnyxWebhooks
 from bot_core.webhooks import parse_webhook, verify_v1, verify_v2
 
 from .conftest import wait_for
@@ -199,8 +199,7 @@ plugins = ["echo"]
     answers = fake.deliver(url, first, second, first, second)
     assert [a.status_code for a in answers] == [200] * 4
     assert [a.json().get("duplicate", False) for a in answers] == [False, False, True, True]
-    wait_for(lambda: len(fake.sent) == 2)
-    time.sleep(0.2)
+    wait_for(server.settled)
     assert [r.json["body"] for r in fake.sent] == ["echo one #1", "echo two #2"]
 
     sms_id = next(k for k, m in fake.messages.items() if m["msg"]["body"] == "echo one #1")

@@ -11,7 +11,7 @@ import textwrap
 import httpx
 import pytest
 
-from bot_core.fake_telnyx import TelnyxWebhooks
+from bot_core.testing import TelnyxWebhooks
 from bot_core.logs import MASK, JsonFormatter, SecretFilter, TextFormatter, setup_logging
 
 SECRET = "s3cr3t-profile-secret"
@@ -133,3 +133,18 @@ def test_a_real_server_logs_json_events_with_ids_and_never_a_secret(tmp_path, se
     assert failed and MASK in failed[0]["traceback"]
     leaked = [e for e in events if e["logger"] == "leaky"]
     assert leaked[0]["message"] == f"the secret is {MASK}" and leaked[0]["key"] == MASK
+
+
+@pytest.mark.parametrize("secret", ["back\\slash-secret", "it's-a-secret", 'quo"ted-secret', "ünïcode-secret"])
+def test_secrets_are_masked_in_their_json_and_repr_escaped_forms(secret):
+    # A secret with \ or ' in it is spelled differently inside a JSON document or a Python repr
+    # (and in the repr of a JSON document): each spelling must be masked, not only the raw one.
+    mask = SecretFilter([secret])
+    for form in (secret, json.dumps(secret), json.dumps(secret, ensure_ascii=False), repr(secret),
+                 repr(json.dumps(secret)), json.dumps(repr(secret))):  # fmt: skip
+        masked = mask.mask(f"failed with {form}!")
+        assert secret not in masked and form not in masked and MASK in masked, form
+    entry = record("x", exc=failure(repr({"key": secret})), fields={"nested": [secret]})
+    mask.filter(entry)
+    assert secret not in entry.exc_text and repr(secret)[1:-1] not in entry.exc_text
+    assert entry.fields == {"nested": [MASK]}

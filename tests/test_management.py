@@ -1,4 +1,9 @@
-"""`bot-core telnyx sync` against the fake Telnyx management API, served on loopback."""
+"""`bot-core telnyx sync` against the fake Telnyx management API, served on loopback.
+
+The paths are checked against Telnyx's OpenAPI spec (team-telnyx/openapi, openapi/spec3.yml):
+GET/PATCH /messaging_profiles/{id}, GET /phone_numbers?filter[phone_number]=..., and GET/PATCH
+/phone_numbers/{id}/messaging with messaging_profile_id in the body.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from bot_core.cli import cli
 from bot_core.config import load_config
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.testing import FakeTelnyx
 from bot_core.management import Management, ManagementError
 
 from .conftest import free_port
@@ -65,6 +71,10 @@ def patches(fake: FakeTelnyx) -> list[tuple[str, dict]]:
     return [(r.path, r.json) for r in fake.requests if r.method == "PATCH"]
 
 
+def messaging_path(fake: FakeTelnyx, number: str) -> str:
+    return f"/v2/phone_numbers/{fake.phone_numbers[number]['id']}/messaging"
+
+
 def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path, telnyx):
     code, out = sync(write_config(tmp_path, telnyx), "--dry-run")
     assert code == 0, out
@@ -90,9 +100,13 @@ def test_sync_changes_only_what_differs_and_a_second_run_changes_nothing(tmp_pat
     assert code == 0 and out.endswith("made 3 change(s)\n")
     assert patches(telnyx) == [
         ("/v2/messaging_profiles/prof-1", {"webhook_url": HOOK, "webhook_api_version": "1"}),
-        ("/v2/messaging_phone_numbers/+13125550100", {"messaging_profile_id": "prof-1"}),
-        ("/v2/messaging_phone_numbers/+13125550101", {"messaging_profile_id": "prof-1"}),
+        (messaging_path(telnyx, "+13125550100"), {"messaging_profile_id": "prof-1"}),
+        (messaging_path(telnyx, "+13125550101"), {"messaging_profile_id": "prof-1"}),
     ]
+    # Only the spec's paths: nothing under /messaging_phone_numbers, dropped from it in 2020.
+    assert {r.path.rsplit("/", 1)[0] if r.path.endswith("/messaging") else r.path for r in telnyx.requests} == {
+        "/v2/messaging_profiles/prof-1", "/v2/phone_numbers", *(messaging_path(telnyx, n).rsplit("/", 1)[0]
+                                                               for n in ("+13125550100", "+13125550101"))}
     assert telnyx.profiles["prof-1"]["webhook_failover_url"] == "https://standby.example.com/hook"  # not ours to clear
     telnyx.clear()
     code, out = sync(config)
@@ -121,9 +135,10 @@ def test_a_public_key_asks_for_v2_webhooks_and_the_failover_url_is_set_when_conf
      "missing or invalid (code 10009); check [telnyx] api_key"),
     (lambda tmp, fake: write_config(tmp, fake, profile_id="nope"),
      "Telnyx refused GET /messaging_profiles/nope: 404 Not Found: Resource not found: no messaging profile nope "
-     "in this account (code 10005); check the id in the config against the Telnyx portal"),
+     "in this account (code 10005); profiles.support.telnyx_profile_id is not the id of a messaging profile"),
     (lambda tmp, fake: fake.phone_numbers.pop("+13125550101") and write_config(tmp, fake),
-     "Telnyx refused GET /messaging_phone_numbers/+13125550101: 404 Not Found"),
+     "+13125550101 (profiles.support.numbers) is not a phone number of this Telnyx account: "
+     "GET /phone_numbers?filter[phone_number]=13125550101 found no such number"),
     (lambda tmp, fake: write_config(tmp, fake, key=""), "[telnyx] api_key is not set"),
     (lambda tmp, fake: write_config(tmp, fake, public_url=""), "[bot] public_url is not set"),
 ])  # fmt: skip
@@ -132,6 +147,23 @@ def test_telnyx_errors_are_shown_in_plain_words_and_nothing_changes(tmp_path, te
     assert code == 1 and words in out
     assert "wrong-key" not in out and KEY not in out
     assert patches(telnyx) == []
+
+
+def test_a_failing_number_read_says_what_telnyx_answered_and_does_not_blame_the_profile_id(tmp_path, telnyx):
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/messaging"):  # Telnyx lists the number but cannot read its settings
+            return httpx.Response(404, json={"errors": [{"code": "10005", "title": "Resource not found",
+                                                         "detail": "Resource not found"}]})  # fmt: skip
+        if request.url.path.endswith("/phone_numbers"):
+            return httpx.Response(200, json={"data": [{"id": "1293384261075731499", "phone_number": "+13125550100"}]})
+        return httpx.Response(200, json={"data": {"id": "prof-1", "webhook_url": HOOK, "webhook_api_version": "1"}})
+
+    config = load_config(write_config(tmp_path, telnyx))
+    with Management(config, transport=httpx.MockTransport(answer)) as management:
+        with pytest.raises(ManagementError) as caught:
+            management.plan()
+    assert str(caught.value) == ("Telnyx refused GET /phone_numbers/1293384261075731499/messaging: 404 Not Found: "
+                                 "Resource not found (code 10005); Telnyx has no messaging settings for +13125550100")
 
 
 def test_an_unreachable_api_is_said_so(tmp_path, telnyx):

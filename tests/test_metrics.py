@@ -10,8 +10,7 @@ import types
 import pytest
 
 from bot_core import hookimpl
-from bot_core.fake_telnyx import FakeTelnyx
-from bot_core.testing import CUSTOMER, BotTester
+from bot_core.testing import CUSTOMER, BotTester, FakeTelnyx
 
 OURS = "+13125550100"
 

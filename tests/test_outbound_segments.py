@@ -9,8 +9,7 @@ import types
 import pytest
 
 from bot_core import hookimpl
-from bot_core.fake_telnyx import FakeTelnyx
-from bot_core.testing import BotTester
+from bot_core.testing import BotTester, FakeTelnyx
 
 OURS = "+13125550100"
 
@@ -29,10 +28,12 @@ def config(**bot):
 CASES = [
     pytest.param("a" * 160, "GSM-7", 1, id="gsm7-160-fits-one-part"),
     pytest.param("a" * 161, "GSM-7", 2, id="gsm7-161-needs-two"),
-    pytest.param("€" * 80, "GSM-7", 1, id="extension-chars-count-two-160"),
-    pytest.param("€" * 81, "GSM-7", 2, id="extension-chars-count-two-162"),
-    # 306 septets divide into 2 parts of 153, but the euro sign cannot straddle parts 1 and 2.
-    pytest.param("a" * 152 + "€" + "a" * 152, "GSM-7", 3, id="gsm7-no-char-split"),
+    pytest.param("{" * 80, "GSM-7", 1, id="extension-chars-count-two-160"),
+    pytest.param("{" * 81, "GSM-7", 2, id="extension-chars-count-two-162"),
+    # 306 septets divide into 2 parts of 153, but the brace cannot straddle parts 1 and 2.
+    pytest.param("a" * 152 + "{" + "a" * 152, "GSM-7", 3, id="gsm7-no-char-split"),
+    # Telnyx's GSM-7 has no euro sign (its message-encoding page): UTF-16, 70 a part.
+    pytest.param("€" * 70, "UCS-2", 1, id="euro-is-utf16-at-telnyx"),
     pytest.param("ç" * 70, "UCS-2", 1, id="ucs2-70-fits-one-part"),
     pytest.param("ç" * 71, "UCS-2", 2, id="ucs2-71-needs-two"),
     pytest.param("😀" * 35, "UCS-2", 1, id="astral-chars-count-two-70"),
@@ -78,6 +79,19 @@ def test_default_limit_is_telnyx_maximum_of_ten_parts(tmp_path, length, sent):
         (row,) = bot.messages(direction="outbound")
         assert row["parts"] == (10 if sent else 11)
         assert row["status"] == ("sandbox" if sent else "failed")
+
+
+def test_1499_letters_and_a_euro_sign_are_refused_by_the_default_ten_part_limit(tmp_path):
+    # Telnyx's message-encoding page: "€" is not in its GSM-7 set, so the text is UTF-16 and
+    # 1500 units are 23 parts at Telnyx; the standard GSM table would have said 10 and sent it.
+    text = "a" * 1499 + "€"
+    fake = FakeTelnyx()
+    with BotTester(config(), tmp_path=tmp_path, plugins=[replying(text)], telnyx=fake) as bot:
+        assert bot.text("hi") == []
+        (row,) = bot.messages(direction="outbound")
+        assert (row["status"], row["encoding"], row["parts"]) == ("failed", "UCS-2", 23)
+        assert "max_parts = 10" in row["error"]
+        assert fake.requests == []
 
 
 def test_proactive_send_over_max_parts_is_failed_too(tmp_path):

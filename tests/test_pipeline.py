@@ -12,10 +12,9 @@ import nacl.signing
 import pytest
 
 from bot_core import Reply, hookimpl
-from bot_core.fake_telnyx import FakeTelnyx
 from bot_core.messages import DeliveryStatus
 from bot_core.store import OutboundDraft
-from bot_core.testing import BotTester
+from bot_core.testing import BotTester, FakeTelnyx
 from bot_core.webhooks import sign_v1, sign_v2
 
 from .conftest import sample
@@ -259,8 +258,33 @@ def test_replies_never_leave_from_the_alphanumeric_sender(tmp_path):
         assert bot.messages(direction="outbound")[0]["from"] == OURS
         mdr = bot.bot.send("+447700900123", "news", profile="main", alphanumeric=True)
         assert bot.bot.store.mdr(mdr)["from"] == "ACME"
-        with pytest.raises(ValueError, match="the US"):
+        with pytest.raises(ValueError, match="the United States"):
             bot.bot.send(THEIRS, "news", profile="main", alphanumeric=True)
+
+
+def test_bot_send_normalises_the_recipient_and_refuses_what_is_not_a_number(tmp_path):
+    # Telnyx's Alphanumeric Sender ID page: no alphanumeric sender to the US, Canada or Puerto
+    # Rico. A recipient without "+" used to slip past that check, and past the outbox's opt-out
+    # lookup, which is keyed by E.164.
+    cfg = config(["echo"])
+    cfg["profiles"]["main"]["alphanumeric_sender_id"] = "ACME"
+    with BotTester(cfg, tmp_path=tmp_path) as bot:
+        mdr = bot.bot.send("+1 (312) 555-0123", "hi", profile="main")
+        assert bot.bot.store.mdr(mdr)["to"] == THEIRS
+        for bad in ("3125550123", "call me", ""):
+            with pytest.raises(ValueError, match="cannot send to .*not a"):
+                bot.bot.send(bad, "hi", profile="main")
+        with pytest.raises(ValueError, match="Puerto Rico"):
+            bot.bot.send("+1 787 555 0100", "news", profile="main", alphanumeric=True)
+        with pytest.raises(ValueError, match="the United States"):  # the sender ID given as from_number
+            bot.bot.send("13125550123", "news", profile="main", from_number="ACME")
+        with pytest.raises(ValueError, match="cannot opt out '3125550123'"):
+            bot.bot.opt_out(None, "3125550123", "a plugin")
+        assert bot.bot.opt_out(None, "13125550123", "a plugin") and bot.bot.is_opted_out("main", THEIRS)
+        before = len(bot.messages(direction="outbound"))
+        with pytest.raises(ValueError, match="cannot send from"):
+            bot.bot.send(THEIRS, "hi", profile="main", from_number="3125550100")
+        assert len(bot.messages(direction="outbound")) == before
 
 
 def test_lifecycle_hooks_run_once_around_the_bot(tmp_path):

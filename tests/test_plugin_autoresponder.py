@@ -125,9 +125,8 @@ def test_without_hours_the_line_is_always_closed(tmp_path):
         assert bot.text("hi") == [CLOSED]
 
 
-def test_flows_go_before_it_in_the_default_order(tmp_path):
-    cfg = config(plugins=())
-    del cfg["profiles"]["support"]["plugins"]
+def test_flows_listed_before_it_get_the_answers_of_an_active_flow(tmp_path):
+    cfg = config(plugins=("flows", "autoresponder"))
     cfg["profiles"]["support"]["plugin_config"]["flows"] = {
         "signup": {"trigger": "JOIN", "steps": [{"ask": "Name?", "save_as": "name"}], "done": "Hi {name}"}}
     with BotTester(cfg, tmp_path=tmp_path, clock=chicago(2026, 3, 2, 10, 0)) as bot:

@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import bot_core_flows
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -16,10 +17,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bot_core import ConfigError
-from bot_core.fake_telnyx import FakeTelnyx
-from bot_core.testing import BotTester, FakeClock
+from bot_core.testing import BotTester, FakeClock, FakeTelnyx
 
-from .conftest import free_port, wait_for
+from .conftest import wait_for
 
 # Each test runs on both engines (the config names $BOT_CORE_DATABASE).
 pytestmark = pytest.mark.usefixtures("database")
@@ -47,6 +47,12 @@ def config(flows=None, plugins=("flows", "fallback"), fallback="Sorry?"):
 
 def submissions(bot):
     return [row for _, row in bot.bot.plugin_store("flows").items("submission:")]
+
+
+def deliveries(bot):
+    """Delivery attempts scheduled (the plugin's pending post timers): with none, nothing more
+    will be posted."""
+    return list(bot.bot.db.query("SELECT id FROM timers WHERE plugin = 'flows' AND name = 'post' AND status = 'pending'"))
 
 
 def test_the_signup_flow_asks_checks_retries_confirms_and_records(tmp_path):
@@ -238,8 +244,6 @@ def test_a_flow_removed_from_the_config_leaves_no_stuck_conversation(tmp_path):
 
 
 def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
-    import bot_core_flows
-
     with BotTester(config(), tmp_path=tmp_path) as bot:
         complete_signup(bot)
         [row] = submissions(bot)
@@ -256,10 +260,14 @@ def test_a_completing_message_handled_again_is_recorded_once(tmp_path):
 class Receiver:
     """A real HTTP server on loopback that records JSON posts and answers as scripted."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self) -> None:
         self.requests: list[tuple[dict, dict]] = []
         self.statuses: list[int] = []
-        self.port = port or free_port()
+        # Bound now, listening only once entered: until then connections are refused, and no
+        # other test can take the port meanwhile.
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/signups"
         self.app = Starlette(routes=[Route("/signups", self.receive, methods=["POST"])])
 
@@ -269,14 +277,10 @@ class Receiver:
         return JSONResponse({"ok": status < 400}, status)
 
     def __enter__(self) -> Receiver:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started)
-        self._sock = sock
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -369,8 +373,7 @@ def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
     with Receiver() as receiver:
         with BotTester(posting(receiver.url), tmp_path=tmp_path) as bot:
             complete_signup(bot)
-            time.sleep(0.3)
-            assert receiver.requests == []
+            assert deliveries(bot) == [] and receiver.requests == []
             assert submissions(bot)[0]["post_status"] == "sandbox"
         # A submission left pending by a live run waits while the bot runs sandboxed.
         with live(posting(receiver.url), tmp_path / "live") as bot:
@@ -380,7 +383,7 @@ def test_sandbox_mode_records_answers_but_posts_nothing(tmp_path):
         receiver.statuses.clear()
         with BotTester(posting(receiver.url), tmp_path=tmp_path / "live") as bot:
             attempts = submissions(bot)[0]["post_attempts"]
-            bot.advance("1h")  # its next attempt falls due while sandboxed: it waits
+            bot.advance("1s")  # its next attempt falls due while sandboxed: it waits (made again later)
             assert (submissions(bot)[0]["post_status"], submissions(bot)[0]["post_attempts"]) == ("pending", attempts)
         with live(posting(receiver.url), tmp_path / "live") as bot:
             retried_until(bot, lambda row: row["post_status"] == "delivered")

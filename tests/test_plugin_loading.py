@@ -152,3 +152,141 @@ def test_check_fails_on_a_broken_file(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert "alphanumeric_sender_id" in out.stderr and "letter" in out.stderr and "bot.toml" in out.stderr
+
+
+def check(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_settings_of_plugins_a_profile_does_not_use_are_checked_too(tmp_path):
+    # The support line answers with optout and fallback only; the echo and autoresponder tables
+    # wait for the day they are switched on, and their typos must not wait with them.
+    path = write_config(tmp_path, '["fallback"]', extra='''
+[profiles.main.plugin_config.echo]
+prefx = "You said: "
+[profiles.main.plugin_config.autoresponder]
+timezone = "America/Chicgo"
+window = "12 hours"
+[profiles.main.plugin_config.autoresponse]
+enabled = false
+''')
+    with pytest.raises(ConfigError) as info:
+        load_plugins(load_config(path))
+    lines = str(info.value).splitlines()
+    key = f"{path}: profiles.main.plugin_config"
+    assert any(line.startswith(f"{key}.echo.prefx: unknown setting") for line in lines), lines
+    assert any(line.startswith(f"{key}.autoresponder.timezone: unknown time zone 'America/Chicgo'") for line in lines)
+    assert any(line.startswith(f"{key}.autoresponder.window: '12 hours' is not a duration") for line in lines)
+    assert any(line.startswith(f"{key}: unknown plugin 'autoresponse'") and "did you mean 'autoresponder'" in line
+               for line in lines), lines  # fmt: skip
+    assert len(lines) == 4, lines
+    out = check(path)
+    assert out.returncode == 1 and out.stderr.count(str(path)) == 4, out.stderr
+
+
+def test_a_disabled_plugin_s_settings_are_checked(tmp_path):
+    path = write_config(tmp_path, '["echo"]', extra='''
+[profiles.main.plugin_config.echo]
+enabled = false
+prefix = 3
+''')
+    with pytest.raises(ConfigError, match=r"profiles\.main\.plugin_config\.echo\.prefix: must be a string"):
+        load_plugins(load_config(path))
+
+
+def test_without_a_plugins_list_only_optout_answers_and_check_says_so(tmp_path):
+    path = tmp_path / "bot.toml"
+    path.write_text('[bot]\nsandbox = true\n[profiles.support]\nsecret = "s"\nnumbers = ["+13125550100"]\n'
+                    '[profiles.demo]\nsecret = "t"\nnumbers = ["+13125550101"]\nplugins = ["echo"]\n')  # fmt: skip
+    out = check(path)
+    assert out.returncode == 0, out.stderr
+    assert "profile support: plugins answering: optout (no `plugins` list: only opt-out compliance answers" in out.stdout
+    assert "profile demo: plugins answering: optout, echo; enabled" in out.stdout
+    assert "+13125550100  profile support  messaging-enabled  plugins: optout\n" in out.stdout
+
+
+def test_the_startup_log_says_which_plugins_answer_on_each_profile(tmp_path, caplog):
+    from bot_core.testing import BotTester
+
+    config = {"profiles": {"support": {"secret": "s", "numbers": ["+13125550100"]},
+                           "demo": {"secret": "t", "numbers": ["+13125550101"], "plugins": ["fallback", "echo"]}}}
+    with caplog.at_level("INFO", logger="bot_core"), BotTester(config, tmp_path=tmp_path):
+        pass
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("profile support: plugins answering: optout (no `plugins` list") for m in messages)
+    assert "profile demo: plugins answering: optout, echo, fallback" in messages
+
+
+@pytest.mark.parametrize("marker, kind", [("wrapper=True", "wrapper=True"), ("hookwrapper=True", "hookwrapper=True")])
+def test_pluggy_wrappers_are_refused_when_the_plugin_loads(tmp_path, marker, kind):
+    path = write_config(tmp_path, '["wrapping"]')
+    (tmp_path / "plugins" / "wrapping.py").write_text(f'''
+from bot_core import hookimpl
+
+@hookimpl
+def startup(bot):
+    pass
+
+@hookimpl({marker})
+def handle_message(message):
+    return (yield)
+''')
+    with pytest.raises(ConfigError) as info:
+        load_plugins(load_config(path))
+    message = str(info.value)
+    assert "plugin 'wrapping'" in message and "hook 'handle_message'" in message and kind in message
+    out = check(path)
+    assert out.returncode == 1 and "plugin 'wrapping'" in out.stderr and "handle_message" in out.stderr
+
+
+def test_no_hook_is_historic_so_no_historic_call_reaches_a_plugin():
+    from bot_core import hookspecs
+
+    manager = load_plugins(installed=False).manager
+    names = [name for name in dir(hookspecs) if hasattr(getattr(manager.hook, name, None), "spec")]
+    assert names and not [n for n in names if getattr(manager.hook, n).spec.opts.get("historic")]
+
+
+def test_a_profile_s_mistake_is_told_once_and_a_number_s_own_under_its_key(tmp_path):
+    path = write_config(tmp_path, '["echo"]', extra='''
+[profiles.main.plugin_config.echo]
+prefx = "> "
+[numbers."+13125550100".plugin_config.fallback]
+txt = "Sorry?"
+''')
+    with pytest.raises(ConfigError) as info:
+        load_plugins(load_config(path))
+    lines = str(info.value).splitlines()
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "profiles.main.plugin_config.echo.prefx", 'numbers."+13125550100".plugin_config.fallback.txt']
+
+
+def test_check_tells_the_file_s_mistakes_and_the_plugins_settings_in_one_run(tmp_path):
+    path = write_config(tmp_path, '["fallback"]', extra='''
+[profiles.main.plugin_config.echo]
+prefx = "> "
+''')
+    path.write_text(path.read_text().replace("sandbox = true", "sandbox = true\nmax_parts = 0"))
+    out = check(path)
+    assert out.returncode == 1
+    assert "2 problems:" in out.stderr
+    assert f"{path}: bot.max_parts: must be an integer from 1 to 10, not 0" in out.stderr
+    assert f"{path}: profiles.main.plugin_config.echo.prefx: unknown setting" in out.stderr
+
+
+def test_the_test_harness_refuses_a_wrapper_too(tmp_path):
+    import types
+
+    from bot_core import hookimpl
+    from bot_core.testing import BotTester
+
+    def handle_message(message):
+        return (yield)
+
+    audit = types.ModuleType("audit")
+    audit.handle_message = hookimpl(hookwrapper=True)(handle_message)
+    config = {"profiles": {"p": {"secret": "s", "numbers": ["+13125550100"], "plugins": ["audit"]}}}
+    with pytest.raises(ConfigError, match=r"plugin 'audit': hook 'handle_message' is implemented with "
+                                          r"@hookimpl\(hookwrapper=True\)"):  # fmt: skip
+        BotTester(config, tmp_path=tmp_path, plugins=[audit])

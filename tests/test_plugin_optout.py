@@ -1,4 +1,10 @@
-"""The optout plugin: STOP, START and HELP through the real pipeline, and the consent log."""
+"""The optout plugin: STOP, START and HELP through the real pipeline, and the consent log.
+
+The words and their effect follow Telnyx's opt-out handling (Telnyx's messaging docs on
+opt-out keywords: STOP, STOP ALL, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT opt out, account-wide
+by default; only START and UNSTOP opt back in), the CTIA's Messaging Principles and Best
+Practices, and the FCC's 2024 TCPA revocation rule (REVOKE, OPT OUT).
+"""
 
 from __future__ import annotations
 
@@ -29,13 +35,13 @@ def config(optout=None, plugins=("echo",), sales_optout=None):
     return {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"}, "profiles": {"support": support, "sales": sales}}
 
 
-@pytest.mark.parametrize("word", ["STOP", "stop", "  Stop! ", "STOPALL", "unsubscribe", "Cancel.", "END", "quit",
-                                  "revoke", "opt out", "OPTOUT"])  # fmt: skip
+@pytest.mark.parametrize("word", ["STOP", "stop", "  Stop! ", "STOPALL", "STOP ALL", "stop all", "unsubscribe",
+                                  "Cancel.", "END", "quit", "revoke", "opt out", "OPTOUT"])  # fmt: skip
 def test_an_opt_out_word_opts_out_with_one_confirmation_and_silences_everything(tmp_path, word):
     with BotTester(config(), tmp_path=tmp_path) as bot:
         assert bot.text("hello") == ["echo hello #1"]
         assert bot.text(word) == [STOP_TEXT]
-        assert bot.bot.is_opted_out("support", CUSTOMER)
+        assert bot.bot.is_opted_out("support", CUSTOMER) and bot.bot.is_opted_out(None, CUSTOMER)  # account-wide
         # Nothing else answers them: the message is claimed by optout, no reply is even drafted.
         assert bot.text("hello again") == []
         assert bot.messages(direction="inbound")[-1]["status"] == "handled"
@@ -66,7 +72,7 @@ def test_proactive_sends_and_timers_to_an_opted_out_number_are_recorded_as_block
         assert blocked[0]["id"] == mdr
 
 
-@pytest.mark.parametrize("word", ["START", "unstop", "Yes!"])
+@pytest.mark.parametrize("word", ["START", "unstop"])
 def test_start_words_opt_back_in_only_someone_who_opted_out(tmp_path, word):
     with BotTester(config(), tmp_path=tmp_path) as bot:
         assert bot.text(word) == [f"echo {word} #1"]  # an ordinary message for someone opted in
@@ -75,6 +81,18 @@ def test_start_words_opt_back_in_only_someone_who_opted_out(tmp_path, word):
         assert not bot.bot.is_opted_out("support", CUSTOMER)
         assert bot.text("back") == ["echo back #2"]
         assert bot.text("STOP") == [STOP_TEXT]  # opting out again is confirmed again
+
+
+@pytest.mark.parametrize("word", ["YES", "Yes!"])
+def test_yes_after_stop_does_not_claim_a_resubscription_telnyx_would_not_honour(tmp_path, word):
+    # Telnyx lifts its STOP block only on START or UNSTOP: a "subscribed again" answer to YES
+    # would be refused with 40300, and the sender would stay blocked at Telnyx.
+    with BotTester(config(), tmp_path=tmp_path) as bot:
+        assert bot.text(word) == [f"echo {word} #1"]  # for someone opted in, YES is any other message
+        bot.text("STOP")
+        assert bot.text(word) == []
+        assert bot.bot.is_opted_out("support", CUSTOMER)
+        assert bot.text("START") == [START_TEXT]
 
 
 @pytest.mark.parametrize("word", ["HELP", "info", "Help?"])
@@ -88,11 +106,32 @@ def test_help_is_answered_opted_out_or_not(tmp_path, word):
         assert exchange.outbound[0]["status"] == "sandbox"  # sent, not blocked
 
 
-def test_opting_out_is_per_profile(tmp_path):
+def test_opting_out_is_account_wide_by_default_as_at_telnyx(tmp_path):
     with BotTester(config(), tmp_path=tmp_path) as bot:
+        assert bot.text("STOP", to=SUPPORT) == [STOP_TEXT]
+        assert bot.text("hi", to=SALES) == []  # claimed by optout on the other profile too
+        mdr = bot.portal.call(lambda: bot.bot.send(CUSTOMER, "Big sale!", profile="sales"))
+        assert bot.bot.store.mdr(mdr)["status"] == "blocked"
+        assert bot.text("START", to=SALES) == [START_TEXT]  # START lifts it wherever it is texted
+        assert bot.text("hi", to=SUPPORT) == ["echo hi #1"]
+
+
+def test_opting_out_is_per_profile_with_scope_profile(tmp_path):
+    with BotTester(config({"scope": "profile"}), tmp_path=tmp_path) as bot:
         assert bot.text("STOP", to=SUPPORT) == [STOP_TEXT]
         assert bot.text("hi", to=SALES) == ["echo hi #1"]
         assert bot.bot.is_opted_out("support", CUSTOMER) and not bot.bot.is_opted_out("sales", CUSTOMER)
+
+
+def test_with_confirm_false_telnyx_alone_confirms_stop_and_start(tmp_path):
+    # Telnyx sends its own opt-out and opt-in confirmations unless the account turned them off.
+    with BotTester(config({"confirm": False}), tmp_path=tmp_path) as bot:
+        assert bot.text("STOP") == []
+        assert bot.bot.is_opted_out("support", CUSTOMER)
+        assert bot.messages(direction="outbound") == []
+        assert bot.text("START") == []
+        assert not bot.bot.is_opted_out("support", CUSTOMER)
+        assert bot.text("HELP") == [HELP_TEXT]  # HELP is still bot-core's to answer
 
 
 def test_the_consent_log_says_when_and_how_each_change_happened(tmp_path):
@@ -102,9 +141,9 @@ def test_the_consent_log_says_when_and_how_each_change_happened(tmp_path):
         bot.text("QUIT", message_id="m-quit")
         log = bot.bot.store.consent_log()
         assert [(r["profile"], r["number"], r["action"], r["source"]) for r in log] == [
-            ("support", CUSTOMER, "opt_out", "texted STOP (message m-stop)"),
-            ("support", CUSTOMER, "opt_in", "texted START (message m-start)"),
-            ("support", CUSTOMER, "opt_out", "texted QUIT (message m-quit)"),
+            (None, CUSTOMER, "opt_out", "texted STOP (message m-stop)"),  # None: account-wide
+            (None, CUSTOMER, "opt_in", "texted START (message m-start)"),
+            (None, CUSTOMER, "opt_out", "texted QUIT (message m-quit)"),
         ]
         assert all(r["at"] for r in log)
         [current] = bot.bot.store.optouts()
@@ -160,6 +199,8 @@ def test_turned_off_it_sees_nothing_and_check_warns(tmp_path):
 
 @pytest.mark.parametrize("settings, key, rule", [
     ({"stop_text": ""}, "stop_text", "must be a non-empty string"),
+    ({"scope": "number"}, "scope", "must be 'account' or 'profile'"),
+    ({"confirm": "no"}, "confirm", "must be true or false"),
     ({"help_txt": "x"}, "help_txt", "unknown setting"),
     ({"enabled": "no"}, "enabled", "must be true or false"),
 ])  # fmt: skip
@@ -180,4 +221,4 @@ def test_bot_core_optouts_lists_who_opted_out_and_how(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(r["profile"], r["number"], r["source"]) for r in rows] == [
-        ("support", CUSTOMER, "texted STOP (message m-1)")]
+        (None, CUSTOMER, "texted STOP (message m-1)")]

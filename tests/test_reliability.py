@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -41,8 +40,7 @@ def test_five_deliveries_at_the_same_instant_give_one_reply(server_factory, fake
         answers = list(pool.map(deliver, range(5)))
     for _ in range(5):  # and five more, one after another
         answers.append(server.post(*signed(inbound("at once", sms_id="same-instant"))).json())
-    wait_for(lambda: fake_telnyx_server.sent)
-    time.sleep(0.3)
+    wait_for(server.settled)
     server.stop()
     assert sum(1 for a in answers if not a.get("duplicate")) == 1
     assert [r.json["body"] for r in fake_telnyx_server.sent] == ["echo at once #1"]
@@ -61,6 +59,7 @@ store.close()
 """
 
 
+@pytest.mark.slow  # a soak: 40 s of concurrent writers
 def test_cli_processes_writing_beside_a_loaded_server_never_see_database_is_locked(
     server_factory, fake_telnyx_server, tmp_path, database
 ):

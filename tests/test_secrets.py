@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from bot_core.fake_telnyx import FakeTelnyx
+from bot_core.config import load_config
+from bot_core.testing import FakeTelnyx
 from bot_core.webhooks import sign_v1
 
 from .conftest import Server, wait_for
@@ -61,7 +64,7 @@ public_key = "{public_key}"
 timeout = "300ms"
 backoff_initial = "50ms"
 backoff_max = "100ms"
-max_attempts = 4  # the three faults below may all fall on one send: it still goes out
+max_attempts = 4  # one more than the faults injected below, whichever sends they hit: 5 are sent
 
 [profiles.main]
 secret = "${{MAIN_SECRET}}"
@@ -110,14 +113,16 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
         for answer in answers:
             assert answer.status_code >= 400
             assert_no_secret(answer.text, "a webhook error")
-        # Telnyx failing in every way, and plugins failing with a secret in hand.
-        fake.fail(500)
-        fake.rate_limit(0.1)
-        fake.timeout()
+        # Telnyx failing in every way, and plugins failing with a secret in hand. Each fault
+        # targets the reply to one customer, so every reply succeeds within max_attempts.
+        customers = ["+13125550125", "+13125550126", "+13125550127"]
+        fake.fail(500, to="+13125550123")
+        fake.rate_limit(0.1, to=customers[0])
+        fake.timeout(to=customers[2])
         fake.opt_out("+13125550124")
         assert server.post(good, headers).status_code == 200
-        for i, text in enumerate(["config", "leak", "fine"]):
-            assert server.post(*inbound(text, f"m-{i + 2}")).status_code == 200
+        for i, (text, customer) in enumerate(zip(["config", "leak", "fine"], customers)):
+            assert server.post(*inbound(text, f"m-{i + 2}", customer=customer)).status_code == 200
         assert server.post(*inbound("stop me", "m-9", customer="+13125550124")).status_code == 200
         assert server.post(*inbound("sales", "m-10", to="+13125550101", secret=SALES_SECRET)).status_code == 200
         wait_for(lambda: len(fake.sent) >= 5, timeout=20)
@@ -125,7 +130,7 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
         # 200 whether or not the bot has recorded Telnyx's id yet (an early status is kept and
         # applied when it has); the point here is what the log and MDRs show of it.
         assert server.post(status.body, status.headers).status_code == 200
-        time.sleep(0.3)
+        wait_for(lambda: _query(tmp_path / "bot.db", "SELECT 1 FROM mdrs WHERE status = 'delivery_failed'"))
     finally:
         server.stop()
         fake.stop()
@@ -141,11 +146,17 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
 
 
 def _dump(database: Path) -> list[str]:
-    import sqlite3
-
     conn = sqlite3.connect(database)
     try:
         return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def _query(database: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(database)
+    try:
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
@@ -172,3 +183,83 @@ def test_bot_core_check_never_prints_a_secret(tmp_path, environment, broken):
     assert result.returncode == (0 if not broken else 1), result.stdout + result.stderr
     assert ("bot.toml" in result.stderr) if broken else ("messaging-enabled" in result.stdout)
     assert_no_secret(result.stdout + result.stderr, "bot-core check")
+
+
+THIRD_PARTY_KEY = "tp-key\\it's-7d1f"  # a backslash and a quote: repr and JSON spell it differently
+
+ENV_PLUGIN = '''
+from bot_core import hookimpl
+
+@hookimpl
+def handle_message(bot, message, config):
+    if message.text == "repr":
+        raise RuntimeError(f"config was {bot.config!r}")
+    if message.text == "escaped":  # a library quoting the key in a repr and in a JSON body
+        key = str(config["api_key"])
+        raise RuntimeError(f"refused {key!r} with body " + __import__("json").dumps({"key": key}))
+    return "ok"
+'''
+
+
+def test_values_from_the_environment_in_plugin_config_are_secrets_everywhere(tmp_path, monkeypatch):
+    """repr(bot.config), logs, MDR errors and `bot-core messages`: a ${VAR} in plugin_config is a
+    secret like the profile secret, masked in its escaped forms too."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "envy.py").write_text(ENV_PLUGIN)
+    (tmp_path / "bot.toml").write_text(textwrap.dedent("""
+        [bot]
+        database = "bot.db"
+        plugins_dir = "plugins"
+        sandbox = true
+
+        [profiles.main]
+        secret = "${MAIN_SECRET}"
+        numbers = ["+13125550100"]
+        plugins = ["envy"]
+        plugin_config.envy.api_key = "${THIRD_PARTY_KEY}"
+        plugin_config.envy.url = "https://api.example.com/?key=${THIRD_PARTY_KEY}"
+    """))
+    monkeypatch.setenv("MAIN_SECRET", MAIN_SECRET)
+    monkeypatch.setenv("THIRD_PARTY_KEY", THIRD_PARTY_KEY)
+    config = load_config(tmp_path / "bot.toml")
+    assert THIRD_PARTY_KEY not in repr(config) and "example.com" not in repr(config)
+    assert str(config.profiles["main"].plugin_config["envy"]["api_key"]) == THIRD_PARTY_KEY  # the value is intact
+    server = Server(tmp_path / "bot.toml", tmp_path / "server.log").start()
+    try:
+        for i, text in enumerate(["repr", "escaped", "fine"]):
+            assert server.post(*inbound(text, f"m-{i}")).status_code == 200
+        wait_for(lambda: server.log.count("plugin 'envy' failed") == 2, timeout=20)
+    finally:
+        server.stop()
+    messages = _cli("messages", "--config", str(tmp_path / "bot.toml"), "--json")
+    errors = [json.loads(line)["error"] for line in messages.stdout.splitlines()]
+    assert sum("[secret]" in (e or "") for e in errors) == 2, errors
+    for where, text in (("the server log", server.log), ("bot-core messages", messages.stdout),
+                        ("the database", "\n".join(_dump(tmp_path / "bot.db")))):  # fmt: skip
+        for form in (THIRD_PARTY_KEY, repr(THIRD_PARTY_KEY)[1:-1], json.dumps(THIRD_PARTY_KEY)[1:-1], MAIN_SECRET):
+            assert form not in text, f"{where} shows {form}"
+    assert "[secret]" in server.log
+
+
+def test_bot_core_explain_never_prints_a_secret(tmp_path, environment):
+    (tmp_path / "bot.toml").write_text(config_text(tmp_path, "http://127.0.0.1:9", 1))
+    for text in ("leak", "config"):  # a plugin exception quoting the profile secret, and repr(bot.config)
+        result = _cli("explain", "--config", str(tmp_path / "bot.toml"), "--to", "+13125550100", text)
+        assert result.returncode == 0, result.stderr
+        assert "FAILED" in result.stdout and ("[secret]" in result.stdout or text == "config")
+        assert_no_secret(result.stdout + result.stderr, "bot-core explain")
+        as_json = _cli("explain", "--config", str(tmp_path / "bot.toml"), "--to", "+13125550100", "--json", text)
+        assert "failed" in json.loads(as_json.stdout)["error"]
+        assert_no_secret(as_json.stdout, "bot-core explain --json")
+
+
+def test_bot_core_profiles_masks_values_from_the_environment(tmp_path, environment, monkeypatch):
+    monkeypatch.setenv("SUPPORT_PROFILE_ID", "4001a2b3-0000-4000-8000-000000000002")
+    text = config_text(tmp_path, "http://127.0.0.1:9", 1).replace(
+        '\n\n[profiles.sales]', '\ntelnyx_profile_id = "${SUPPORT_PROFILE_ID}"\n\n[profiles.sales]')
+    (tmp_path / "bot.toml").write_text(text)
+    result = _cli("profiles", "--config", str(tmp_path / "bot.toml"), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert rows["main"]["telnyx_profile_id"] == "[secret]"
+    assert "4001a2b3" not in result.stdout

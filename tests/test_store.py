@@ -3,6 +3,7 @@ SQLite's WAL, partial indexes and two processes at once."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -262,3 +263,27 @@ def test_the_sqlite_engine_implements_the_work_contract(store):
     for name in WorkStore.__dict__:
         if not name.startswith("_"):
             assert callable(getattr(store, name)), name
+
+
+def test_mdrs_are_filtered_by_values_never_by_sql_text(store):
+    first = inbound(store, "m-1")
+    inbound(store, "m-2")
+    assert [r["id"] for r in store.mdrs(mdr_id=first.mdr_id)] == [first.mdr_id]
+    assert [r["telnyx_id"] for r in store.mdrs(direction="inbound", after_id=first.mdr_id)] == ["m-2"]
+    assert store.mdrs(number=OURS, status=RECEIVED, since="2000-01-01") != []
+    # A value that would be SQL if it were pasted into a query is just a value.
+    assert store.mdrs(profile="main' OR '1'='1") == [] and store.mdrs(status="x) OR (1=1") == []
+    with pytest.raises(TypeError):
+        store.mdrs(where="1=1")  # the old raw-SQL parameter is gone
+
+
+def test_an_error_quoting_a_secret_in_repr_or_json_form_is_masked(tmp_path):
+    secret = "it's\\a-secret"
+    store = Store(tmp_path / "escaped.db", secrets=[secret])
+    try:
+        message = inbound(store)
+        store.finish_inbound(message.mdr_id, status=FAILED, error=f"failed: {secret!r} {json.dumps(secret)}")
+        error = store.mdr(message.mdr_id)["error"]
+        assert error == 'failed: "[secret]" "[secret]"'  # repr picks double quotes for a text with a ''
+    finally:
+        store.close()

@@ -11,9 +11,8 @@ from datetime import datetime, timezone
 import pytest
 
 from bot_core import hookimpl
-from bot_core.fake_telnyx import FakeTelnyx
 from bot_core.plugins import load_plugins
-from bot_core.testing import CUSTOMER, BotTester, FakeClock, parse_transcript
+from bot_core.testing import CUSTOMER, BotTester, FakeClock, FakeTelnyx, parse_transcript
 
 OURS = "+13125550100"
 
@@ -31,7 +30,7 @@ def plugin(name, **hooks):
 
 
 def test_the_harness_imports_without_pytest():
-    code = "import sys; sys.modules['pytest'] = None; import bot_core.testing; print('ok')"
+    code = "import sys; sys.modules['pytest'] = None; from bot_core.testing import *; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
 
@@ -90,11 +89,12 @@ def test_installed_plugins_stay_out_unless_asked_for(tmp_path, monkeypatch):
     """))
     monkeypatch.syspath_prepend(str(site))
     assert load_plugins().sources["leaky"] == "entry point leaky"  # it really is installed
-    unlisted = {"profiles": {"main": {"secret": "s", "numbers": [OURS]}}}  # every loaded plugin is active
-    with BotTester(unlisted, tmp_path=tmp_path / "a") as bot:
+    echo = {"profiles": {"main": {"secret": "s", "numbers": [OURS], "plugins": ["echo"]}}}
+    with BotTester(echo, tmp_path=tmp_path / "a") as bot:
         assert "leaky" not in bot.bot.plugins.names
         assert bot.text("hi") == ["echo hi #1"]
-    with BotTester(unlisted, tmp_path=tmp_path / "b", installed=["leaky"]) as bot:
+    leaky = {"profiles": {"main": {"secret": "s", "numbers": [OURS], "plugins": ["leaky"]}}}
+    with BotTester(leaky, tmp_path=tmp_path / "b", installed=["leaky"]) as bot:
         assert bot.bot.plugins.sources["leaky"] == "entry point leaky"
         assert bot.text("hi") == ["leaked"]
 
@@ -245,8 +245,8 @@ def test_telnyx_40300_fails_the_reply_and_opts_the_recipient_out(tmp_path):
         assert bot.bot.is_opted_out("main", CUSTOMER)
 
 
-def test_the_fixtures_reach_pytest_through_the_entry_point(tmp_path):
-    (tmp_path / "test_my_plugin.py").write_text(textwrap.dedent(f"""
+def test_the_fixtures_reach_pytest_through_the_entry_point(pytester):
+    pytester.makepyfile(test_my_plugin=textwrap.dedent(f"""
         import types
         from bot_core import hookimpl
 
@@ -263,8 +263,9 @@ def test_the_fixtures_reach_pytest_through_the_entry_point(tmp_path):
             assert bot.text("bo") == ["hello bo"]
             assert fake_telnyx.sent[0].json["body"] == "hello bo"
     """))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", str(tmp_path)]
-    passed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-    assert "2 passed" in passed.stdout, passed.stdout + passed.stderr
-    without = subprocess.run(command + ["-p", "no:bot_core"], cwd=tmp_path, capture_output=True, text=True)
-    assert "fixture 'bot_tester' not found" in without.stdout
+    # In this process (a new pytest session loads the pytest11 entry points as a fresh one would):
+    # two interpreters and their imports would cost far more than the test itself.
+    options = ["-p", "no:cacheprovider", "-W", "error"]
+    pytester.runpytest_inprocess(*options).assert_outcomes(passed=2)
+    without = pytester.runpytest_inprocess(*options, "-p", "no:bot_core")
+    assert "fixture 'bot_tester' not found" in without.stdout.str()

@@ -20,6 +20,7 @@ SAMPLE_NAMES = sorted(path.name for path in SAMPLES.glob("*.json"))
 WEBHOOK_SAMPLES = [
     "v1-inbound.json",
     "v1-delivery-status.json",
+    "v1-delivery-status-mdr.json",
     "v2-message-received.json",
     "v2-message-finalized.json",
 ]
@@ -78,6 +79,29 @@ def test_v1_delivery_status_sample_is_a_status_signed_by_the_sender_profile():
     )
     assert webhook.number == "+13125550100"
     assert not webhook.status.failed
+
+
+def test_v1_delivery_status_in_the_mdr_shape_is_a_status():
+    # Telnyx's messaging migration guide documents the V1 status body as "the current MDR":
+    # top-level from/to/status/errors, body an object, no msg (samples/v1-delivery-status-mdr.json).
+    webhook = parse_webhook((SAMPLES / "v1-delivery-status-mdr.json").read_bytes())
+    assert webhook == Webhook(
+        1, "status", None,
+        DeliveryStatus("7c1e2f3a-9b8d-4e6f-a1b2-c3d4e5f60718", "sent", "+13125550100", "+13125550123"),
+    )  # fmt: skip
+    assert webhook.number == "+13125550100"
+
+
+def test_v1_mdr_shape_failure_carries_telnyx_errors_and_is_told_from_an_inbound_by_its_shape():
+    document = sample("v1-delivery-status-mdr.json")
+    del document["status"], document["delivery_status"]  # direction and the body object still say "status"
+    document.update(delivery_status="delivery_failed", errors=[{"code": "40008", "title": "Undeliverable",
+                                                                         "detail": "carrier rejected"}])  # fmt: skip
+    status = parse_webhook(encode(document)).status
+    assert (status.status, status.error, status.failed) == ("delivery_failed", "carrier rejected", True)
+    document = sample("v1-delivery-status-mdr.json")
+    document.update(status="delivered", **{"from": "13125550100"})  # Telnyx's digits-only spelling
+    assert parse_webhook(encode(document)).status.from_number == "+13125550100"
 
 
 def test_v1_status_falls_back_to_status_when_delivery_status_is_empty():
@@ -183,6 +207,16 @@ def test_v1_inbound_missing_field_is_refused(field):
 
 
 @pytest.mark.parametrize("field", ["from", "to"])
+def test_v1_inbound_number_without_country_code_is_refused_not_read_as_another_country(field):
+    # "3125550123" with a "+" before it would be the Dutch +31 25550123: never rewrite a number
+    # Telnyx sent into another country's; "13125550123" has its country code and is read as such.
+    reason = refused({**sample("v1-inbound.json"), field: "3125550123"})
+    assert reason.startswith(f"'{field}' is not a valid phone number") and "+13125550123" in reason
+    message = parse_webhook(encode({**sample("v1-inbound.json"), field: "13125550123"})).message
+    assert getattr(message, f"{field}_number") == "+13125550123"
+
+
+@pytest.mark.parametrize("field", ["from", "to"])
 def test_v1_inbound_invalid_number_is_refused(field):
     reason = refused({**sample("v1-inbound.json"), field: "not a number"})
     assert reason.startswith(f"'{field}' is not a valid phone number")
@@ -209,6 +243,18 @@ def test_v2_received_sample_is_a_message():
         event_type="message.received",
     )
     assert webhook.number == "+13125550100"
+
+
+def test_v2_group_message_lists_every_recipient_in_to_and_cc():
+    # Telnyx's V2 message object lists a group MMS's recipients in "to" and "cc" arrays.
+    document = sample("v2-message-received.json")
+    payload = document["data"]["payload"]
+    payload["to"] = [{"phone_number": "+13125550177", "status": "webhook_delivered"},
+                     {"phone_number": "+13125550100", "status": "webhook_delivered"}, {"status": "x"}, "odd"]
+    payload["cc"] = [{"phone_number": "+1 312 555 0188"}, {"phone_number": "+13125550100"}]  # fmt: skip
+    message = parse_webhook(encode(document)).message
+    assert message.to_number == "+13125550177"
+    assert message.other_recipients == ("+13125550100", "+13125550188")
 
 
 def test_v2_finalized_sample_is_a_status():

@@ -8,7 +8,7 @@ import click
 
 from ..chat import CUSTOMER, ChatError, chat, check_database, is_interactive
 from ..errors import ConfigError
-from .common import config_option, load, number_option, quiet_logging, run
+from .common import config_option, failure, load, number_option, quiet_logging, run
 
 
 @click.command("chat")
@@ -25,10 +25,16 @@ def chat_command(config_path: str | None, from_number: str, to_number: str | Non
     (a message no plugin claimed, a reply not sent) and logs go to stderr. Reads stdin to the
     end, then exits 0. It refuses a database a running server has open.
 
+    A line starting with a slash is a command: "/wait 30m" moves the bot's clock ahead, so
+    timers now due fire and flows expire (messages recorded afterwards carry the moved time);
+    "/help" lists the commands; "//TEXT" texts TEXT. Only your own conversation's timers fire:
+    other customers' wait for `bot-core serve`.
+
     \b
     Examples:
       bot-core chat --config bot.toml
       printf 'hi\\nSTOP\\n' | bot-core chat --config bot.toml --from +13125550199
+      printf 'JOIN\\n/wait 2h\\n' | bot-core chat --config examples/signup-flow/bot.toml
       bot-core chat --config bot.toml < script.txt > transcript.txt && diff expected.txt transcript.txt
     """
     config = load(config_path)
@@ -42,7 +48,7 @@ def chat_command(config_path: str | None, from_number: str, to_number: str | Non
         raise click.BadParameter(f"{number} is not messaging-enabled: {why}", param_hint="--to")
     interactive = is_interactive(sys.stdin)
     try:
-        check_database(config, customer, number)
+        check_database(config)
         quiet_logging(config)
         if interactive:
             click.echo(f"You are {customer}, texting {number} (profile {state.profile}). Sandbox: nothing is "
@@ -50,4 +56,4 @@ def chat_command(config_path: str | None, from_number: str, to_number: str | Non
         run(chat(config, customer=customer, number=number, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr,
                  interactive=interactive))  # fmt: skip
     except (ChatError, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None

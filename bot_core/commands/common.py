@@ -13,39 +13,87 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from ..config import Config, load_config, parse_duration
-from ..errors import ConfigError
+from ..errors import BotError, ConfigError
 from ..logs import setup_logging
 from ..phone import normalize_number
-from ..store import SchemaTooNew, Store, Unavailable, iso, open_store as _open_store
+from ..store import SchemaTooNew, Store, Unavailable, is_postgres, iso, open_store as _open_store
 
 DEMO = "the bundled demo config"
 T = TypeVar("T")
 
+_CONFIG = "bot_core.config_path"
+
+
+def _config_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--config`` wherever it is given: before or after a subcommand, its arguments or options.
+
+    Every command and group takes the option; the value is kept in ``ctx.meta``, which all
+    nested contexts share, so the innermost ``--config`` typed wins, and $BOT_CORE_CONFIG only
+    fills in when none is typed.
+    """
+    typed = ctx.get_parameter_source(param.name or "") is ParameterSource.COMMANDLINE
+    if value is not None and (typed or _CONFIG not in ctx.meta):
+        ctx.meta[_CONFIG] = value
+    return ctx.meta.get(_CONFIG)
+
+
 config_option = click.option(
-    "--config", "config_path", envvar="BOT_CORE_CONFIG", type=click.Path(dir_okay=False),
-    help="bot.toml to use (or $BOT_CORE_CONFIG; default: the demo bot).",
+    "--config", "config_path", envvar="BOT_CORE_CONFIG", type=click.Path(dir_okay=False), callback=_config_path,
+    help="bot.toml to use (or $BOT_CORE_CONFIG; default: the demo bot). Accepted anywhere on the line.",
+)  # fmt: skip
+# On a group: remembered for its subcommands, not passed to the group's function.
+group_config_option = click.option(
+    "--config", "config_path", envvar="BOT_CORE_CONFIG", type=click.Path(dir_okay=False), callback=_config_path,
+    expose_value=False, help="bot.toml to use (or $BOT_CORE_CONFIG; default: the demo bot).",
 )  # fmt: skip
 json_option = click.option("--json", "as_json", is_flag=True, help="JSON for scripts instead of a table.")
 
 
-def load(path: str | None) -> Config:
-    """The config at ``path``, or the bundled demo bot (its database in the current folder)."""
+def failure(exc: BotError) -> click.ClickException:
+    """An error for the terminal; several problems (a config's) get a count and a line each."""
+    lines = str(exc).splitlines()
+    if len(lines) <= 1:
+        return click.ClickException(str(exc))
+    return click.ClickException(f"{len(lines)} problems:\n" + "\n".join(f"  {line}" for line in lines))
+
+
+def load(path: str | None, problems: list[str] | None = None) -> Config:
+    """The config at ``path``, or the bundled demo bot (its database in the current folder).
+
+    ``problems``: collect the config's mistakes there instead of failing (see Config.from_dict).
+    """
     try:
         if path is None:
             text = resources.files("bot_core").joinpath("demo.toml").read_text()
-            return Config.from_dict(tomllib.loads(text), base_dir=Path.cwd(), source=DEMO)
-        return load_config(path)
+            return Config.from_dict(tomllib.loads(text), base_dir=Path.cwd(), source=DEMO, problems=problems)
+        return load_config(path, problems=problems)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
 
 
-def open_store(config: Config) -> Store:
+def open_store(config: Config, *, create: bool = True) -> Store:
+    """The config's database. ``create=False`` (commands that only read) refuses to create one:
+    a command run in the wrong folder says so instead of leaving an empty database there."""
+    if not create and not database_exists(config):
+        if config.path is None:
+            raise click.ClickException(
+                f"no --config given, and no demo database ({config.bot.database.name}) in this folder: "
+                "give --config bot.toml (or set $BOT_CORE_CONFIG)"
+            )  # fmt: skip
+        raise click.ClickException(f"no database at {config.bot.database} yet: the bot has received nothing "
+                                   "(`bot-core serve` creates it)")  # fmt: skip
     try:
         return _open_store(config.bot.database, secrets=config.secrets())
     except (SchemaTooNew, Unavailable) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def database_exists(config: Config) -> bool:
+    """Whether the config's database is there to read: a SQLite file, or any PostgreSQL URL."""
+    return is_postgres(config.bot.database) or config.bot.database.exists()
 
 
 def quiet_logging(config: Config) -> None:

@@ -10,7 +10,7 @@ import click
 from ..chat import CUSTOMER
 from ..errors import ConfigError
 from ..explain import ExplainError, explain
-from .common import config_option, echo_json, json_option, load, number_option, quiet_logging, run
+from .common import config_option, failure, echo_json, json_option, load, number_option, quiet_logging, run
 
 
 @click.command("explain")
@@ -40,7 +40,7 @@ def explain_command(config_path: str | None, to_number: str | None, from_number:
     try:
         result = run(explain(config, to=to, from_=number_option(from_number, "--from"), text=text))
     except (ExplainError, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     if as_json:
         echo_json(result)
     else:

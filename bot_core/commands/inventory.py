@@ -6,32 +6,29 @@ from typing import Any
 
 import click
 
-from ..config import Config, NumberState
+from ..config import Config
 from ..errors import ConfigError
+from ..logs import Masker
 from ..plugins import Plugins, load_plugins
-from .common import config_option, echo_json_lines, echo_table, json_option, load, open_store
+from .common import config_option, database_exists, failure, echo_json_lines, echo_table, json_option, load, open_store
 
 
 def _plugins(config: Config) -> Plugins:
     try:
         return load_plugins(config)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
 
 
 def _counts(config: Config, column: str) -> dict[tuple[str, str], int]:
-    """Message counts keyed by (``column`` value, direction)."""
+    """Message counts keyed by (``column`` value, direction); none before the database exists."""
+    if not config.bot.database.exists():
+        return {}
     store = open_store(config)
     try:
         return store.counts(column)
     finally:
         store.close()
-
-
-def _profile_state(config: Config, name: str) -> NumberState:
-    """The settings a number of profile ``name`` gets when it has no [numbers] table of its own."""
-    profile = config.profiles[name]
-    return NumberState("", name, profile.enabled, None, profile.plugins, profile.plugin_config, profile.send_rate)
 
 
 @click.command()
@@ -51,21 +48,24 @@ def profiles(config_path: str | None, as_json: bool) -> None:
     config = load(config_path)
     plugins = _plugins(config)
     counts = _counts(config, "profile")
-    store = open_store(config)
-    try:
-        opted_out = store.opted_out_counts()
-    finally:
-        store.close()
+    opted_out: dict[str, int] = {}
+    if database_exists(config):
+        store = open_store(config)
+        try:
+            opted_out = store.opted_out_counts(config.profiles)
+        finally:
+            store.close()
     rows = [
         {
             "name": p.name, "enabled": p.enabled, "numbers": list(p.numbers),
-            "plugins": plugins.active(_profile_state(config, p.name)),
+            "plugins": plugins.active(config.profile_state(p.name)),
             "alphanumeric_sender_id": p.alphanumeric_sender_id, "telnyx_profile_id": p.telnyx_profile_id,
             "inbound": counts.get((p.name, "inbound"), 0), "outbound": counts.get((p.name, "outbound"), 0),
             "opted_out": opted_out.get(p.name, 0),
         }
         for p in config.profiles.values()
     ]  # fmt: skip
+    rows = Masker(config.secrets()).mask_data(rows)  # a value from ${VAR} is a secret, printed or not
     if as_json:
         echo_json_lines(rows)
     else:
@@ -100,6 +100,7 @@ def numbers(config_path: str | None, as_json: bool) -> None:
         }
         for n in config.numbers_state()
     ]  # fmt: skip
+    rows = Masker(config.secrets()).mask_data(rows)
     if as_json:
         echo_json_lines(rows)
     else:
@@ -124,7 +125,7 @@ def plugins_command(config_path: str | None, as_json: bool) -> None:
     config = load(config_path)
     plugins = _plugins(config)
     using: dict[str, set[str]] = {name: set() for name in plugins.names}
-    states = [_profile_state(config, name) for name in config.profiles] + config.numbers_state()
+    states = [config.profile_state(name) for name in config.profiles] + config.numbers_state()
     for state in states:
         for plugin in plugins.active(state) if state.profile else ():
             using[plugin].add(state.profile)

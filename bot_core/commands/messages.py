@@ -17,8 +17,8 @@ from .common import (clip, config_option, echo_json, echo_json_lines, echo_table
 
 LIST_COLUMNS = ("id", "created_at", "direction", "status", "from", "to", "parts", "text")
 # What `show` adds to the columns of the list.
-DETAIL_COLUMNS = ("media", "conversation_id", "in_reply_to", "claimed_by", "attempts", "next_attempt_at",
-                  "ignore_optout")
+DETAIL_COLUMNS = ("media", "other_recipients", "conversation_id", "in_reply_to", "claimed_by", "attempts",
+                  "next_attempt_at", "ignore_optout")
 
 
 @click.group(invoke_without_command=True)
@@ -45,25 +45,14 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
       bot-core messages --config bot.toml --direction outbound --status failed --json
       bot-core messages --config bot.toml show 42 --refresh
     """
-    ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
     if ctx.invoked_subcommand is not None:
         return
     config = load(config_path)
-    where, params = [], {}
-    for column, value in (("profile", profile), ("direction", direction), ("status", status)):
-        if value is not None:
-            where.append(f"{column} = :{column}")
-            params[column] = value
-    if number is not None:
-        where.append("(from_number = :number OR to_number = :number)")
-        params["number"] = number_option(number, "--number")
-    if since is not None:
-        where.append("created_at >= :since")
-        params["since"] = since_option(since)
-    store = open_store(config)
+    filters = {"profile": profile, "direction": direction, "status": status,
+               "number": number_option(number, "--number"), "since": since_option(since)}  # fmt: skip
+    store = open_store(config, create=False)
     try:
-        rows = store.mdrs(limit=limit, where=" AND ".join(where), params=params)
+        rows = store.mdrs(limit=limit, **filters)
     finally:
         store.close()
     if as_json:
@@ -74,10 +63,10 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
 
 @messages.command()
 @click.argument("mdr_id", metavar="ID", type=int)
+@config_option
 @json_option
 @click.option("--refresh", is_flag=True, help="Fetch the message from Telnyx first and update the local copy.")
-@click.pass_context
-def show(ctx: click.Context, mdr_id: int, as_json: bool, refresh: bool) -> None:
+def show(mdr_id: int, config_path: str | None, as_json: bool, refresh: bool) -> None:
     """Show one MDR in full, with the delivery statuses Telnyx reported for it.
 
     --refresh asks Telnyx for its record of the message (GET {api_base}/messages/{id}, with
@@ -85,11 +74,11 @@ def show(ctx: click.Context, mdr_id: int, as_json: bool, refresh: bool) -> None:
 
     \b
     Examples:
-      bot-core messages --config bot.toml show 42
+      bot-core messages show 42 --config bot.toml
       bot-core messages --config bot.toml show 42 --refresh --json
     """
-    config = load(ctx.obj["config_path"])
-    store = open_store(config)
+    config = load(config_path)
+    store = open_store(config, create=False)
     try:
         before = store.mdr(mdr_id)
         if before is None:
@@ -118,6 +107,7 @@ def _detail(store: Any, mdr_id: int) -> dict[str, Any]:
     full = store.mdr_columns(mdr_id)
     row = {**store.mdr(mdr_id), **{k: full[k] for k in DETAIL_COLUMNS}}
     row["media"] = json.loads(row["media"]) if row["media"] else []
+    row["other_recipients"] = json.loads(row["other_recipients"]) if row["other_recipients"] else []
     row["ignore_optout"] = bool(row["ignore_optout"])
     if row["next_attempt_at"] is not None:
         row["next_attempt_at"] = iso(row["next_attempt_at"])
@@ -164,8 +154,9 @@ async def _refresh(config: Config, row: dict[str, Any]) -> Any:
 def optouts(config_path: str | None, as_json: bool, history: bool) -> None:
     """List the numbers that opted out, with when and how (STOP, Telnyx 40300, a plugin).
 
-    Opt-outs are per messaging profile; nothing but compliance answers reaches these numbers
-    from that profile.
+    An opt-out is account-wide (profile "-": no profile may message the number, Telnyx's
+    default) or for one messaging profile, as the optout plugin's scope setting says; nothing
+    but compliance answers reaches these numbers.
 
     \b
     Examples:
@@ -173,7 +164,7 @@ def optouts(config_path: str | None, as_json: bool, history: bool) -> None:
       bot-core optouts --config bot.toml --history --json
     """
     config = load(config_path)
-    store = open_store(config)
+    store = open_store(config, create=False)
     try:
         rows = store.consent_log() if history else store.optouts()
     finally:

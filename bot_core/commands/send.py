@@ -13,7 +13,7 @@ from ..config import Config, parse_duration
 from ..errors import ConfigError
 from ..runner import database_in_use, queueing, running
 from ..store import BLOCKED, FAILED, PENDING, SANDBOX, SENDING
-from .common import config_option, echo_json, json_option, load, number_option, quiet_logging, run
+from .common import config_option, failure, echo_json, json_option, load, number_option, quiet_logging, run
 
 
 @click.command()
@@ -83,7 +83,7 @@ async def _send(config: Config, request: dict[str, Any], wait: float) -> tuple[d
             while (row := bot.store.mdr(mdr_id))["status"] in (PENDING, SENDING) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failure(exc) from None
     return row, beside_server
 
 

@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from ..management import Management, ManagementError, Plan
-from .common import config_option, echo_json, json_option, load
+from .common import config_option, echo_json, group_config_option, json_option, load
 
 
 @click.group()
+@group_config_option
 def telnyx() -> None:
     """Manage the Telnyx account the bot runs on (V2 management API, [telnyx] api_key).
 

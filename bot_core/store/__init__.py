@@ -70,6 +70,9 @@ SENDING = "sending_local"  # its HTTP request started; it may have reached Telny
 SANDBOX = "sandbox"  # recorded, never sent (sandbox mode)
 BLOCKED = "blocked"  # not sent: the recipient opted out
 
+# The profile key of an account-wide opt-out: it covers every profile.
+ACCOUNT = "*"
+
 
 class Unavailable(Exception):
     """The database did not answer now (connection lost, pool exhausted): retry later."""
@@ -212,7 +215,8 @@ class WorkStore(Protocol):
     """
 
     def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]: ...
-    def claim_timers(self, owner: str, limit: int, lease: float) -> list[Timer]: ...
+    def claim_timers(self, owner: str, limit: int, lease: float, *,
+                     lane: tuple[str, str] | None = None) -> list[Timer]: ...  # fmt: skip
     def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]: ...
     def claim_status_hooks(self, owner: str, limit: int, lease: float) -> list[StatusEvent]: ...
     def finish_inbound(self, mdr_id: int, *, status: str, conversation: Conversation | None = None,
@@ -251,7 +255,7 @@ def open_store(database: str | Path, **kwargs: Any) -> Store:
 
 
 __all__ = [
-    "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
+    "ACCOUNT", "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
     "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft",
     "SchemaTooNew", "SendEffect", "StatusEvent", "Store", "TimerEffect", "Unavailable", "WorkStore", "display",
     "is_postgres", "iso", "open_store", "schema_version",

@@ -60,7 +60,13 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX timers_due ON timers(due_at) WHERE status = 'pending'")
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _migration_recipients_and_status_profile(db: sqlite_utils.Database) -> None:
+    """A group message keeps its other recipients; a delivery status, the profile that verified it."""
+    db.execute("ALTER TABLE mdrs ADD COLUMN other_recipients TEXT")  # a JSON array of E.164 numbers
+    db.execute("ALTER TABLE delivery_events ADD COLUMN profile TEXT")  # NULL: not profile-signed (V2, CLI)
+
+
+def _migration_claimed_work(db: sqlite_utils.Database) -> None:
     """Claimed work: leases on every unit, lane indexes for the claim queries, stored pacing."""
     for table in ("mdrs", "timers", "delivery_events"):
         db.execute(f"ALTER TABLE {table} ADD COLUMN lease_owner TEXT")
@@ -79,7 +85,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE heartbeats (owner TEXT PRIMARY KEY, at REAL NOT NULL)")
 
 
-def _migration_3(db: sqlite_utils.Database) -> None:
+def _migration_plugin_data(db: sqlite_utils.Database) -> None:
     """The plugins' key-value store (``bot.plugin_store``): data of a plugin that is not per conversation."""
     db.execute(PLUGIN_DATA)
 
@@ -87,7 +93,12 @@ def _migration_3(db: sqlite_utils.Database) -> None:
 PLUGIN_DATA = ("CREATE TABLE plugin_data (plugin TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
                " updated_at TEXT NOT NULL, PRIMARY KEY (plugin, key))")  # fmt: skip
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2, _migration_3)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1,
+    _migration_recipients_and_status_profile,
+    _migration_claimed_work,
+    _migration_plugin_data,
+)
 
 
 # The same tables on PostgreSQL, one SQL script per migration; ``bot_core_schema`` counts those
@@ -101,7 +112,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         encoding TEXT, telnyx_id TEXT, error TEXT, conversation_id BIGINT, in_reply_to BIGINT,
         claimed_by TEXT, attempts INTEGER DEFAULT 0, next_attempt_at DOUBLE PRECISION,
         ignore_optout INTEGER DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-        lease_owner TEXT, lease_until DOUBLE PRECISION);
+        other_recipients TEXT, lease_owner TEXT, lease_until DOUBLE PRECISION);
     CREATE UNIQUE INDEX mdrs_telnyx_id ON mdrs(direction, telnyx_id);
     CREATE INDEX mdrs_created_at ON mdrs(created_at);
     CREATE INDEX mdrs_conversation ON mdrs(conversation_id);
@@ -118,7 +129,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         id BIGSERIAL PRIMARY KEY, profile TEXT, number TEXT, action TEXT, source TEXT, at TEXT);
     CREATE TABLE delivery_events (
         id BIGSERIAL PRIMARY KEY, telnyx_id TEXT, status TEXT, error TEXT, received_at TEXT,
-        from_number TEXT, to_number TEXT, mdr_id BIGINT, hook TEXT, hook_error TEXT,
+        from_number TEXT, to_number TEXT, mdr_id BIGINT, hook TEXT, hook_error TEXT, profile TEXT,
         lease_owner TEXT, lease_until DOUBLE PRECISION);
     CREATE INDEX delivery_events_telnyx_id ON delivery_events(telnyx_id);
     CREATE INDEX delivery_events_leased ON delivery_events(lease_owner) WHERE lease_owner IS NOT NULL;

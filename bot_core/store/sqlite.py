@@ -29,11 +29,12 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from ..logs import MASK
+from ..errors import ForeignStatusError
+from ..logs import Masker
 from ..messages import Conversation, DeliveryStatus, InboundMessage, Media
 from ..timers import Timer
 from . import (
-    PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
+    ACCOUNT, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
     OutboundDraft, SchemaTooNew, SendEffect, StatusEvent, TimerEffect,
 )  # fmt: skip
 from .schema import IN_OUTBOX, MIGRATIONS
@@ -64,7 +65,7 @@ class Store:
         self.clock = clock
         self.lease_clock: Callable[[], float] = time.time
         # Error texts come from plugins and from Telnyx; whatever they quote, no secret is stored.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._masker = Masker(secrets)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = self._connect(busy_timeout)
         self.conn.execute("PRAGMA journal_mode = WAL")
@@ -187,10 +188,7 @@ class Store:
 
     def redact(self, text: str | None) -> str | None:
         """``text`` with every configured secret masked."""
-        if text:
-            for secret in self._secrets:
-                text = text.replace(secret, MASK)
-        return text
+        return self._masker.mask(text) if text else text
 
     def healthy(self, owner: str = "") -> bool:
         """Whether the database takes a write now: a heartbeat row, rewritten (fails when full)."""
@@ -209,12 +207,13 @@ class Store:
         """Store an inbound MDR keyed by Telnyx's id; None if that id is already stored."""
         now = self.now()
         media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
+        others = json.dumps(message.other_recipients) if message.other_recipients else None
         cursor = self._statement(
             "INSERT INTO mdrs (direction, profile, from_number, to_number, text,"
-            " media, status, telnyx_id, error, created_at, updated_at)"
-            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " media, status, telnyx_id, error, other_recipients, created_at, updated_at)"
+            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (message.profile, message.from_number, message.to_number, message.text, media,
-             status, message.id, self.redact(error), now, now),
+             status, message.id, self.redact(error), others, now, now),
         )  # fmt: skip
         return cursor.lastrowid if cursor.rowcount else None
 
@@ -227,6 +226,10 @@ class Store:
         """Inbound messages acknowledged but not yet handled, oldest first."""
         rows = self._read(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE status = '{RECEIVED}' ORDER BY id")
         return [_inbound(row) for row in rows]
+
+    def inbound(self, mdr_id: int) -> InboundMessage | None:
+        row = self._read_one(f"SELECT {_INBOUND_COLUMNS} FROM mdrs WHERE id = ? AND direction = 'inbound'", (mdr_id,))
+        return _inbound(row) if row else None
 
     def finish_inbound(
         self,
@@ -300,8 +303,9 @@ class Store:
         rows = self._claim("mdrs", select, {"limit": limit}, owner, lease, _INBOUND_COLUMNS)
         return [_inbound(row) for row in rows]
 
-    def claim_timers(self, owner: str, limit: int, lease: float) -> list[Timer]:
-        """The first due timer of up to ``limit`` conversations with no message waiting."""
+    def claim_timers(self, owner: str, limit: int, lease: float, *, lane: tuple[str, str] | None = None) -> list[Timer]:
+        """The first due timer of up to ``limit`` conversations with no message waiting (of the
+        conversation ``lane``, (our number, theirs), only, when given)."""
         select = (
             "SELECT t.id FROM timers t LEFT JOIN conversations c ON c.id = t.conversation_id"
             " WHERE t.status = 'pending' AND t.due_at <= :due AND (t.lease_owner IS NULL OR t.lease_until < :now)"
@@ -309,10 +313,11 @@ class Store:
             "  AND o.conversation_id = t.conversation_id AND (o.due_at < t.due_at OR (o.due_at = t.due_at AND o.id < t.id)))"
             f" AND NOT EXISTS (SELECT 1 FROM mdrs m WHERE m.status = '{RECEIVED}' AND m.to_number = c.our_number"
             "  AND m.from_number = c.their_number)"
-            " ORDER BY t.due_at, t.id LIMIT :limit"
+            + (" AND c.our_number = :our AND c.their_number = :their" if lane else "")
+            + " ORDER BY t.due_at, t.id LIMIT :limit"
         )
-        rows = self._claim("timers", select, {"limit": limit, "due": self.clock()}, owner, lease,
-                           "id, conversation_id, due_at, plugin, name, text, payload")  # fmt: skip
+        params = {"limit": limit, "due": self.clock(), "our": lane[0] if lane else None, "their": lane[1] if lane else None}
+        rows = self._claim("timers", select, params, owner, lease, "id, conversation_id, due_at, plugin, name, text, payload")
         return [Timer(*row[:6], json.loads(row[6] or "{}")) for row in rows]
 
     def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]:
@@ -510,9 +515,11 @@ class Store:
             fields["attempts"] = attempts
         with self.transaction() as conn:
             self._finish("mdrs", mdr_id, owner, **fields, updated_at=self.now())
-            if telnyx_id:
-                early = conn.execute("SELECT status, error FROM delivery_events WHERE telnyx_id = ? ORDER BY id",
-                                     (telnyx_id,)).fetchall()  # fmt: skip
+            if telnyx_id:  # a status a profile verified applies only to that profile's MDR
+                early = conn.execute(
+                    "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
+                    " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
+                ).fetchall()  # fmt: skip
                 for event_status, error in early:
                     self._advance_status(mdr_id, event_status, error)
 
@@ -543,20 +550,28 @@ class Store:
 
     # -- delivery statuses -------------------------------------------------------------------
 
-    def apply_status(self, status: DeliveryStatus, *, hook: bool = False) -> int | None:
+    def apply_status(self, status: DeliveryStatus, *, profile: str | None = None, hook: bool = False) -> int | None:
         """Record a delivery status webhook; returns the MDR it moved, if it is known yet.
 
-        With ``hook`` the row also owes a ``delivery_status`` hook call (a unit of work)."""
+        ``profile`` is the profile whose secret verified a V1 status: it may only move an MDR
+        that profile sent, else :class:`ForeignStatusError` and nothing is recorded. A status
+        that arrives before its MDR is known keeps ``profile`` and is applied only if the MDR
+        turns out to be that profile's. With ``hook`` the row also owes a ``delivery_status``
+        hook call (a unit of work).
+        """
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT id FROM mdrs WHERE direction = 'outbound' AND telnyx_id = ?", (status.telnyx_id,)
+                "SELECT id, profile FROM mdrs WHERE direction = 'outbound' AND telnyx_id = ?", (status.telnyx_id,)
             ).fetchone()
+            if row is not None and profile is not None and row[1] != profile:
+                raise ForeignStatusError(f"message {status.telnyx_id} was not sent by messaging profile {profile!r},"
+                                         " whose secret signed this status: refused, nothing changed")  # fmt: skip
             mdr_id = row[0] if row else None
             conn.execute(
-                "INSERT INTO delivery_events (telnyx_id, status, error, received_at, from_number, to_number,"
-                " mdr_id, hook) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (status.telnyx_id, status.status, self.redact(status.error), self.now(), status.from_number or "",
-                 status.to_number or "", mdr_id, "pending" if hook else None),
+                "INSERT INTO delivery_events (telnyx_id, status, error, received_at, profile, from_number, to_number,"
+                " mdr_id, hook) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (status.telnyx_id, status.status, self.redact(status.error), self.now(), profile,
+                 status.from_number or "", status.to_number or "", mdr_id, "pending" if hook else None),
             )  # fmt: skip
             if mdr_id is not None:
                 self._advance_status(mdr_id, status.status, status.error)
@@ -580,15 +595,28 @@ class Store:
     # -- opt-outs ----------------------------------------------------------------------------
 
     def is_opted_out(self, profile: str | None, number: str) -> bool:
-        row = self._read_one("SELECT opted_out FROM optouts WHERE profile = ? AND number = ?", (profile, number))
+        """Whether ``number`` opted out of ``profile``, or of the whole account (``profile`` None),
+        which covers every profile, as Telnyx's account-wide opt-outs do."""
+        row = self._read_one(
+            "SELECT max(opted_out) FROM optouts WHERE profile IN (?, ?) AND number = ?",
+            (ACCOUNT if profile is None else profile, ACCOUNT, number),
+        )
+        return bool(row[0])
+
+    def consent_record(self, profile: str | None, number: str) -> bool:
+        """The opt-out record of ``profile`` alone (None: the account-wide one)."""
+        row = self._read_one("SELECT opted_out FROM optouts WHERE profile = ? AND number = ?",
+                             (ACCOUNT if profile is None else profile, number))  # fmt: skip
         return bool(row and row[0])
 
     def set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str) -> bool:
-        """Record a consent change; returns False when the number already had that state."""
+        """Record a consent change for ``profile`` (None: the whole account); returns False when
+        that record already had that state."""
         with self.transaction():
             return self._set_opted_out(profile, number, opted_out, source, self.now())
 
     def _set_opted_out(self, profile: str | None, number: str, opted_out: bool, source: str, now: str) -> bool:
+        profile = ACCOUNT if profile is None else profile
         row = self.conn.execute("SELECT opted_out FROM optouts WHERE profile = ? AND number = ?",
                                 (profile, number)).fetchone()  # fmt: skip
         if bool(row and row[0]) == opted_out:
@@ -601,16 +629,17 @@ class Store:
         return True
 
     def optouts(self) -> list[dict[str, Any]]:
-        """Every number currently opted out, with the latest consent change."""
+        """Every number currently opted out, with the latest consent change (profile None: all)."""
         return self._rows(
-            "SELECT o.profile, o.number, o.updated_at AS opted_out_at,"
+            f"SELECT NULLIF(o.profile, '{ACCOUNT}') AS profile, o.number, o.updated_at AS opted_out_at,"
             " (SELECT source FROM consent_log c WHERE c.profile = o.profile"
             "  AND c.number = o.number ORDER BY c.id DESC LIMIT 1) AS source"
             " FROM optouts o WHERE o.opted_out = 1 ORDER BY o.updated_at DESC"
         )
 
     def consent_log(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM consent_log ORDER BY id")
+        return self._rows(f"SELECT id, NULLIF(profile, '{ACCOUNT}') AS profile, number, action, source, at"
+                          " FROM consent_log ORDER BY id")
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -620,11 +649,13 @@ class Store:
         effect = TimerEffect(conversation_id, due_at, plugin, name, text, payload or {})
         return self.apply([effect])[0]
 
-    def due_timers(self, now: float) -> list[Timer]:
-        """Pending timers due by ``now``, oldest first."""
+    def due_timers(self, now: float, *, lane: tuple[str, str] | None = None) -> list[Timer]:
+        """Pending timers due by ``now``, oldest first (of the conversation ``lane`` only, when given)."""
         rows = self._read(
-            "SELECT id, conversation_id, due_at, plugin, name, text, payload FROM timers"
-            " WHERE status = 'pending' AND due_at <= ? ORDER BY due_at, id", (now,)
+            "SELECT t.id, t.conversation_id, t.due_at, t.plugin, t.name, t.text, t.payload FROM timers t"
+            " LEFT JOIN conversations c ON c.id = t.conversation_id WHERE t.status = 'pending' AND t.due_at <= ?"
+            + (" AND c.our_number = ? AND c.their_number = ?" if lane else "") + " ORDER BY t.due_at, t.id",
+            (now, *(lane or ())),
         )  # fmt: skip
         return [Timer(*row[:6], json.loads(row[6])) for row in rows]
 
@@ -720,8 +751,28 @@ class Store:
 
     # -- MDR queries -------------------------------------------------------------------------
 
-    def mdrs(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
-        """MDRs newest first, as dicts keyed like ``bot-core messages --json``."""
+    def mdrs(
+        self,
+        *,
+        limit: int | None = 50,
+        mdr_id: int | None = None,
+        after_id: int | None = None,
+        profile: str | None = None,
+        direction: str | None = None,
+        status: str | None = None,
+        number: str | None = None,
+        since: str | None = None,
+    ) -> list[dict]:
+        """MDRs newest first, as dicts keyed like ``bot-core messages --json``.
+
+        Each filter given narrows the list: ``number`` matches either end, ``since`` is an ISO
+        8601 UTC time (:func:`iso`), ``after_id`` keeps ids above it. Filters are values, never
+        SQL text.
+        """
+        filters = {"id = :mdr_id": mdr_id, "id > :after_id": after_id, "profile = :profile": profile,
+                   "direction = :direction": direction, "status = :status": status,
+                   "(from_number = :number OR to_number = :number)": number, "created_at >= :since": since}  # fmt: skip
+        where = " AND ".join(clause for clause, value in filters.items() if value is not None)
         sql = (
             "SELECT id, direction, profile, from_number AS \"from\", to_number AS \"to\", text,"
             " status, parts, encoding, telnyx_id, error, created_at, updated_at FROM mdrs"
@@ -729,7 +780,9 @@ class Store:
             + " ORDER BY id DESC"
             + (" LIMIT :limit" if limit is not None else "")
         )
-        return self._rows(sql, {**(params or {}), "limit": limit})
+        params = {"mdr_id": mdr_id, "after_id": after_id, "profile": profile, "direction": direction,
+                  "status": status, "number": number, "since": since, "limit": limit}  # fmt: skip
+        return self._rows(sql, params)
 
     def _rows(self, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
         """Rows as dicts. Not sqlite-utils' query(): its SAVEPOINT would open a transaction."""
@@ -739,7 +792,7 @@ class Store:
             return [dict(zip(keys, row)) for row in cursor.fetchall()]
 
     def mdr(self, mdr_id: int) -> dict | None:
-        rows = self.mdrs(limit=1, where="id = :id", params={"id": mdr_id})
+        rows = self.mdrs(limit=1, mdr_id=mdr_id)
         return rows[0] if rows else None
 
     def mdr_columns(self, mdr_id: int) -> dict[str, Any] | None:
@@ -757,21 +810,40 @@ class Store:
         rows = self._read(f"SELECT {column}, direction, count(*) FROM mdrs GROUP BY {column}, direction")
         return {(key, direction): count for key, direction, count in rows}
 
-    def opted_out_counts(self) -> dict[str | None, int]:
-        """How many numbers are opted out, by profile."""
-        return dict(self._read("SELECT profile, count(*) FROM optouts WHERE opted_out = 1 GROUP BY profile"))
+    def opted_out_counts(self, profiles: Iterable[str]) -> dict[str, int]:
+        """How many numbers are opted out, per profile: an account-wide opt-out counts for every one."""
+        return {name: self._read_one(
+            "SELECT count(DISTINCT number) FROM optouts WHERE opted_out = 1 AND profile IN (?, ?)", (name, ACCOUNT)
+        )[0] for name in profiles}  # fmt: skip
 
-    def pending_timers(self, *, except_conversation: tuple[str, str] | None = None) -> int:
-        """Pending timers, not counting those of the (our, their) conversation given."""
-        our, their = except_conversation or ("", "")
-        return self._read_one(
-            "SELECT count(*) FROM timers t JOIN conversations c ON c.id = t.conversation_id"
-            " WHERE t.status = 'pending' AND NOT (c.our_number = ? AND c.their_number = ?)", (our, their),
-        )[0]  # fmt: skip
+    # -- conversations for operators (bot-core conversations) ----------------------------------
+
+    def conversation_rows(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
+        """Conversations, most recently active first, with their state (decoded), message and
+        pending timer counts, as ``bot-core conversations --json`` prints them."""
+        sql = (
+            "SELECT c.id, c.profile, c.our_number, c.their_number, c.state, c.created_at, c.updated_at,"
+            " (SELECT count(*) FROM mdrs m WHERE m.conversation_id = c.id) AS messages,"
+            " (SELECT count(*) FROM timers t WHERE t.conversation_id = c.id AND t.status = 'pending') AS timers"
+            " FROM conversations c" + (f" WHERE {where}" if where else "")
+            + " ORDER BY c.updated_at DESC, c.id DESC" + (" LIMIT :limit" if limit is not None else "")
+        )  # fmt: skip
+        rows = self._rows(sql, {**(params or {}), "limit": limit})
+        for row in rows:
+            row["state"] = json.loads(row["state"])
+        return rows
+
+    def reset_conversation(self, conversation_id: int) -> int:
+        """Empty a conversation's state and cancel its pending timers, in one transaction, so
+        that its next message starts afresh; returns how many timers were cancelled."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE conversations SET state = '{}', updated_at = ? WHERE id = ?",
+                         (self.now(), conversation_id))  # fmt: skip
+            return self._cancel_timers(conversation_id, None, None)
 
 
 _CONVERSATION_SQL = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
-_INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at"
+_INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at, other_recipients"
 
 
 def schema_version(path: Path) -> tuple[int, int]:
@@ -789,7 +861,7 @@ def _inbound(row: tuple) -> InboundMessage:
     media = tuple(Media(**m) for m in json.loads(row[6])) if row[6] else ()
     return InboundMessage(
         id=row[1], text=row[2], from_number=row[3], to_number=row[4], profile=row[5],
-        media=media, mdr_id=row[0], received_at=row[7],
+        media=media, mdr_id=row[0], received_at=row[7], other_recipients=tuple(json.loads(row[8] or "[]")),
     )  # fmt: skip
 
 

@@ -4,8 +4,8 @@ Keyword answers (HOURS, ADDRESS, ...; matched like flow triggers) are always sen
 message gets the in-hours or after-hours message, at most once per conversation within
 ``window``; inside the window the plugin claims the message silently, so the customer who
 sends five texts gets one auto-reply and nothing else answers the rest: a human agent will.
-A period whose message is unset is left to the next plugin. ``handle_message`` is ``trylast``
-because it answers nearly everything: flows and other plugins go before it.
+A period whose message is unset is left to the next plugin. List it after flows and other
+plugins (``plugins = ["flows", "autoresponder"]``): it answers nearly everything.
 
 Settings (``[profiles.NAME.plugin_config.autoresponder]``): ``timezone`` (IANA, default
 UTC), ``hours`` (``mon`` .. ``sun`` = ``"HH:MM-HH:MM"``, several ranges comma-separated, close
@@ -118,7 +118,7 @@ def register_keywords(config: dict[str, Any]) -> list[tuple[str, str]]:
     return [(word, f"keywords.{word}") for word in keywords] if isinstance(keywords, dict) else []
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def handle_message(bot, message, conversation, config) -> Any:
     settings = parse(config)
     keyword = match_keyword(message.text, settings.keywords)

@@ -23,6 +23,6 @@ def check_config(config: dict[str, Any]) -> dict[str, str]:
     return problems
 
 
-@hookimpl(trylast=True)
+@hookimpl
 def handle_message(config: dict[str, Any]) -> str | None:
     return config.get("text") or None

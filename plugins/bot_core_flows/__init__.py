@@ -11,8 +11,8 @@ hijack it) except the opt-out words, which the ``optout`` plugin sees first. Tex
 (default 1h) ends it with the optional ``expiry_message``. The flow's place lives in
 ``conversation.state["flows"]`` and its expiry is a timer, so both survive restarts.
 
-``handle_message`` is ``tryfirst``: the answers of an active flow must reach it before any
-plugin that would claim them.
+List it before the plugins that would claim a flow's answers (``plugins = ["flows",
+"autoresponder"]``): the answers of an active flow must reach it first.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def shutdown(bot) -> None:
         await poster.close()
 
 
-@hookimpl(tryfirst=True)
+@hookimpl
 def handle_message(bot, message, conversation, config) -> Any:
     flows = parse(config)
     state = conversation.state.get("flows")

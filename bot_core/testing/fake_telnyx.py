@@ -7,7 +7,8 @@ It plays both sides of Telnyx:
   (:meth:`FakeTelnyx.rate_limit`), 5xx (:meth:`~FakeTelnyx.fail`), 40300 for a recipient who
   texted STOP (:meth:`~FakeTelnyx.opt_out`) and timeouts (:meth:`~FakeTelnyx.timeout`);
 - the **management API** ``bot-core telnyx sync`` calls (``/v2/messaging_profiles/{id}``,
-  ``/v2/messaging_phone_numbers/{number}``), with the account's profiles and numbers in
+  ``/v2/phone_numbers`` and ``/v2/phone_numbers/{id}/messaging``, as Telnyx's OpenAPI spec
+  team-telnyx/openapi ``openapi/spec3.yml`` has them), with the account's profiles and numbers in
   :attr:`~FakeTelnyx.profiles` and :attr:`~FakeTelnyx.phone_numbers`;
 - the **webhooks** Telnyx posts: :attr:`~FakeTelnyx.webhooks` builds signed V1 and V2 inbound
   messages and delivery statuses, :meth:`~FakeTelnyx.report` one for a message the fake
@@ -39,8 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .segments import count_segments
-from .webhooks import sign_v1, sign_v2
+from ..segments import count_segments
+from ..webhooks import sign_v1, sign_v2
 
 # V2 statuses after which Telnyx sends message.finalized rather than message.sent.
 _FINAL_STATUSES = frozenset({"delivered", "delivery_failed", "sending_failed", "delivery_unconfirmed"})
@@ -154,6 +155,7 @@ class _Fault:
     headers: dict[str, str]
     delay: float
     timeout: bool = False
+    to: str | None = None  # only sends to this number; None: the next send, whoever it is to
 
 
 class FakeTelnyx:
@@ -177,7 +179,8 @@ class FakeTelnyx:
             Route("/messages/{sms_id}", self._get, methods=["GET"]),
             Route("/v2/messages/{sms_id}", self._get, methods=["GET"]),
             Route("/v2/messaging_profiles/{id}", self._profile, methods=["GET", "PATCH"]),
-            Route("/v2/messaging_phone_numbers/{number}", self._phone_number, methods=["GET", "PATCH"]),
+            Route("/v2/phone_numbers", self._list_numbers, methods=["GET"]),
+            Route("/v2/phone_numbers/{id}/messaging", self._phone_number, methods=["GET", "PATCH"]),
         ])  # fmt: skip
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -185,29 +188,32 @@ class FakeTelnyx:
 
     # -- scripting the messaging API ----------------------------------------------------------
 
+    # Every fault hits the next ``times`` sends, or with ``to`` the next ``times`` sends to that
+    # number only: a test sending several replies at once can then say which one fails.
+
     def fail(self, status: int = 500, times: int = 1, *, retry_after: float | None = None,
-             code: str = "10007", delay: float = 0.0) -> None:  # fmt: skip
+             code: str = "10007", delay: float = 0.0, to: str | None = None) -> None:  # fmt: skip
         """Answer the next ``times`` sends with ``status`` (after ``delay`` seconds)."""
         headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else {}
         body = {"success": False, "status": status, "code": code, "message": f"fake error {status}"}
-        self._add(_Fault(status, body, headers, delay) for _ in range(times))
+        self._add(_Fault(status, body, headers, delay, to=to) for _ in range(times))
 
-    def rate_limit(self, retry_after: float = 1.0, times: int = 1) -> None:
+    def rate_limit(self, retry_after: float = 1.0, times: int = 1, *, to: str | None = None) -> None:
         """Answer the next ``times`` sends with 429 Too Many Requests and ``Retry-After``."""
-        self.fail(429, times, retry_after=retry_after, code="10011")
+        self.fail(429, times, retry_after=retry_after, code="10011", to=to)
 
     def opt_out(self, number: str) -> None:
         """Refuse sends to ``number`` with code 40300, as Telnyx does after the recipient texted STOP."""
         self.opted_out.add(number)
 
-    def stall(self, seconds: float, times: int = 1) -> None:
+    def stall(self, seconds: float, times: int = 1, *, to: str | None = None) -> None:
         """Answer the next ``times`` sends only after ``seconds`` (to provoke client timeouts)."""
-        self._add(_Fault(0, {}, {}, seconds) for _ in range(times))
+        self._add(_Fault(0, {}, {}, seconds, to=to) for _ in range(times))
 
-    def timeout(self, times: int = 1) -> None:
+    def timeout(self, times: int = 1, *, to: str | None = None) -> None:
         """Let the next ``times`` sends time out: in-process at once, on loopback by never answering
         before the client gives up (the request may have reached Telnyx, as in real life)."""
-        self._add(_Fault(0, {}, {}, 3600.0, timeout=True) for _ in range(times))
+        self._add(_Fault(0, {}, {}, 3600.0, timeout=True, to=to) for _ in range(times))
 
     def clear(self) -> None:
         with self._lock:
@@ -218,6 +224,18 @@ class FakeTelnyx:
     def _add(self, faults: Any) -> None:
         with self._lock:
             self._faults.extend(faults)
+
+    def _next_fault(self, payload: Any, *, only_timeout: bool = False) -> _Fault | None:
+        """The first fault scripted for this send, taken off the queue (call with the lock held);
+        with ``only_timeout``, left there unless it is a timeout."""
+        to = payload.get("to") if isinstance(payload, dict) else None
+        for index, fault in enumerate(self._faults):
+            if fault.to is None or fault.to == to:
+                if only_timeout and not fault.timeout:
+                    return None
+                del self._faults[index]
+                return fault
+        return None
 
     # -- webhooks Telnyx posts ----------------------------------------------------------------
 
@@ -249,7 +267,7 @@ class FakeTelnyx:
         v2 = request.url.path.startswith("/v2")
         with self._lock:
             self.requests.append(record)
-            fault = self._faults.popleft() if self._faults else None
+            fault = self._next_fault(payload)
         if v2 and (refused := self._unauthorized(request)):
             return refused
         if fault is not None:
@@ -260,6 +278,10 @@ class FakeTelnyx:
                 return JSONResponse(_v2_error(fault.body) if v2 else fault.body, fault.status, fault.headers)
         if not isinstance(payload, dict) or not all(isinstance(payload.get(k), str) for k in ("from", "to")):
             return _refuse(v2, 400, "10002", "bad request: 'from' and 'to' must be strings")
+        if v2 and not payload["from"].startswith("+") and not payload.get("messaging_profile_id"):
+            # Telnyx's OpenAPI spec: messaging_profile_id is "required if sending via number pool
+            # or with an alphanumeric sender ID".
+            return _refuse(v2, 400, "10002", "messaging_profile_id is required to send from an alphanumeric sender ID")
         if payload["to"] in self.opted_out:
             return _refuse(v2, 400, "40300", "Blocked due to STOP message")
         sms_id = str(uuid.uuid4())
@@ -274,7 +296,7 @@ class FakeTelnyx:
                                      "msg": {"src": payload["from"], "dst": payload["to"], "body": text}}  # fmt: skip
         if v2:
             return JSONResponse({"data": self._v2_record(sms_id)})
-        segments = count_segments(text)
+        segments = count_segments(text, payload["from"])
         coding = 0 if segments.encoding == "GSM-7" else 8
         status_url = payload.get("delivery_status_webhook_url", "")
         return JSONResponse({**self._public(sms_id), "parts": segments.parts, "coding": coding,
@@ -299,7 +321,8 @@ class FakeTelnyx:
     def _v2_record(self, sms_id: str) -> dict[str, Any]:
         """A message as V2 describes it (``GET /v2/messages/{id}``)."""
         message = self.messages[sms_id]
-        msg, segments = message["msg"], count_segments(message["msg"]["body"])
+        msg = message["msg"]
+        segments = count_segments(msg["body"], msg["src"])
         return {"record_type": "message", "id": sms_id, "direction": "outbound", "type": "SMS",
                 "from": {"phone_number": msg["src"]}, "to": [{"phone_number": msg["dst"], "status": message["status"]}],
                 "text": msg["body"], "encoding": segments.encoding, "parts": segments.parts, "errors": []}  # fmt: skip
@@ -326,8 +349,9 @@ class FakeTelnyx:
 
     def add_number(self, number: str, messaging_profile_id: str | None = None) -> dict[str, Any]:
         """A phone number in the fake account, assigned to a messaging profile or not."""
-        record = {"record_type": "messaging_phone_number", "id": number, "phone_number": number,
-                  "messaging_profile_id": messaging_profile_id}  # fmt: skip
+        # Telnyx ids a number by a numeric string of its own, not by the number (spec3.yml).
+        record = {"record_type": "messaging_settings", "id": str(1293384261075731000 + len(self.phone_numbers)),
+                  "phone_number": number, "messaging_profile_id": messaging_profile_id}  # fmt: skip
         self.phone_numbers[number] = record
         return record
 
@@ -335,9 +359,20 @@ class FakeTelnyx:
         return await self._manage(request, self.profiles, request.path_params["id"], "messaging profile",
                                   _check_profile)  # fmt: skip
 
+    async def _list_numbers(self, request: Request) -> Response:
+        """``GET /v2/phone_numbers``; ``filter[phone_number]`` matches digits anywhere in the number."""
+        with self._lock:
+            self.requests.append(Recorded("GET", request.url.path, dict(request.headers), None))
+        if refused := self._unauthorized(request):
+            return refused
+        digits = "".join(c for c in request.query_params.get("filter[phone_number]", "") if c.isdigit())
+        found = [{**record, "record_type": "phone_number"} for record in self.phone_numbers.values()
+                 if digits in record["phone_number"]]  # fmt: skip
+        return JSONResponse({"data": found, "meta": {"total_results": len(found), "page_number": 1}})
+
     async def _phone_number(self, request: Request) -> Response:
-        return await self._manage(request, self.phone_numbers, request.path_params["number"], "phone number",
-                                  self._check_number)  # fmt: skip
+        by_id = {record["id"]: record for record in self.phone_numbers.values()}
+        return await self._manage(request, by_id, request.path_params["id"], "phone number", self._check_number)
 
     async def _manage(self, request: Request, records: dict[str, dict[str, Any]], key: str, what: str,
                       check: Callable[[dict[str, Any]], str | None]) -> Response:  # fmt: skip
@@ -418,13 +453,16 @@ class _Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         fake = self._fake
+        if request.method != "POST":
+            return await self._app.handle_async_request(request)
+        try:
+            payload = json.loads(request.content)
+        except ValueError:
+            payload = None
         with fake._lock:
-            timeout = bool(fake._faults) and fake._faults[0].timeout and request.method == "POST"
+            timeout = fake._next_fault(payload, only_timeout=True)
             if timeout:
-                fake._faults.popleft()
-                body = request.content
-                fake.requests.append(Recorded(request.method, request.url.path, dict(request.headers),
-                                              json.loads(body) if body else None))  # fmt: skip
+                fake.requests.append(Recorded(request.method, request.url.path, dict(request.headers), payload))
         if timeout:
             raise httpx.ReadTimeout("the fake Telnyx did not answer (scripted timeout)", request=request)
         return await self._app.handle_async_request(request)

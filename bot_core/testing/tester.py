@@ -15,7 +15,7 @@
 
 Each message goes through the real pipeline: a signed webhook (V1, or V2 with
 ``version=2``) into the ASGI app, the inbox, plugins, state, opt-outs, the outbox and the
-sender. Sending is sandboxed unless a :class:`~bot_core.fake_telnyx.FakeTelnyx` is given.
+sender. Sending is sandboxed unless a :class:`~bot_core.testing.FakeTelnyx` is given.
 Only bot-core's bundled plugins, the ``plugins`` passed in, ``installed`` names and the
 config's ``plugins_dir`` are loaded: nothing installed on the machine leaks in. The harness
 owns the Ed25519 key V2 webhooks are signed with and puts its public half in the config
@@ -43,13 +43,13 @@ import httpx
 import nacl.signing
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .bot import Bot
-from .chat import BOT_PREFIX, CUSTOMER, YOU_PREFIX, Exchange, Session, show, webhooks_for
-from .config import Config, load_config, parse_duration
+from ..bot import Bot
+from ..chat import BOT_PREFIX, CUSTOMER, YOU_PREFIX, Exchange, Session, show, webhooks_for
+from ..config import Config, load_config, parse_duration
 from .fake_telnyx import FakeTelnyx, SignedWebhook
-from .plugins import load_plugins
-from .store import is_postgres
-from .webhooks import sign_v1
+from ..plugins import load_plugins
+from ..store import is_postgres
+from ..webhooks import sign_v1
 
 __all__ = [
     "BotTester",
@@ -139,9 +139,7 @@ class BotTester:
         # A config with no profiles passes the plugin-name check, which must wait for `plugins`.
         registry = load_plugins(dataclasses.replace(self.config, profiles={}, numbers={}), installed=list(installed))
         for plugin in plugins:
-            name = getattr(plugin, "__name__", type(plugin).__name__).rsplit(".", 1)[-1]
-            registry.manager.register(plugin, name=name)
-            registry.sources[name] = "test"
+            registry.add(getattr(plugin, "__name__", type(plugin).__name__).rsplit(".", 1)[-1], plugin, "test")
         registry.check(self.config)
         self.bot = self._new_bot(registry)
         self._portal_cm = None
