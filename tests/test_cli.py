@@ -42,7 +42,7 @@ def write_config(tmp_path: Path, extra: str = "", telnyx: str = "", bot: str = "
     path = tmp_path / "bot.toml"
     path.write_text(textwrap.dedent(f"""
         [bot]
-        database = "${{BOT_CORE_DATABASE}}"
+        database = "${{BOT_CORE_DATABASE:-bot.db}}"
         plugins_dir = "plugins"
         {bot}
 
@@ -471,8 +471,10 @@ def test_read_only_commands_without_a_config_create_no_database(tmp_path, monkey
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("engine", ["sqlite"])  # a database file next to the config, not there yet
 def test_inventories_without_a_database_show_zero_counts_and_create_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BOT_CORE_DATABASE")
     monkeypatch.delenv("BOT_CORE_CONFIG", raising=False)
     for command in ("profiles", "numbers", "plugins"):
         code, out = invoke(command, "--json")

@@ -22,7 +22,7 @@ def _plugins(config: Config) -> Plugins:
 
 def _counts(config: Config, column: str) -> dict[tuple[str, str], int]:
     """Message counts keyed by (``column`` value, direction); none before the database exists."""
-    if not config.bot.database.exists():
+    if not database_exists(config):
         return {}
     store = open_store(config)
     try:

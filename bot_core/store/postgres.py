@@ -47,6 +47,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from ..logs import Masker
 from . import SENDING, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
 from .sqlite import Store as SQLiteStore
@@ -115,7 +116,7 @@ class PostgresStore(SQLiteStore):
         self.path = url
         self.clock = clock
         self.lease_clock = time.time
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._masker = Masker(secrets)
         self._local = threading.local()
         self._closed = threading.Event()
         self._listeners: list[Callable[[], None]] = []
