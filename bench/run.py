@@ -10,11 +10,19 @@ HTTP/1.1 load generator in another process, and prints:
 
 1. webhook acknowledgements/s and ack latency of a burst, beside the bare floor, with every
    plugin call parked so that only the webhook path uses the CPU;
-2. end to end (webhook in, reply received by the fake Telnyx): a burst's replies/s and the
-   server's CPU time per message, then latency at a fixed offered rate;
+2. end to end (webhook in, reply received by the fake Telnyx): a burst's replies/s, the ack
+   latency during it, the server's CPU time per message, then latency at a fixed offered rate;
+   once per ``--workers`` value (``serve --workers 1`` and ``--workers 2`` by default);
 3. ack latency while a plugin awaits 1 s per message across 200 conversations;
 4. figures 1 and 2 again with a large database, and the server's peak RSS;
-6. end to end and ack p99 on one and two processes, SQLite beside PostgreSQL (bench/replicas.py).
+5. side by side: end-to-end replies/s with 2 workers against 1, the webhook path against the
+   bare floor (both on the same uvicorn stack: uvloop and httptools when installed), and the
+   ack p99 of the bursts that ran with handling and sending;
+6. end to end and ack p99 on one and two processes, SQLite workers beside PostgreSQL replicas
+   (bench/replicas.py).
+
+The load generator and the fake Telnyx run on the same machine as the server and share its
+cores: on a 2-core machine, ``--workers 2`` competes with them.
 """
 
 from __future__ import annotations
@@ -112,12 +120,12 @@ def replies_latency(result: Result, replies: list[tuple[float, str]], prefix: st
     return latencies
 
 
-def bot_run(work: Path, name: str, fake: Fake, plugins: str = '["echo"]') -> Process:
+def bot_run(work: Path, name: str, fake: Fake, plugins: str = '["echo"]', workers: int = 1) -> Process:
     directory = work / name
     directory.mkdir(exist_ok=True)
     plugins_dir = None if plugins == '["echo"]' else str(work / "plugins")
     (directory / "bot.toml").write_text(config_text(fake.url, plugins, plugins_dir))
-    return start_server(directory / "bot.toml", directory / "server.log")
+    return start_server(directory / "bot.toml", directory / "server.log", workers)
 
 
 def burst(port: int, args: argparse.Namespace, senders: list[str]) -> Result:
@@ -150,22 +158,30 @@ def figure_1(report: Report, work: Path, fake: Fake, args: argparse.Namespace, s
 
 
 def figure_2(report: Report, work: Path, fake: Fake, args: argparse.Namespace, senders: list[str], tag: str,
-             database: Path | None = None) -> Process:  # fmt: skip
+             database: Path | None = None, workers: int = 1) -> Process:  # fmt: skip
     """End to end: a burst through the whole pipeline, then latency at a fixed offered rate."""
+    tag += f"-w{workers}" if workers > 1 else ""
     directory = work / f"echo{tag}"
     directory.mkdir(exist_ok=True)
     if database is not None:
         shutil.copy(database, directory / "bot.db")
-    server = bot_run(work, f"echo{tag}", fake)
+    server = bot_run(work, f"echo{tag}", fake, workers=workers)
+    if workers > 1:  # every worker must be up before the burst, not just the first to answer
+        deadline = time.monotonic() + 60
+        while (directory / "server.log").read_text().count("bot-core started") < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {workers} workers did not start; see {directory / 'server.log'}")
+            time.sleep(0.1)
     run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders, 500, concurrency=8, prefix="w"))
     fake.wait_for(500, 60)
     fake.take()
     cpu0 = server.cpu_seconds()
     result = run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders, args.messages, args.concurrency))
     report.acks(f"acks-busy{tag}", "acks with handling and sending running", result)
+    report.figures[f"ack-p99-busy{tag}"] = percentile(result.latency, .99)
     if not fake.wait_for(args.messages, 300):
         report.line("", f"only {fake.count()} of {args.messages} replies arrived")
-    replies = fake.take()
+    replies = first_arrivals(report, fake.take())
     rate = len(replies) / (max(at for at, _ in replies) - result.started)
     cpu = (server.cpu_seconds() - cpu0) / len(replies)
     report.figures[f"e2e{tag}"] = rate
@@ -174,12 +190,40 @@ def figure_2(report: Report, work: Path, fake: Fake, args: argparse.Namespace, s
     steady = run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders, int(args.rate * args.seconds),
                                  args.concurrency, rate=args.rate, prefix="r"))  # fmt: skip
     fake.wait_for(len(steady.status), 60)
-    latencies = replies_latency(steady, fake.take(), "r")
+    latencies = replies_latency(steady, first_arrivals(report, fake.take()), "r")
     report.figures[f"p99{tag}"] = percentile(latencies, .99)
     report.acks(f"acks-steady{tag}", f"acks at {args.rate:g} msgs/s", steady)
     report.line(f"inbound-to-reply at {args.rate:g} msgs/s ({len(latencies)})",
                 f"p50 {ms(percentile(latencies, .5))}   p99 {ms(percentile(latencies, .99))}")  # fmt: skip
     return server
+
+
+def first_arrivals(report: Report, replies: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Each reply once, at its first arrival; says how many Telnyx received more than once."""
+    firsts: dict[str, float] = {}
+    for at, body in replies:
+        firsts.setdefault(body, at)
+    if len(firsts) < len(replies):
+        report.line("", f"!! {len(replies) - len(firsts)} replies reached the fake Telnyx more than once")
+    return [(at, body) for body, at in firsts.items()]
+
+
+def side_by_side(report: Report, work: Path) -> None:
+    """The comparisons issue 9 asks for, from the figures above."""
+    figures = report.figures
+    logs = sorted(work.glob("*/server.log"))
+    stack = re.search(r"uvicorn [\d.]+, \w+, \w+", logs[0].read_text(errors="replace")) if logs else None
+    report.line("server stack (bot-core and the floor alike)", stack[0] if stack else "unknown")
+    for key, base, label, unit in (("e2e-w2", "e2e", "end to end: --workers 2 / --workers 1", "replies/s"),
+                                   ("acks", "bare", "ack path / bare floor (plugins parked)", "acks/s")):  # fmt: skip
+        if key in figures and base in figures:
+            ratio = figures[key] / figures[base]
+            report.line(label, f"{figures[key]:8.0f} / {figures[base]:.0f} {unit} = {ratio:.2f}x")
+    for key, label in (("ack-p99-busy", "--workers 1"), ("ack-p99-busy-w2", "--workers 2")):
+        if key in figures:
+            report.line(f"ack p99 in a burst, handling and sending ({label})", ms(figures[key]))
+    print("  (the load generator and the fake Telnyx run on the same cores as the server: with 2 cores,\n"
+          "   --workers 2 shares them with both, so its gain is below what a dedicated host gives)")
 
 
 def figure_3(report: Report, work: Path, fake: Fake, args: argparse.Namespace, senders: list[str]) -> None:
@@ -205,6 +249,8 @@ def main() -> None:
     parser.add_argument("--mdrs", type=int, default=200_000, help="MDRs in the large database (figure 4)")
     parser.add_argument("--conversations", type=int, default=20_000, help="conversations in the large database")
     parser.add_argument("--only", default="12346", help="figures to run, e.g. 12")
+    parser.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2],
+                        help="serve --workers values for figure 2, comma-separated")  # fmt: skip
     parser.add_argument("--replica-messages", type=int, default=4000, help="webhooks in a burst of figure 6")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     args = parser.parse_args()
@@ -221,10 +267,12 @@ def main() -> None:
             print("\n1. webhook acknowledgements (empty database)")
             figure_1(report, work, fake, args, senders, "")
         if "2" in args.only:
-            print("\n2. end to end: webhook in, reply received by the fake Telnyx (empty database)")
-            server = figure_2(report, work, fake, args, senders, "")
-            report.line("peak RSS", f"{server.peak_rss_mb():8.0f} MB")
-            server.stop()
+            for workers in args.workers:
+                print(f"\n2. end to end: webhook in, reply received by the fake Telnyx (empty database,"
+                      f" --workers {workers})")  # fmt: skip
+                server = figure_2(report, work, fake, args, senders, "", workers=workers)
+                report.line("peak RSS", f"{server.peak_rss_mb():8.0f} MB")
+                server.stop()
         if "3" in args.only:
             print("\n3. a plugin awaiting 1 s per message, 200 conversations")
             figure_3(report, work, fake, args, senders)
@@ -246,8 +294,10 @@ def main() -> None:
                 if key in report.figures and f"{key}-large" in report.figures:
                     change = report.figures[f"{key}-large"] / report.figures[key] - 1
                     report.line(f"{label}: large vs empty database", f"{change:+8.1%}")
+        print("\n5. side by side")
+        side_by_side(report, work)
         if "6" in args.only:
-            print("\n6. end to end on one and two processes: SQLite file, PostgreSQL replicas (empty database)")
+            print("\n6. end to end on one and two processes: SQLite workers, PostgreSQL replicas (empty database)")
             figure_6(report, work, fake, args, senders, config_text, SECRET)
     finally:
         fake.stop()

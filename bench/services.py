@@ -50,15 +50,27 @@ class Process:
         raise RuntimeError(f"{argv} did not start:\n{log.read_text()}")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the process and its workers have used so far (Linux /proc).
+
+        A worker that exited counts too (its parent's cutime/cstime once reaped).
+        """
+        own = _stat(self.popen.pid)
+        total = sum(int(f) for f in own[11:15])  # utime, stime, cutime, cstime
+        for pid in _children(self.popen.pid):
+            fields = _stat(pid)
+            total += int(fields[11]) + int(fields[12]) if fields else 0
+        return total / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """The peak resident memory of the process, plus its workers' (``serve --workers``)."""
+        total = 0.0
+        for pid in [self.popen.pid, *_children(self.popen.pid)]:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            total += sum(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+        return total
 
     def stop(self) -> None:
         self.popen.terminate()
@@ -69,9 +81,24 @@ class Process:
             self.popen.wait()
 
 
-def start_server(config: Path, log: Path) -> Process:
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name; empty if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (a supervisor's workers)."""
+    return [int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[1]) == pid]  # fmt: skip
+
+
+def start_server(config: Path, log: Path, workers: int = 1) -> Process:
     """``bot-core serve``, exactly as a user runs it."""
-    return Process([sys.executable, "-m", "bot_core", "serve", "--config", str(config)], log, "/healthz")
+    argv = [sys.executable, "-m", "bot_core", "serve", "--config", str(config), "--workers", str(workers)]
+    return Process(argv, log, "/healthz")
 
 
 def start_bare(database: Path, log: Path) -> Process:
@@ -84,8 +111,8 @@ def _fake_main(pipe) -> None:
     fake = FakeTelnyx()
     pipe.send(fake.start())
     while (command := pipe.recv()) != "stop":
-        if command == "count":
-            pipe.send(len(fake.sent))
+        if command == "count":  # distinct messages: a message sent twice counts once
+            pipe.send(len({r.json.get("body") for r in fake.sent}))
         elif command == "take":
             pipe.send([(r.at, r.json.get("body", "")) for r in fake.sent])
             fake.clear()

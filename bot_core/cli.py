@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import threading
-import time
 from typing import Any
 
 import click
@@ -52,18 +49,20 @@ def cli() -> None:
 @config_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(config_path: str | None, host: str, port: int) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes sharing the port and the database.")  # fmt: skip
+def serve(config_path: str | None, host: str, port: int, workers: int) -> None:
     """Run the bot: Telnyx webhooks on POST /webhooks/telnyx.
 
     \b
     Examples:
       bot-core serve                       # the demo bot, sandboxed, on 127.0.0.1:8000
       bot-core serve --config bot.toml --host 0.0.0.0 --port 8080
+      bot-core serve --config bot.toml --workers 2   # one process per core, one database
     """
-    import uvicorn
-
-    from .asgi import create_app
     from .bot import Bot
+    from .supervisor import Supervisor, listen, raise_open_files_limit
+    from .supervisor import serve as serve_bot
 
     config = load(config_path)
     setup_logging(config.bot.log_format, secrets=config.secrets())
@@ -72,24 +71,20 @@ def serve(config_path: str | None, host: str, port: int) -> None:
             "no --config: running %s (sandbox, signatures NOT verified, database %s)", DEMO, config.bot.database
         )
     try:
-        bot = Bot(config)
+        bot = Bot(config)  # loads the plugins: a mistake stops here, before any worker starts
         open_store(config.bot.database).close()  # migrated now; an unreachable or newer database stops here
     except (ConfigError, SchemaTooNew, Unavailable) as exc:
         raise click.ClickException(str(exc)) from None
-    threading.Thread(target=_exit_after_grace, args=(bot,), name="bot-core-exit-watchdog", daemon=True).start()
-    uvicorn.run(
-        create_app(bot), host=host, port=port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=max(1, int(config.bot.shutdown_grace)),
-    )  # fmt: skip
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    raise_open_files_limit()
+    if workers == 1:
+        serve_bot(bot, sock)
+    else:
+        sys.exit(Supervisor(config, sock, workers).run())
 
-
-def _exit_after_grace(bot: Any) -> None:
-    """Exit within ``shutdown_grace`` + 4 s of the stop, whatever a plugin does: a hook that
-    ignores its cancellation, or blocks the event loop, must not keep the process alive."""
-    bot.stopping.wait()
-    time.sleep(bot.config.bot.shutdown_grace + 4)
-    logging.getLogger("bot_core").error("still stopping %gs past shutdown_grace: exiting now", 4)
-    os._exit(1)
 
 
 @cli.command()
@@ -113,9 +108,8 @@ def check(config_path: str | None) -> None:
         raise failure(ConfigError("\n".join(problems)))
     click.echo(f"config: {config.path or DEMO}")
     click.echo(f"plugins loaded: {', '.join(plugins.names) or 'none'}")
-    for profile, answering in zip(config.profiles.values(), plugins.answering(config)):
-        state = "enabled" if profile.enabled else "DISABLED"
-        click.echo(f"{answering}; {state}")
+    for line in plugins.answering(config):
+        click.echo(line)
     click.echo("numbers:")
     for number in config.numbers_state():
         if number.enabled:

@@ -92,6 +92,9 @@ class Plugins:
         startup log print them, so that nobody learns it from a customer)."""
         lines = []
         for name, profile in config.profiles.items():
+            if not profile.enabled:
+                lines.append(f"profile {name}: DISABLED: nothing answers")
+                continue
             active = ", ".join(self.active(config.profile_state(name))) or "none"
             if profile.plugins is None:
                 active += " (no `plugins` list: only opt-out compliance answers; list the plugins that should)"

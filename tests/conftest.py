@@ -52,9 +52,10 @@ class Server:
     It binds port 0 and the port the system gave it is read from its log: a port picked free
     beforehand could be taken by another test's socket before the server binds it."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *args: str) -> None:
         self.config = config
         self.log_path = log
+        self.args = args  # more `serve` options, e.g. "--workers", "2"
         self.port = 0
         self.url = ""
         self.process: subprocess.Popen | None = None
@@ -63,7 +64,8 @@ class Server:
         seen = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", "0"],
+                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", "0",
+                 *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout
@@ -117,10 +119,10 @@ def fake_telnyx_server() -> Iterator[FakeTelnyx]:
 def server_factory(tmp_path: Path) -> Iterator:
     servers: list[Server] = []
 
-    def make(config_text: str) -> Server:
+    def make(config_text: str, *args: str) -> Server:
         config = tmp_path / "bot.toml"
         config.write_text(config_text)
-        server = Server(config, tmp_path / "server.log")
+        server = Server(config, tmp_path / "server.log", *args)
         servers.append(server)
         return server
 

@@ -202,7 +202,7 @@ def test_without_a_plugins_list_only_optout_answers_and_check_says_so(tmp_path):
     out = check(path)
     assert out.returncode == 0, out.stderr
     assert "profile support: plugins answering: optout (no `plugins` list: only opt-out compliance answers" in out.stdout
-    assert "profile demo: plugins answering: optout, echo; enabled" in out.stdout
+    assert "profile demo: plugins answering: optout, echo\n" in out.stdout
     assert "+13125550100  profile support  messaging-enabled  plugins: optout\n" in out.stdout
 
 

@@ -105,7 +105,7 @@ def test_a_claim_hands_out_only_the_head_of_each_conversation(store):
 
 def test_a_lease_that_ran_out_is_taken_over_and_the_old_holder_commits_nothing(store):
     message = inbound(store)
-    store.claim_inbound("a", 10, 0.05)
+    store.claim_inbound("a", 10, 60)
     assert store.claim_inbound("b", 10, 60) == []
     store.lease_clock = lambda: 10**10  # a minute... or a century later: "a" stopped renewing
     assert [m.mdr_id for m in store.claim_inbound("b", 10, 60)] == [message.mdr_id]

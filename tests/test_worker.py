@@ -267,19 +267,24 @@ async def test_unpaced_by_default(tmp_path):
 
 
 def record_pacing(run) -> dict[str, list[tuple[float, float]]]:
-    """(asked, let go) event loop times of each send the pacer handled, by sending number.
+    """(asked, let go) wall-clock times of each send the stored pacing handled, by sending number:
+    asked at its first try for a slot, let go at the slot it took (its number's pacing row).
 
     Pacing decides these; when the request then reaches Telnyx also depends on the machine's
     load (a send that comes late must not make the next one later than its slot)."""
-    pacer, record = run.bot.sender.pacer, {}
-    wait, loop = pacer.wait, asyncio.get_running_loop()
+    store, record, asked = run.bot.store, {}, {}
+    start_send = store.start_send
 
-    async def recording(number: str) -> None:
-        asked = loop.time()
-        await wait(number)
-        record.setdefault(number, []).append((asked, loop.time()))
+    def recording(mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float:
+        asked.setdefault(mdr_id, time.time())
+        wait = start_send(mdr_id, owner, rate=rate)
+        if not wait:  # on the writer thread, inside the transaction that took the slot
+            (number,) = store.conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone()
+            slot = store.conn.execute("SELECT next_at FROM pacing WHERE number = ?", (number,)).fetchone()
+            record.setdefault(number, []).append((asked[mdr_id], slot[0] - 1 / rate if rate else time.time()))
+        return wait
 
-    pacer.wait = recording
+    store.start_send = recording
     return record
 
 

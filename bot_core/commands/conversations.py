@@ -51,16 +51,10 @@ def list_command(config_path: str | None, as_json: bool, limit: int, profile: st
       bot-core conversations list --config bot.toml
       bot-core conversations list --config bot.toml --number +13125550123 --json
     """
-    where, params = [], {}
-    if profile is not None:
-        where.append("c.profile = :profile")
-        params["profile"] = profile
-    if number is not None:
-        where.append("(c.our_number = :number OR c.their_number = :number)")
-        params["number"] = number_option(number, "--number")
+    number = number_option(number, "--number")
     store = open_store(load(config_path), create=False)
     try:
-        rows = store.conversation_rows(limit=limit, where=" AND ".join(where), params=params)
+        rows = store.conversation_rows(limit=limit, profile=profile, number=number)
     finally:
         store.close()
     if as_json:
@@ -92,7 +86,7 @@ def show(which: str, config_path: str | None, to_number: str | None, as_json: bo
         row = _find(store, which, to_number)
         timers = [{"id": t.id, "due_at": iso(t.due_at), "plugin": t.plugin, "name": t.name, "text": t.text,
                    "payload": t.payload} for t in store.timers(row["id"])]  # fmt: skip
-        recent = store.mdrs(limit=10, where="conversation_id = :id", params={"id": row["id"]})
+        recent = store.mdrs(limit=10, conversation_id=row["id"])
     finally:
         store.close()
     if as_json:
@@ -145,18 +139,15 @@ def reset(which: str, config_path: str | None, to_number: str | None, yes: bool)
 def _find(store: Store, which: str, to_number: str | None) -> dict[str, Any]:
     """The conversation ``which`` names: an id, or the customer's number (with ``--to`` if needed)."""
     if which.isdigit() and len(which) <= _ID_DIGITS:
-        rows = store.conversation_rows(limit=1, where="c.id = :id", params={"id": int(which)})
+        rows = store.conversation_rows(limit=1, conversation_id=int(which))
         if not rows:
             raise click.ClickException(f"no conversation with id {which}")
         return rows[0]
     customer = number_option(which, "ID|NUMBER")
-    where, params = "c.their_number = :customer", {"customer": customer}
-    if to_number is not None:
-        where += " AND c.our_number = :ours"
-        params["ours"] = number_option(to_number, "--to")
-    rows = store.conversation_rows(limit=None, where=where, params=params)
+    ours = number_option(to_number, "--to")
+    rows = store.conversation_rows(limit=None, their_number=customer, our_number=ours)
     if not rows:
-        raise click.ClickException(f"no conversation with {customer}" + (f" on {params['ours']}" if to_number else ""))
+        raise click.ClickException(f"no conversation with {customer}" + (f" on {ours}" if ours else ""))
     if len(rows) > 1:
         ours = ", ".join(f"{r['our_number']} (id {r['id']})" for r in rows)
         raise click.UsageError(f"{customer} texts several of the bot's numbers: {ours}; give --to or the id")

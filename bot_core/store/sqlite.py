@@ -762,6 +762,7 @@ class Store:
         status: str | None = None,
         number: str | None = None,
         since: str | None = None,
+        conversation_id: int | None = None,
     ) -> list[dict]:
         """MDRs newest first, as dicts keyed like ``bot-core messages --json``.
 
@@ -771,7 +772,8 @@ class Store:
         """
         filters = {"id = :mdr_id": mdr_id, "id > :after_id": after_id, "profile = :profile": profile,
                    "direction = :direction": direction, "status = :status": status,
-                   "(from_number = :number OR to_number = :number)": number, "created_at >= :since": since}  # fmt: skip
+                   "(from_number = :number OR to_number = :number)": number, "created_at >= :since": since,
+                   "conversation_id = :conversation_id": conversation_id}  # fmt: skip
         where = " AND ".join(clause for clause, value in filters.items() if value is not None)
         sql = (
             "SELECT id, direction, profile, from_number AS \"from\", to_number AS \"to\", text,"
@@ -781,7 +783,8 @@ class Store:
             + (" LIMIT :limit" if limit is not None else "")
         )
         params = {"mdr_id": mdr_id, "after_id": after_id, "profile": profile, "direction": direction,
-                  "status": status, "number": number, "since": since, "limit": limit}  # fmt: skip
+                  "status": status, "number": number, "since": since, "conversation_id": conversation_id,
+                  "limit": limit}  # fmt: skip
         return self._rows(sql, params)
 
     def _rows(self, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
@@ -818,9 +821,21 @@ class Store:
 
     # -- conversations for operators (bot-core conversations) ----------------------------------
 
-    def conversation_rows(self, *, limit: int | None = 50, where: str = "", params: dict | None = None) -> list[dict]:
+    def conversation_rows(self, *, limit: int | None = 50, conversation_id: int | None = None,
+                          profile: str | None = None, number: str | None = None, our_number: str | None = None,
+                          their_number: str | None = None) -> list[dict]:  # fmt: skip
         """Conversations, most recently active first, with their state (decoded), message and
-        pending timer counts, as ``bot-core conversations --json`` prints them."""
+        pending timer counts, as ``bot-core conversations --json`` prints them.
+
+        Each filter given narrows the list (``number`` matches either end); filters are values,
+        never SQL text, as in :meth:`mdrs`.
+        """
+        filters = {"c.id = :conversation_id": conversation_id, "c.profile = :profile": profile,
+                   "(c.our_number = :number OR c.their_number = :number)": number,
+                   "c.our_number = :our_number": our_number, "c.their_number = :their_number": their_number}  # fmt: skip
+        where = " AND ".join(clause for clause, value in filters.items() if value is not None)
+        params = {"conversation_id": conversation_id, "profile": profile, "number": number, "our_number": our_number,
+                  "their_number": their_number}  # fmt: skip
         sql = (
             "SELECT c.id, c.profile, c.our_number, c.their_number, c.state, c.created_at, c.updated_at,"
             " (SELECT count(*) FROM mdrs m WHERE m.conversation_id = c.id) AS messages,"
@@ -828,7 +843,7 @@ class Store:
             " FROM conversations c" + (f" WHERE {where}" if where else "")
             + " ORDER BY c.updated_at DESC, c.id DESC" + (" LIMIT :limit" if limit is not None else "")
         )  # fmt: skip
-        rows = self._rows(sql, {**(params or {}), "limit": limit})
+        rows = self._rows(sql, {**params, "limit": limit})
         for row in rows:
             row["state"] = json.loads(row["state"])
         return rows
