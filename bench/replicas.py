@@ -1,10 +1,9 @@
 """Figure 6 of bench/run.py: end to end on one and two processes, SQLite beside PostgreSQL.
 
-Four set-ups in one run, each on an empty database: one ``bot-core serve`` on a SQLite file,
-two on the same file (two processes on one host, as ``serve --workers 2`` runs them), one
-replica on PostgreSQL, two replicas on the same PostgreSQL database (as on two machines behind
-a load balancer). With two processes the load is split between them, each customer always to
-the same one, by one load generator per process. Printed per set-up: the burst's replies/s
+Four set-ups in one run, each on an empty database: ``bot-core serve`` on a SQLite file,
+``serve --workers 2`` on it (two processes on one port), one replica on PostgreSQL, two
+replicas on the same PostgreSQL database (as on two machines behind a load balancer: the load
+is split between them, each customer always to the same one, one load generator each). Printed per set-up: the burst's replies/s
 (webhook in to reply received by the fake Telnyx) and the acknowledgement p99 during it.
 
 PostgreSQL comes from ``BOT_CORE_BENCH_POSTGRES`` (default: the test server,
@@ -18,6 +17,7 @@ import argparse
 import os
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,7 +41,8 @@ def figure_6(report: Any, work: Path, fake: Fake, args: argparse.Namespace, send
              config_text: Any, secret: str) -> None:  # fmt: skip
     postgres_error = _postgres_error()
     for engine, processes in (("sqlite", 1), ("sqlite", 2), ("postgres", 1), ("postgres", 2)):
-        label = f"{'SQLite' if engine == 'sqlite' else 'PostgreSQL'}, {processes} process{'es' * (processes > 1)}"
+        label = (f"SQLite, serve --workers {processes}" if engine == "sqlite"
+                 else f"PostgreSQL, {processes} replica{'s' * (processes > 1)}")  # fmt: skip
         if engine == "postgres" and postgres_error:
             report.line(label, f"skipped: no PostgreSQL at {POSTGRES} ({postgres_error})")
             continue
@@ -57,7 +58,11 @@ def figure_6(report: Any, work: Path, fake: Fake, args: argparse.Namespace, send
         (directory / "bot.toml").write_text(config_text(fake.url).replace('database = "bot.db"', f'database = "{database}"'))
         servers: list[Process] = []
         try:
-            servers = [start_server(directory / "bot.toml", directory / f"server-{i}.log") for i in range(processes)]
+            if engine == "sqlite":  # one server, its workers on one port
+                servers = [start_server(directory / "bot.toml", directory / "server-0.log", processes)]
+                _wait_for_workers(directory / "server-0.log", processes)
+            else:
+                servers = [start_server(directory / "bot.toml", directory / f"server-{i}.log") for i in range(processes)]
             _run(report, label, servers, fake, args, senders, secret, f"{engine[0]}{processes}")
         finally:
             for server in servers:
@@ -90,6 +95,14 @@ def _run(report: Any, label: str, servers: list[Process], fake: Fake, args: argp
     bad = sum(1 for r in results for s in r.status if s != 200)
     report.figures[f"replicas-{tag}"] = rate
     report.line(label, f"{rate:8.0f} replies/s   ack p99 {p99 * 1000:7.1f} ms" + (f"   ({bad} not 200!)" if bad else ""))
+
+
+def _wait_for_workers(log: Path, workers: int) -> None:
+    deadline = time.monotonic() + 60
+    while log.read_text(errors="replace").count("bot-core started") < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {workers} workers did not start; see {log}")
+        time.sleep(0.1)
 
 
 def _parallel(plans: list[Plan]) -> list[Result]:

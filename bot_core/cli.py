@@ -121,11 +121,9 @@ def check(config_path: str | None) -> None:
         version, known = schema_version(config.bot.database)
     except Unavailable as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"database: {display(config.bot.database)} (schema version {version or 'none yet'}; "
-               f"this bot-core: {known})")  # fmt: skip
     if version > known:
-        click.echo(f"error: the database was migrated by a newer bot-core (schema version {version} > {known}): "
-                   "upgrade bot-core before starting it", err=True)  # fmt: skip
+        click.echo(f"error: the database {display(config.bot.database)} was migrated by a newer bot-core (schema "
+                   f"version {version} > {known}): upgrade bot-core before starting it", err=True)  # fmt: skip
         sys.exit(1)
     for warning in _warnings(config, plugins):
         click.echo(f"warning: {warning}", err=True)

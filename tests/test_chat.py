@@ -194,14 +194,14 @@ def test_chat_commands_help_typos_and_a_literal_slash(tmp_path):
 
 def test_other_customers_timers_neither_stop_chat_nor_fire_in_it(tmp_path):
     config = write_config(tmp_path)
-    store = Store(tmp_path / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     other = store.conversation("support", OURS, "+13125550777")
     store.add_timer(other.id, time.time() - 5, text="a real customer's reminder")  # due already
     store.close()
     result = chat(config, "hi\n/wait 1d\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["you> hi", "bot> echo hi #1", "you> /wait 1d"]
-    store = Store(tmp_path / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     try:
         assert [t.text for t in store.timers(other.id)] == ["a real customer's reminder"]  # still pending
     finally:

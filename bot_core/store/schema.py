@@ -123,8 +123,8 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         id BIGSERIAL PRIMARY KEY, profile TEXT, our_number TEXT NOT NULL, their_number TEXT NOT NULL,
         state TEXT NOT NULL, created_at TEXT, updated_at TEXT);
     CREATE UNIQUE INDEX conversations_pair ON conversations(our_number, their_number);
-    CREATE TABLE optouts (profile TEXT, number TEXT, opted_out INTEGER, updated_at TEXT);
-    CREATE UNIQUE INDEX optouts_pk ON optouts(profile, number) NULLS NOT DISTINCT;
+    CREATE TABLE optouts (profile TEXT, number TEXT, opted_out INTEGER, updated_at TEXT,
+        PRIMARY KEY (profile, number));
     CREATE TABLE consent_log (
         id BIGSERIAL PRIMARY KEY, profile TEXT, number TEXT, action TEXT, source TEXT, at TEXT);
     CREATE TABLE delivery_events (
