@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from bot_core.store import PENDING, RECEIVED, SENDING, open_store
+from bot_core.store import PENDING, RECEIVED, SENDING, is_postgres, open_store
 from bot_core.testing import FakeTelnyx
 
 pytest_plugins = ["pytester"]  # test_testing runs pytest on a plugin author's tests
@@ -91,6 +91,13 @@ class Server:
     def settled(self, database: str = "bot.db") -> bool:
         """Whether the server has handled every message stored and finished every send: it sends
         nothing more until a new webhook (or a timer) comes."""
+        if is_postgres(url := os.environ.get("BOT_CORE_DATABASE", "")):  # the config names it (`database`)
+            store = open_store(url)
+            try:
+                backlog = store.backlog()
+            finally:
+                store.close()
+            return backlog["messages"] + backlog["sends"] == 0
         with closing(sqlite3.connect(self.config.parent / database)) as conn:
             busy = f"SELECT 1 FROM mdrs WHERE status IN ('{RECEIVED}', '{PENDING}', '{SENDING}') LIMIT 1"
             return conn.execute(busy).fetchone() is None
