@@ -23,6 +23,7 @@ from typing import Any
 from bot_core.errors import ConfigError
 from bot_core.logs import Secret
 from bot_core.phone import alphanumeric_sender_id_error, normalize_number
+from bot_core.store import is_postgres
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
@@ -226,7 +227,7 @@ class _Table:
 class BotSettings:
     """The ``[bot]`` table; paths are already resolved against the config file's folder."""
 
-    database: Path
+    database: Path | str  # a SQLite file, or a postgresql:// URL
     public_url: str | None
     plugins_dir: Path | None
     sandbox: bool
@@ -474,8 +475,10 @@ def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
 
 
 def _bot(t: _Table, base: Path) -> BotSettings:
-    if (database := t.path("database", base, "bot.db")) is None:
-        t.report("must be a file name, not empty", "database")
+    database: Path | str | None = t.get("database", (str, os.PathLike), "a path or URL", None)
+    if not is_postgres(database or ""):  # a URL selects PostgreSQL; anything else is a SQLite file
+        if (database := t.path("database", base, "bot.db")) is None:
+            t.report("must be a file name or a postgresql:// URL, not empty", "database")
     return t.build(
         BotSettings, database=database, public_url=t.url("public_url"), plugins_dir=t.path("plugins_dir", base),
         sandbox=t.boolean("sandbox", False), verify_signatures=t.boolean("verify_signatures", True),

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from .store import LeaseLost
+from .store import ERRORS, LeaseLost
 
 log = logging.getLogger("bot_core.lanes")
 
@@ -73,7 +72,7 @@ class Claims(Generic[T]):
             return 0
         try:
             units = await self._claim(free)
-        except sqlite3.Error as exc:
+        except ERRORS as exc:
             if not self._failing:  # once per outage, not once per poll
                 log.warning("cannot claim %s work (%s); trying again every %gs", self.name, exc, self.poll)
             self._failing = True
