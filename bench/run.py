@@ -17,7 +17,9 @@ HTTP/1.1 load generator in another process, and prints:
 4. figures 1 and 2 again with a large database, and the server's peak RSS;
 5. side by side: end-to-end replies/s with 2 workers against 1, the webhook path against the
    bare floor (both on the same uvicorn stack: uvloop and httptools when installed), and the
-   ack p99 of the bursts that ran with handling and sending.
+   ack p99 of the bursts that ran with handling and sending;
+6. end to end and ack p99 on one and two processes, SQLite workers beside PostgreSQL replicas
+   (bench/replicas.py).
 
 The load generator and the fake Telnyx run on the same machine as the server and share its
 cores: on a 2-core machine, ``--workers 2`` competes with them.
@@ -37,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from load import Plan, Result, run_in_process  # noqa: E402
+from replicas import figure_6  # noqa: E402
 from seed import OUR_NUMBER, customer, seed  # noqa: E402
 from services import Fake, Process, start_bare, start_server  # noqa: E402
 
@@ -245,9 +248,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="duration of fixed-rate runs")
     parser.add_argument("--mdrs", type=int, default=200_000, help="MDRs in the large database (figure 4)")
     parser.add_argument("--conversations", type=int, default=20_000, help="conversations in the large database")
-    parser.add_argument("--only", default="1234", help="figures to run, e.g. 12")
+    parser.add_argument("--only", default="12346", help="figures to run, e.g. 12")
     parser.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2],
                         help="serve --workers values for figure 2, comma-separated")  # fmt: skip
+    parser.add_argument("--replica-messages", type=int, default=4000, help="webhooks in a burst of figure 6")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bot-core-bench-"))
@@ -292,6 +296,9 @@ def main() -> None:
                     report.line(f"{label}: large vs empty database", f"{change:+8.1%}")
         print("\n5. side by side")
         side_by_side(report, work)
+        if "6" in args.only:
+            print("\n6. end to end on one and two processes: SQLite workers, PostgreSQL replicas (empty database)")
+            figure_6(report, work, fake, args, senders, config_text, SECRET)
     finally:
         fake.stop()
         if not args.keep:

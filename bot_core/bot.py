@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,8 +35,9 @@ from .messages import Conversation, InboundMessage, Reply
 from .metrics import Metrics
 from .outbox import draft
 from .phone import alphanumeric_destination_error, normalize_number, sender_kind
+from .plugin_store import PluginStore
 from .plugins import Plugins, call_impl, load_plugins
-from .store import IGNORED, CancelEffect, ConsentEffect, SendEffect, Store, TimerEffect
+from .store import ERRORS, IGNORED, TRANSIENT, CancelEffect, ConsentEffect, SendEffect, TimerEffect, open_store
 from .telnyx import TelnyxClient, make_client
 from .timers import Timer
 from .webhooks import Webhook, verify_v1, verify_v2
@@ -79,7 +79,7 @@ class Bot:
         A running server's sender picks such messages up within a second (``bot-core send``).
         """
         if not hasattr(self, "store"):
-            self.store = Store(self.config.bot.database, clock=self.clock, secrets=self.config.secrets())
+            self.store = open_store(self.config.bot.database, clock=self.clock, secrets=self.config.secrets())
 
     def close(self) -> None:
         """Close the database :meth:`open` opened (:meth:`stop` does it for a started bot)."""
@@ -99,6 +99,7 @@ class Bot:
         self.metrics.track_queue("inbox", lambda: self._backlog("messages"))
         self.metrics.track_queue("outbox", lambda: self._backlog("sends"))
         self._take_over_dead()
+        self.store.healthy(self.owner)  # a heartbeat: other replicas and commands see this one alive
         in_flight = self.store.unheld_in_flight()
         if in_flight:
             log.warning("%d send(s) may have reached Telnyx: their request had started when the last process "
@@ -114,8 +115,14 @@ class Bot:
         loop = asyncio.get_running_loop()
         loops = [*self.dispatcher.loops, self.sender.claims]
         self._tasks = [loop.create_task(claims.run()) for claims in loops] + [loop.create_task(self._heartbeat())]
+        # Work committed by another replica (PostgreSQL's NOTIFY); the loops poll besides.
+        self.store.listen(lambda: loop.call_soon_threadsafe(self._wake_all))
         self.started = True
         self._announce()
+
+    def _wake_all(self) -> None:
+        for claims in (*self.dispatcher.loops, self.sender.claims):
+            claims.wake()
 
     def _backlog(self, kind: str) -> int:
         return self.store.backlog()[kind] if hasattr(self, "store") else 0
@@ -140,10 +147,10 @@ class Bot:
             await asyncio.sleep(min(lease / 4, 5.0))
             try:
                 await self.store.call(self.store.renew, self.owner, lease)
+                await self.store.call(self.store.healthy, self.owner)  # alive: see database_in_use
                 if await self.store.call(self._take_over_dead):
-                    for claims in (*self.dispatcher.loops, self.sender.claims):
-                        claims.wake()
-            except sqlite3.Error as exc:
+                    self._wake_all()
+            except ERRORS as exc:
                 log.warning("cannot renew the leases of this process (%s); trying again", exc)
 
     def _announce(self) -> None:
@@ -178,7 +185,7 @@ class Bot:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await asyncio.wait_for(self.store.call(self.store.release, self.owner), 2.0)
-        except (sqlite3.Error, TimeoutError) as exc:
+        except (*ERRORS, TimeoutError) as exc:
             log.warning("cannot give back this process's work (%s); its leases run out instead", exc)
         if not drained:
             log.warning("shutdown grace ran out; unfinished work will resume at the next start")
@@ -196,7 +203,7 @@ class Bot:
         while True:
             try:
                 return await self.store.call(fn, *args, **kwargs)
-            except sqlite3.OperationalError as exc:
+            except TRANSIENT as exc:
                 level = logging.WARNING if delay == 0.05 else logging.DEBUG
                 log.log(level, "cannot write to the database (%s); trying again", exc)
                 await asyncio.sleep(delay)
@@ -263,7 +270,7 @@ class Bot:
         """
         try:
             return await self._accept(webhook)
-        except (sqlite3.Error, TimeoutError) as exc:
+        except (*ERRORS, TimeoutError) as exc:
             reason = exc if str(exc) else f"no answer from the database within {self.config.bot.store_timeout:g}s"
             log.error("cannot store a webhook (%s); answering 503 so that Telnyx delivers it again", reason)
             raise WebhookError("the bot cannot store this webhook right now; deliver it again later", 503) from None
@@ -339,12 +346,19 @@ class Bot:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """The bot's SQLite database, for plugins' own tables (prefix them with the plugin name).
+        """The bot's SQLite database, for SQLite-only plugins' own tables (prefix them with the
+        plugin name). On PostgreSQL it raises RuntimeError: engine-neutral plugins keep their data
+        in :meth:`plugin_store`.
 
         A connection of its own, on the event loop's thread: its writes take effect at once,
         not with the outcome of the message being handled, and wait for the file's write lock
         (a few seconds at most). Keep them small and idempotent."""
         return self.store.db
+
+    def plugin_store(self, plugin: str) -> PluginStore:
+        """``plugin``'s own key-value data, on either engine and shared by every replica (see
+        :mod:`bot_core.plugin_store`). Opened with the database: call it from ``startup`` on."""
+        return PluginStore(self.store, plugin)
 
     def send(
         self,

@@ -23,7 +23,7 @@ from .bot import Bot
 from .config import Config, parse_duration
 from .errors import BotError
 from .runner import database_in_use
-from .store import BLOCKED, FAILED, HANDLED, PENDING, RECEIVED, SENDING, Store
+from .store import BLOCKED, FAILED, HANDLED, PENDING, SENDING, display, open_store
 from .testing.fake_telnyx import SignedWebhook, TelnyxWebhooks
 
 CUSTOMER = "+13125550123"  # the sample customer the simulator and the test harness text from
@@ -272,21 +272,18 @@ def check_database(config: Config) -> None:
     """
     path = config.bot.database
     if database_in_use(path):
-        raise ChatError(f"another process (a running `bot-core serve`?) is using {path}; stop it first, "
+        raise ChatError(f"another process (a running `bot-core serve`?) is using {display(path)}; stop it first, "
                         "or chat with a config whose database is a copy")  # fmt: skip
-    store = Store(path)
+    store = open_store(path)
     try:
-        conn = store.conn
-        inbound = conn.execute(f"SELECT count(*) FROM mdrs WHERE direction = 'inbound' AND status = '{RECEIVED}'")
-        outbound = conn.execute("SELECT count(*) FROM mdrs WHERE direction = 'outbound'"
-                                f" AND status IN ('{PENDING}', '{SENDING}')")  # fmt: skip
-        waiting = (inbound.fetchone()[0], outbound.fetchone()[0])
+        backlog = store.backlog()
+        waiting = (backlog["messages"], backlog["sends"])
     finally:
         store.close()
     if any(waiting):
         raise ChatError(
-            f"{path} has work waiting ({waiting[0]} message(s) to handle, {waiting[1]} to send); chat runs in "
-            "sandbox mode and would record them as never sent. Let `bot-core serve` finish them, or chat "
+            f"{display(path)} has work waiting ({waiting[0]} message(s) to handle, {waiting[1]} to send); chat runs"
+            " in sandbox mode and would record them as never sent. Let `bot-core serve` finish them, or chat "
             "with a config whose database is a copy"
         )  # fmt: skip
 

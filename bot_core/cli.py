@@ -22,6 +22,7 @@ from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .plugins import load_plugins
+from .store import SchemaTooNew, Unavailable, display, open_store, schema_version
 
 
 @click.group()
@@ -72,7 +73,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int) -> None:
         )
     try:
         bot = Bot(config)  # loads the plugins: a mistake stops here, before any worker starts
-    except ConfigError as exc:
+        open_store(config.bot.database).close()  # migrated now; an unreachable or newer database stops here
+    except (ConfigError, SchemaTooNew, Unavailable) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         sock = listen(host, port)
@@ -116,6 +118,14 @@ def check(config_path: str | None) -> None:
             click.echo(f"  {number.number}  profile {number.profile}  messaging-enabled  plugins: {active}")
         else:
             click.echo(f"  {number.number}  profile {number.profile or '-'}  NOT enabled: {number.reason}")
+    try:
+        version, known = schema_version(config.bot.database)
+    except Unavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    if version > known:
+        click.echo(f"error: the database {display(config.bot.database)} was migrated by a newer bot-core (schema "
+                   f"version {version} > {known}): upgrade bot-core before starting it", err=True)  # fmt: skip
+        sys.exit(1)
     for warning in _warnings(config, plugins):
         click.echo(f"warning: {warning}", err=True)
     if not config.enabled_numbers():

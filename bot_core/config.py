@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from bot_core.errors import ConfigError
 from bot_core.logs import Secret
 from bot_core.phone import alphanumeric_sender_id_error, normalize_number
+from bot_core.store import is_postgres
 
 T = TypeVar("T")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -228,7 +229,7 @@ class _Table:
 class BotSettings:
     """The ``[bot]`` table; paths are already resolved against the config file's folder."""
 
-    database: Path
+    database: Path | str  # a SQLite file, or a postgresql:// URL
     public_url: str | None
     plugins_dir: Path | None
     sandbox: bool
@@ -477,8 +478,10 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
 
 
 def _bot(t: _Table, base: Path) -> BotSettings:
-    if (database := t.path("database", base, "bot.db")) is None:
-        t.report("must be a file name, not empty", "database")
+    database: Path | str | None = t.get("database", (str, os.PathLike), "a path or URL", None)
+    if not is_postgres(database or ""):  # a URL selects PostgreSQL; anything else is a SQLite file
+        if (database := t.path("database", base, "bot.db")) is None:
+            t.report("must be a file name or a postgresql:// URL, not empty", "database")
     return t.build(
         BotSettings, database=database, public_url=t.url("public_url"), plugins_dir=t.path("plugins_dir", base),
         sandbox=t.boolean("sandbox", False), verify_signatures=t.boolean("verify_signatures", True),

@@ -2,7 +2,9 @@
 
 A dry run that still runs the real plugins: a plugin may write (the opt-out plugin opts
 numbers out), so the bot runs on a temporary copy of the database, in sandbox mode, and the
-copy is thrown away. The real database is only read, through SQLite's backup API.
+copy is thrown away. The real database is only read: a SQLite file through SQLite's backup
+API; from PostgreSQL, what handling the message reads (the conversation, the customer's
+consent, the plugins' data) is copied into a scratch SQLite file.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .errors import BotError
 from .logs import Masker
 from .messages import InboundMessage
 from .outbox import draft
-from .store import FAILED, IGNORED, RECEIVED, Store
+from .store import FAILED, IGNORED, RECEIVED, Store, is_postgres, open_store
 
 
 class ExplainError(BotError):
@@ -49,7 +51,10 @@ async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str
         return result
     with tempfile.TemporaryDirectory(prefix="bot-core-explain-") as directory:
         database = Path(directory) / "explain.db"
-        _copy(config.bot.database, database)
+        if is_postgres(config.bot.database):
+            _copy_conversation(config.bot.database, database, to, from_)
+        else:
+            _copy(config.bot.database, database)
         trial = sandboxed(dataclasses.replace(config, bot=dataclasses.replace(config.bot, database=database)))
         bot = Bot(trial)
         _quiesce(database, bot.clock())
@@ -102,6 +107,15 @@ def _copy(source: Path, target: Path) -> None:
     finally:
         copy_.close()
         original.close()
+
+
+def _copy_conversation(url: str, target: Path, our_number: str, their_number: str) -> None:
+    source, scratch = open_store(url), Store(target)
+    try:
+        source.copy_conversation(scratch, our_number, their_number)
+    finally:
+        source.close()
+        scratch.close()
 
 
 def _quiesce(database: Path, now: float) -> None:

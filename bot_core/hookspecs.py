@@ -40,9 +40,14 @@ hookimpl = pluggy.HookimplMarker("bot_core")
 def startup(bot: Bot) -> None:
     """Called once when the bot starts, after the database is open and before any message.
 
-    Use it to create the plugin's own tables (``bot.db`` is a sqlite-utils Database) or to
-    check its settings. Every plugin's ``startup`` runs, whatever the profiles say. An exception
-    here stops the bot from starting.
+    Use it to check its settings or open what it needs. Every plugin's ``startup`` runs,
+    whatever the profiles say. An exception here stops the bot from starting.
+
+    A plugin's own data that is not per conversation goes in ``bot.plugin_store(name)``: a
+    key-value store of JSON values (``get``, ``put``, ``add`` once-only, ``delete``, ``items``)
+    that works on both engines and that every replica sees at once. Per-conversation data goes
+    in ``conversation.state``. ``bot.db`` (a sqlite-utils Database, for a plugin's own tables)
+    exists only on SQLite: it raises on PostgreSQL, so a plugin that uses it is SQLite-only.
     """
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-from .store import LeaseLost
+from .store import ERRORS, LeaseLost
 
 log = logging.getLogger("bot_core.lanes")
 
@@ -73,7 +72,7 @@ class Claims(Generic[T]):
             return 0
         try:
             units = await self._claim(free)
-        except sqlite3.Error as exc:
+        except ERRORS as exc:
             if not self._failing:  # once per outage, not once per poll
                 log.warning("cannot claim %s work (%s); trying again every %gs", self.name, exc, self.poll)
             self._failing = True
@@ -110,7 +109,7 @@ class Claims(Generic[T]):
         await asyncio.sleep(self.poll)
         try:
             await self._release(key)
-        except sqlite3.Error:
+        except ERRORS:  # either engine's (this read sqlite3.Error, never imported: a NameError)
             log.warning("cannot give %s work back; its lease runs out instead", self.name)
 
     async def join(self, timeout: float | None = None) -> bool:

@@ -1,8 +1,8 @@
 """Running a bot for a moment inside a CLI command, beside or instead of a server.
 
-``bot-core send``, ``chat`` and ``explain`` work on the same SQLite file a server uses. Starting
-a second whole bot next to a running server would handle its inbox, resend its in-flight
-messages and fire its timers twice, so commands first ask :func:`database_in_use`.
+``bot-core send``, ``chat`` and ``explain`` work on the same database a server uses. A command
+beside a running server only queues (the server sends), and ``chat`` refuses to run a sandbox
+bot on a database a server is using, so commands first ask :func:`database_in_use`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,20 @@ from pathlib import Path
 
 from .bot import Bot
 from .config import Config
+from .store import is_postgres
 
 
 def database_in_use(path: str | Path) -> bool:
     """True when another connection (another process, usually a server) has the database open.
 
+    On PostgreSQL: when a replica's heartbeat is recent (:func:`.store.postgres.replicas_alive`).
     SQLite grants an exclusive lock only to a lone connection; asking for one without waiting
     tells whether anyone else holds the file open, idle or not. A missing file is not in use.
     """
+    if is_postgres(path):
+        from .store.postgres import replicas_alive
+
+        return replicas_alive(str(path))
     path = Path(path)
     if not path.exists():
         return False

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from .config import Config, Profile
 from .errors import SendError
 from .lanes import Claims
 from .metrics import Metrics
-from .store import BLOCKED, FAILED, Outbound, Store
+from .store import BLOCKED, FAILED, TRANSIENT, Outbound, Store
 from .telnyx import TelnyxClient
 
 log = logging.getLogger("bot_core.sender")
@@ -94,7 +93,7 @@ class Sender:
                 rate = self.config.send_rate_for(message.from_number)
                 while wait := await self.store.call(self.store.start_send, message.id, self.owner, rate=rate):
                     await asyncio.sleep(wait)
-            except sqlite3.OperationalError as exc:  # not sent: safe to try again
+            except TRANSIENT as exc:  # not sent: safe to try again
                 delay = self._backoff(attempts + 1, None)
                 log.warning("send %d: cannot prepare it (%s); trying again in %.1fs", message.id, exc, delay)
                 due = self.clock() + delay

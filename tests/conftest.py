@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import sqlite3
@@ -12,18 +13,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
+from functools import cache
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 
-from bot_core.store import PENDING, RECEIVED, SENDING
+from bot_core.store import PENDING, RECEIVED, SENDING, is_postgres, open_store
 from bot_core.testing import FakeTelnyx
 
 pytest_plugins = ["pytester"]  # test_testing runs pytest on a plugin author's tests
 
 SAMPLES = Path(__file__).parent / "samples"
+
+# Every development and CI machine runs PostgreSQL 15 here (trust authentication).
+POSTGRES = os.environ.get("BOT_CORE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def sample(name: str) -> dict:
@@ -53,7 +60,7 @@ class Server:
         self.url = ""
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> Server:
+    def start(self, timeout: float = 60) -> Server:  # a loaded machine needs many seconds; only a failure waits this long
         seen = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -61,7 +68,7 @@ class Server:
                  *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        deadline = time.monotonic() + 60  # a heavily loaded machine needs many seconds; only a failure waits this long
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"bot-core serve exited with {self.process.returncode}:\n{self.log}")
@@ -84,6 +91,13 @@ class Server:
     def settled(self, database: str = "bot.db") -> bool:
         """Whether the server has handled every message stored and finished every send: it sends
         nothing more until a new webhook (or a timer) comes."""
+        if is_postgres(url := os.environ.get("BOT_CORE_DATABASE", "")):  # the config names it (`database`)
+            store = open_store(url)
+            try:
+                backlog = store.backlog()
+            finally:
+                store.close()
+            return backlog["messages"] + backlog["sends"] == 0
         with closing(sqlite3.connect(self.config.parent / database)) as conn:
             busy = f"SELECT 1 FROM mdrs WHERE status IN ('{RECEIVED}', '{PENDING}', '{SENDING}') LIMIT 1"
             return conn.execute(busy).fetchone() is None
@@ -142,3 +156,79 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.02):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+@cache
+def _postgres_error() -> str | None:
+    """Why the test PostgreSQL does not answer, or None when it does."""
+    import psycopg
+
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+def _admin(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL of the test PostgreSQL whose search_path is a schema of this test's own, dropped after it.
+
+    No server: the test skips, saying how to run it; on CI (CI=true) it fails instead."""
+    if (error := _postgres_error()) is not None:
+        reason = (f"PostgreSQL not reachable at BOT_CORE_TEST_POSTGRES={POSTGRES} ({error}): start PostgreSQL 15 "
+                  "there (trust authentication) or point BOT_CORE_TEST_POSTGRES at a server to run these tests")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    schema = f"test_{secrets.token_hex(6)}"
+    _admin(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in POSTGRES else "?"
+    yield f"{POSTGRES}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
+    _admin(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs once per store engine."""
+    return request.param
+
+
+@pytest.fixture
+def database_url(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """``[bot] database`` for the engine under test: a SQLite file, or a PostgreSQL schema of its own."""
+    if engine == "sqlite":
+        return str(tmp_path / "bot.db")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``database_url`` as ``$BOT_CORE_DATABASE``, which test configs name (``database =
+    "${BOT_CORE_DATABASE}"``), so commands run in child processes use it too."""
+    monkeypatch.setenv("BOT_CORE_DATABASE", database_url)
+    return database_url
+
+
+@contextmanager
+def server_using(database: str) -> Iterator[None]:
+    """What ``database_in_use`` sees of a running server: the SQLite file held open, or a
+    replica's fresh heartbeat on PostgreSQL."""
+    store = open_store(database)
+    store.healthy("a running server")
+    try:
+        yield
+    finally:
+        store.close()
+
+
+def rows(store: Any, statement: str, params: tuple = ()) -> list[tuple]:
+    """A test's look at the store's tables, on either engine (the SQLite engine's SQL)."""
+    return store._read(statement, params)

@@ -46,7 +46,7 @@ def make_config(tmp_path: Path, plugins: list[str], *, bot: dict | None = None, 
     profile = {"secret": SECRET, "numbers": [OURS, OTHER], "plugins": plugins}
     return Config.from_dict(
         {
-            "bot": {"database": "bot.db", **(bot or {})},
+            "bot": {"database": "${BOT_CORE_DATABASE:-bot.db}", **(bot or {})},
             "telnyx": {"api_base": "http://telnyx.test", **(telnyx or {})},
             "sending": {"backoff_initial": "10ms", "backoff_max": "50ms", **(sending or {})},
             "profiles": profiles or {"main": profile},

@@ -11,7 +11,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from bot_core.store import OutboundDraft, Store
+import pytest
+
+from bot_core.store import OutboundDraft, display, open_store
+
+from .conftest import server_using
+
+# Each test runs on both engines: its config names $BOT_CORE_DATABASE.
+pytestmark = pytest.mark.usefixtures("database")
 
 OURS = "+13125550100"
 PLUGINS = {
@@ -45,7 +52,7 @@ def write_config(tmp_path: Path, plugins: str = '["echo"]', extra: str = "") -> 
     path = tmp_path / "bot.toml"
     path.write_text(textwrap.dedent(f"""
         [bot]
-        database = "bot.db"
+        database = "${{BOT_CORE_DATABASE}}"
         plugins_dir = "plugins"
 
         [profiles.support]
@@ -67,7 +74,7 @@ def chat(config: Path, script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def mdrs(config: Path) -> list[dict]:
-    store = Store(config.parent / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     try:
         return list(reversed(store.mdrs(limit=None)))
     finally:
@@ -115,7 +122,7 @@ def test_opt_out_works_as_with_a_real_phone(tmp_path):
 
 def test_blocked_replies_are_noted_on_stderr_only(tmp_path):
     config = write_config(tmp_path, '["lines", "echo"]', '\n[profiles.support.plugin_config.optout]\nenabled = false\n')
-    store = Store(tmp_path / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     store.set_opted_out("support", "+13125550123", True, "test")
     store.close()
     result = chat(config, "hi\n")
@@ -137,19 +144,16 @@ def test_a_reply_with_line_breaks_stays_on_one_bot_line(tmp_path):
 
 def test_chat_refuses_a_database_a_server_has_open(tmp_path):
     config = write_config(tmp_path)
-    server_connection = Store(tmp_path / "bot.db")
-    try:
+    with server_using(os.environ["BOT_CORE_DATABASE"]):
         result = chat(config, "hi\n")
-    finally:
-        server_connection.close()
     assert result.returncode == 1
-    assert "another process" in result.stderr and "bot.db" in result.stderr
+    assert "another process" in result.stderr and display(os.environ["BOT_CORE_DATABASE"]) in result.stderr
     assert mdrs(config) == []
 
 
 def test_chat_refuses_a_database_with_messages_waiting_to_be_sent(tmp_path):
     config = write_config(tmp_path)
-    store = Store(tmp_path / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     store.add_outbound(OutboundDraft("support", OURS, "+13125550777", "a real customer's reply"))
     store.close()
     result = chat(config, "hi\n")
@@ -190,14 +194,14 @@ def test_chat_commands_help_typos_and_a_literal_slash(tmp_path):
 
 def test_other_customers_timers_neither_stop_chat_nor_fire_in_it(tmp_path):
     config = write_config(tmp_path)
-    store = Store(tmp_path / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     other = store.conversation("support", OURS, "+13125550777")
     store.add_timer(other.id, time.time() - 5, text="a real customer's reminder")  # due already
     store.close()
     result = chat(config, "hi\n/wait 1d\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["you> hi", "bot> echo hi #1", "you> /wait 1d"]
-    store = Store(tmp_path / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     try:
         assert [t.text for t in store.timers(other.id)] == ["a real customer's reminder"]  # still pending
     finally:

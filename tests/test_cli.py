@@ -16,10 +16,13 @@ from click.testing import CliRunner
 
 from bot_core.cli import cli
 from bot_core.messages import InboundMessage
-from bot_core.store import OutboundDraft, Store
+from bot_core.store import OutboundDraft, open_store
 from bot_core.testing import FakeTelnyx
 
-from .conftest import wait_for
+from .conftest import server_using, wait_for
+
+# Each test runs on both engines: its config names $BOT_CORE_DATABASE.
+pytestmark = pytest.mark.usefixtures("database")
 
 OURS, OTHER, CLOSED, LONELY = "+13125550100", "+13125550101", "+13125550102", "+13125550103"
 CUSTOMER = "+13125550123"
@@ -39,7 +42,7 @@ def write_config(tmp_path: Path, extra: str = "", telnyx: str = "", bot: str = "
     path = tmp_path / "bot.toml"
     path.write_text(textwrap.dedent(f"""
         [bot]
-        database = "bot.db"
+        database = "${{BOT_CORE_DATABASE:-bot.db}}"
         plugins_dir = "plugins"
         {bot}
 
@@ -87,7 +90,7 @@ def seed(config: Path) -> None:
     now = time.time()
     for ago, profile, ours, text, status in ((3, "support", OURS, "old", "handled"),
                                              (1, "closed", CLOSED, "new", "ignored")):  # fmt: skip
-        store = Store(config.parent / "bot.db", clock=lambda ago=ago: now - ago * 3600)
+        store = open_store(os.environ["BOT_CORE_DATABASE"], clock=lambda ago=ago: now - ago * 3600)
         mdr = store.add_inbound(InboundMessage(f"m-{text}", text, CUSTOMER, ours, profile), status=status)
         if status == "handled":
             store.add_outbound(OutboundDraft(profile, ours, CUSTOMER, "echo ça va", status="sandbox",
@@ -299,7 +302,7 @@ def test_send_goes_out_through_telnyx_with_the_profile_secret(tmp_path):
 
 def test_send_respects_opt_outs(tmp_path):
     config = sandbox(tmp_path)
-    store = Store(tmp_path / "bot.db")
+    store = open_store(os.environ["BOT_CORE_DATABASE"])
     store.set_opted_out("support", CUSTOMER, True, "texted STOP")
     store.close()
     result = run("send", "--config", str(config), "--profile", "support", "--to", CUSTOMER, "--json", "Sale!")
@@ -418,11 +421,8 @@ def test_explain_a_failing_plugin_and_a_disabled_number(tmp_path):
 
 def test_explain_works_beside_a_running_server(tmp_path):
     config = sandbox(tmp_path)
-    server_connection = Store(tmp_path / "bot.db")
-    try:
+    with server_using(os.environ["BOT_CORE_DATABASE"]):
         result = run("explain", "--config", str(config), "--json", "hi")
-    finally:
-        server_connection.close()
     assert result.returncode == 0 and json.loads(result.stdout)["claimed_by"] == "echo"
 
 
@@ -471,8 +471,10 @@ def test_read_only_commands_without_a_config_create_no_database(tmp_path, monkey
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("engine", ["sqlite"])  # a database file next to the config, not there yet
 def test_inventories_without_a_database_show_zero_counts_and_create_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BOT_CORE_DATABASE")
     monkeypatch.delenv("BOT_CORE_CONFIG", raising=False)
     for command in ("profiles", "numbers", "plugins"):
         code, out = invoke(command, "--json")

@@ -20,7 +20,8 @@ from bot_core.webhooks import sign_v2
 
 from .harness import OURS, THEIRS, Running, ScriptedTelnyx, eventually, make_config, plugin, v1_inbound
 
-pytestmark = pytest.mark.anyio
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("database")]
 
 
 @pytest.fixture

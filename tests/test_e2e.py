@@ -17,7 +17,7 @@ SECRET = "support-secret-e2e"
 OTHER_SECRET = "sales-secret-e2e"
 
 
-def config_text(fake_url: str, database: str = "bot.db", extra: str = "") -> str:
+def config_text(fake_url: str, database: str = "${BOT_CORE_DATABASE:-bot.db}", extra: str = "") -> str:
     return f"""
 [bot]
 database = "{database}"

@@ -19,6 +19,9 @@ from bot_core.webhooks import sign_v1, sign_v2
 
 from .conftest import sample
 
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = pytest.mark.usefixtures("database")
+
 OURS = "+13125550100"
 THEIRS = "+13125550123"
 
@@ -27,7 +30,7 @@ def config(plugins=None, **bot):
     profile = {"secret": "test-secret", "numbers": [OURS, "+13125550101"]}
     if plugins is not None:
         profile["plugins"] = plugins
-    return {"bot": bot, "profiles": {"main": profile}}
+    return {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}", **bot}, "profiles": {"main": profile}}
 
 
 def plugin(name, **hooks):
@@ -288,19 +291,40 @@ def test_lifecycle_hooks_run_once_around_the_bot(tmp_path):
     events = []
 
     async def startup(bot):
-        bot.db["lifecycle_log"].insert({"event": "startup"})
+        bot.plugin_store("lifecycle").put("started", 1)
         events.append("startup")
 
     def shutdown(bot):
         events.append("shutdown")
 
     lifecycle = plugin("lifecycle", startup=startup, shutdown=shutdown,
-                       handle_message=lambda bot: bot.db["lifecycle_log"].count)  # fmt: skip
+                       handle_message=lambda bot: bot.plugin_store("lifecycle").get("started"))  # fmt: skip
     with BotTester(config(["lifecycle"]), tmp_path=tmp_path, plugins=[lifecycle]) as bot:
         assert events == ["startup"]
         assert bot.text("how many?") == []  # count is 1, not a str/list: the handler fails
         assert bot.messages(direction="inbound")[0]["status"] == "failed"
     assert events == ["startup", "shutdown"]
+
+
+def test_a_plugins_own_data_is_kept_on_either_engine_and_bot_db_is_sqlite_only(tmp_path, engine):
+    def handle_message(bot, message):
+        data = bot.plugin_store("counter")
+        first = data.add("first", message.text)  # once only, whichever message gets there first
+        data.put("seen", data.get("seen", 0) + 1)
+        return f"{data.get('first')} {data.get('seen')} {first}"
+
+    counter = plugin("counter", handle_message=handle_message)
+    with BotTester(config(["counter"]), tmp_path=tmp_path, plugins=[counter]) as bot:
+        assert bot.text("a") == ["a 1 True"]
+        assert bot.text("b") == ["a 2 False"]
+        data = bot.bot.plugin_store("counter")
+        assert data.items() == [("first", "a"), ("seen", 2)] and bot.bot.plugin_store("other").items() == []
+        assert data.delete("seen") and not data.delete("seen") and data.items("se") == []
+        if engine == "postgres":
+            with pytest.raises(RuntimeError, match="plugin_store"):
+                bot.bot.db  # noqa: B018  (the property access is what raises)
+        else:
+            assert bot.bot.db["plugin_data"].count == 1
 
 
 def test_a_failing_startup_hook_stops_the_bot_from_starting(tmp_path):

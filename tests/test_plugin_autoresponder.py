@@ -10,6 +10,9 @@ import pytest
 from bot_core import ConfigError
 from bot_core.testing import BotTester, FakeClock
 
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = pytest.mark.usefixtures("database")
+
 NUMBER = "+13125550100"
 CHICAGO = ZoneInfo("America/Chicago")
 OPEN = "Thanks! An agent will text you back shortly."
@@ -26,7 +29,7 @@ def config(plugins=("autoresponder", "fallback"), **settings):
                      "open_message": OPEN, "closed_message": CLOSED,
                      "keywords": {"HOURS": "Mon-Fri 9am-5pm", "ADDRESS": "1 Main St, Chicago"}}  # fmt: skip
     autoresponder.update(settings)
-    return {"profiles": {"support": {
+    return {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"}, "profiles": {"support": {
         "secret": "s", "numbers": [NUMBER], "plugins": list(plugins),
         "plugin_config": {"autoresponder": autoresponder, "fallback": {"text": "fallback answered"}},
     }}}  # fmt: skip

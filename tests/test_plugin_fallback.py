@@ -9,6 +9,9 @@ import pytest
 from bot_core import ConfigError, hookimpl
 from bot_core.testing import BotTester
 
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = pytest.mark.usefixtures("database")
+
 NUMBER = "+13125550100"
 SORRY = "Sorry, I didn't get that. Text HELP for help."
 
@@ -23,7 +26,7 @@ def config(plugins=None, fallback=None):
     profile = {"secret": "s", "numbers": [NUMBER], "plugin_config": {"fallback": fallback or {}}}
     if plugins is not None:
         profile["plugins"] = plugins
-    return {"profiles": {"main": profile}}
+    return {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"}, "profiles": {"main": profile}}
 
 
 def test_it_answers_what_nobody_claimed_and_nothing_else(tmp_path):

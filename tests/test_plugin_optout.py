@@ -17,6 +17,9 @@ import pytest
 from bot_core import ConfigError
 from bot_core.testing import BotTester
 
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = pytest.mark.usefixtures("database")
+
 SUPPORT, SALES, CUSTOMER = "+13125550100", "+13125550101", "+13125550123"
 STOP_TEXT = "You are unsubscribed and will get no more messages. Reply START to resubscribe."
 START_TEXT = "You are subscribed again. Reply STOP to unsubscribe."
@@ -29,7 +32,7 @@ def config(optout=None, plugins=("echo",), sales_optout=None):
         support["plugin_config"] = {"optout": optout}
     sales = {"secret": "s2", "numbers": [SALES], "plugins": ["echo"],
              "plugin_config": {"optout": sales_optout or {}}}  # fmt: skip
-    return {"profiles": {"support": support, "sales": sales}}
+    return {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"}, "profiles": {"support": support, "sales": sales}}
 
 
 @pytest.mark.parametrize("word", ["STOP", "stop", "  Stop! ", "STOPALL", "STOP ALL", "stop all", "unsubscribe",

@@ -16,9 +16,12 @@ import pytest
 
 from bot_core.webhooks import sign_v1
 
-from .conftest import wait_for
+from .conftest import rows, wait_for
 from .harness import Running, ScriptedTelnyx, eventually, make_config, plugin, v1_inbound
 from .test_e2e import SECRET, config_text, inbound, signed
+
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = pytest.mark.usefixtures("database")
 
 
 def test_five_deliveries_at_the_same_instant_give_one_reply(server_factory, fake_telnyx_server):
@@ -45,8 +48,8 @@ def test_five_deliveries_at_the_same_instant_give_one_reply(server_factory, fake
 
 WRITER = """
 import sys
-from bot_core.store import OutboundDraft, Store
-store = Store(sys.argv[1])
+from bot_core.store import OutboundDraft, open_store
+store = open_store(sys.argv[1])
 for i in range(200):
     with store.transaction():  # a big transaction: the server must wait for it, not fail
         for j in range(20):
@@ -58,10 +61,9 @@ store.close()
 
 @pytest.mark.slow  # a soak: 40 s of concurrent writers
 def test_cli_processes_writing_beside_a_loaded_server_never_see_database_is_locked(
-    server_factory, fake_telnyx_server, tmp_path
+    server_factory, fake_telnyx_server, tmp_path, database
 ):
     server = server_factory(config_text(fake_telnyx_server.url)).start()
-    database = tmp_path / "bot.db"
     statuses: list[int] = []
 
     def texter(customer: int) -> None:
@@ -148,7 +150,7 @@ async def test_a_plugin_that_sends_schedules_and_raises_leaves_nothing_behind(tm
         await run.settle()
         store = run.bot.store
         assert [(m["direction"], m["status"]) for m in run.mdrs()] == [("inbound", "failed")]
-        assert store.conn.execute("SELECT COUNT(*) FROM timers").fetchone() == (0,)
+        assert rows(store, "SELECT COUNT(*) FROM timers") == [(0,)]
         assert not store.is_opted_out("main", "+13125550888")
         assert store.conversation("main", "+13125550100", "+13125550123").state == {}
         assert run.telnyx.calls == []
@@ -218,7 +220,7 @@ async def test_a_timer_handler_slower_than_the_poll_interval_fires_once(tmp_path
         await run.settle()
         await asyncio.sleep(0.2)  # four more polls after it fired: still once
         assert len(calls) == 1 and run.telnyx.texts() == ["fired"]
-        assert run.bot.store.conn.execute("SELECT status FROM timers").fetchall() == [("fired",)]
+        assert rows(run.bot.store, "SELECT status FROM timers") == [("fired",)]
 
 
 @pytest.mark.anyio
@@ -238,7 +240,7 @@ async def test_delivery_status_hooks_run_in_order_with_plugin_timeout(tmp_path):
             assert (await run.post(body, {"x-telnyx-signature": sign_v1(body, "in-process-profile-secret")})).status_code == 200
         await run.settle()
         assert seen == ["queued", "sent", "delivered"]
-        errors = run.bot.store.conn.execute("SELECT status, hook, hook_error FROM delivery_events ORDER BY id").fetchall()
+        errors = rows(run.bot.store, "SELECT status, hook, hook_error FROM delivery_events ORDER BY id")
         assert [e[:2] for e in errors] == [("queued", "done"), ("sent", "done"), ("delivered", "done")]
         assert "timed out after 0.2s" in errors[1][2]
 

@@ -1,4 +1,5 @@
-"""The store: WAL and busy timeout, atomic outcomes, claims and leases, migrations, two processes at once."""
+"""The store contract on both engines: atomic outcomes, claims and leases, effects, pacing, migrations;
+SQLite's WAL, partial indexes and two processes at once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import psycopg
 import pytest
 import sqlite_utils
 
@@ -26,6 +28,7 @@ from bot_core.store import (
     Store,
     TimerEffect,
     WorkStore,
+    open_store,
 )  # fmt: skip
 from bot_core.store.schema import MIGRATIONS
 
@@ -33,7 +36,14 @@ OURS, THEIRS = "+13125550100", "+13125550123"
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(database_url):
+    store = open_store(database_url, secrets=["hush-secret"])
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     store = Store(tmp_path / "bot.db", secrets=["hush-secret"])
     yield store
     store.close()
@@ -49,7 +59,8 @@ def reply(text: str = "hello") -> OutboundDraft:
     return OutboundDraft("main", OURS, THEIRS, text)
 
 
-def test_the_database_is_in_wal_mode_with_a_busy_timeout(store):
+def test_the_database_is_in_wal_mode_with_a_busy_timeout(sqlite_store):
+    store = sqlite_store
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
 
@@ -66,7 +77,7 @@ def test_an_outcome_is_all_or_nothing(store):
     conversation = store.conversation("main", OURS, THEIRS)
     conversation.state["n"] = 1
     bad = OutboundDraft("main", OURS, THEIRS, None)  # type: ignore[arg-type]  # NOT NULL text fails the insert
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         store.finish_inbound(message.mdr_id, status=HANDLED, conversation=conversation, replies=[reply(), bad])
     assert store.conversation("main", OURS, THEIRS).state == {}
     assert store.mdr(message.mdr_id)["status"] == RECEIVED
@@ -173,7 +184,7 @@ def test_pacing_is_stored_per_sending_number(store):
     ids = store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply("a")])
     assert store.start_send(ids[0], rate=0.5) == 0.0  # the first takes the slot at once
     assert store.mdr(ids[0])["status"] == SENDING
-    other = Store(store.path)  # another process on the same file
+    other = open_store(store.path)  # another process on the same database
     try:
         (second,) = other.finish_inbound(inbound(other, "m2").mdr_id, status=HANDLED, replies=[reply("b")])
         assert 1.5 < other.start_send(second, rate=0.5) <= 2.0  # the next slot is 2 s after the first
@@ -197,7 +208,8 @@ def test_a_database_of_the_first_schema_upgrades(tmp_path):
         store.close()
 
 
-def test_the_claims_read_through_their_partial_indexes(store):
+def test_the_claims_read_through_their_partial_indexes(sqlite_store):
+    store = sqlite_store
     """With a million MDRs a scan of the table per claim would cost every process dearly."""
     inbound(store)
     store.finish_inbound(inbound(store, "m2").mdr_id, status=HANDLED, replies=[reply()])
@@ -241,7 +253,8 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_write_at_once_without_database_is_locked(store, tmp_path):
+def test_two_processes_write_at_once_without_database_is_locked(sqlite_store, tmp_path):
+    store = sqlite_store
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "bot.db")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     conversation = store.conversation("main", OURS, THEIRS)

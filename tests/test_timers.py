@@ -12,7 +12,10 @@ import pytest
 from bot_core import Reply, hookimpl
 from bot_core.testing import BotTester, FakeClock
 
-from .conftest import wait_for
+from .conftest import rows, wait_for
+
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = pytest.mark.usefixtures("database")
 
 NUMBER, CUSTOMER = "+13125550100", "+13125550123"
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -50,7 +53,8 @@ def reminder_plugin(calls=None):
 
 
 def reminder_bot(tmp_path, calls=None, **kwargs):
-    config = {"profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}}}
+    config = {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
+              "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}}}
     return BotTester(config, tmp_path=tmp_path, plugins=[reminder_plugin(calls)], clock=FakeClock(START), **kwargs)
 
 
@@ -109,7 +113,8 @@ def test_a_due_timer_fires_by_itself_within_a_few_seconds(tmp_path):
 
 
 def test_opt_outs_are_checked_when_a_timer_fires_not_when_it_was_scheduled(tmp_path):
-    config = {"profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}}}
+    config = {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
+              "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}}}
     with BotTester(config, tmp_path=tmp_path, plugins=[reminder_plugin()], clock=FakeClock(START)) as bot:
         bot.text("REMIND 10 before STOP")
         bot.text("NOTE 20 note before STOP")
@@ -142,8 +147,7 @@ def test_a_failing_callback_is_logged_and_its_state_change_discarded(tmp_path, c
         assert "reminder exploded" in caplog.text and "reminder" in caplog.text
         assert "touched" not in bot.state()
         assert bot.advance("1h") == []  # fired once, even though it failed
-        row = bot.bot.db.execute("SELECT status FROM timers").fetchone()
-        assert row == ("failed",)
+        assert rows(bot.bot.store, "SELECT status FROM timers") == [("failed",)]
 
 
 def test_schedule_needs_one_time_and_one_action(tmp_path):

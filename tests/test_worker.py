@@ -15,9 +15,11 @@ from bot_core.config import Config
 from bot_core.store import BLOCKED, FAILED
 from bot_core.worker import backoff
 
+from .conftest import rows
 from .harness import OTHER, OURS, THEIRS, Running, ScriptedTelnyx, eventually, make_config, plugin
 
-pytestmark = pytest.mark.anyio
+# Each test runs on both engines (the config names $BOT_CORE_DATABASE).
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("database")]
 
 
 @pytest.fixture
@@ -65,8 +67,7 @@ async def test_transient_failures_are_retried_until_the_send_goes_through(tmp_pa
         await run.text("hi")
         await run.settle()
         assert [c.text for c in telnyx.calls] == ["re: hi"] * 3
-        row = run.bot.store.conn.execute("SELECT status, attempts, error, telnyx_id FROM mdrs"
-                                         " WHERE direction = 'outbound'").fetchone()  # fmt: skip
+        (row,) = rows(run.bot.store, "SELECT status, attempts, error, telnyx_id FROM mdrs WHERE direction = 'outbound'")
         assert row[0] == "queued" and row[2] is None and row[3]
         assert row[1] == 3
 
@@ -81,7 +82,7 @@ async def test_a_send_that_keeps_failing_is_marked_failed_with_the_error_after_m
         row = outbound(run, "re: hi")
         assert row["status"] == FAILED
         assert row["error"] == "Telnyx answered 503 (code 10007): scripted 503"
-        attempts = run.bot.store.conn.execute("SELECT attempts FROM mdrs WHERE id = ?", (row["id"],)).fetchone()[0]
+        ((attempts,),) = rows(run.bot.store, "SELECT attempts FROM mdrs WHERE id = ?", (row["id"],))
         assert attempts == 4
 
 
@@ -256,6 +257,7 @@ async def test_a_reply_already_queued_is_blocked_when_the_recipient_opts_out_bef
 # -- pacing -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("engine", ["sqlite"])  # a wall-clock bound: on PostgreSQL, round trips on a loaded machine
 async def test_unpaced_by_default(tmp_path):
     async with Running(make_config(tmp_path, ["echo"]), None, echo()) as run:
         started = time.monotonic()

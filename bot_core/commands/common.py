@@ -19,7 +19,8 @@ from ..config import Config, load_config, parse_duration
 from ..errors import BotError, ConfigError
 from ..logs import setup_logging
 from ..phone import normalize_number
-from ..store import Store, iso
+from ..store import SchemaTooNew, Store, Unavailable, is_postgres, iso
+from ..store import open_store as _open_store
 
 DEMO = "the bundled demo config"
 T = TypeVar("T")
@@ -77,7 +78,7 @@ def load(path: str | None, problems: list[str] | None = None) -> Config:
 def open_store(config: Config, *, create: bool = True) -> Store:
     """The config's database. ``create=False`` (commands that only read) refuses to create one:
     a command run in the wrong folder says so instead of leaving an empty database there."""
-    if not create and not config.bot.database.exists():
+    if not create and not database_exists(config):
         if config.path is None:
             raise click.ClickException(
                 f"no --config given, and no demo database ({config.bot.database.name}) in this folder: "
@@ -85,7 +86,15 @@ def open_store(config: Config, *, create: bool = True) -> Store:
             )  # fmt: skip
         raise click.ClickException(f"no database at {config.bot.database} yet: the bot has received nothing "
                                    "(`bot-core serve` creates it)")  # fmt: skip
-    return Store(config.bot.database, secrets=config.secrets())
+    try:
+        return _open_store(config.bot.database, secrets=config.secrets())
+    except (SchemaTooNew, Unavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def database_exists(config: Config) -> bool:
+    """Whether the config's database is there to read: a SQLite file, or any PostgreSQL URL."""
+    return is_postgres(config.bot.database) or config.bot.database.exists()
 
 
 def quiet_logging(config: Config) -> None:

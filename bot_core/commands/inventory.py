@@ -10,8 +10,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..logs import Masker
 from ..plugins import Plugins, load_plugins
-from ..store import ACCOUNT
-from .common import config_option, echo_json_lines, echo_table, failure, json_option, load, open_store
+from .common import config_option, database_exists, echo_json_lines, echo_table, failure, json_option, load, open_store
 
 
 def _plugins(config: Config) -> Plugins:
@@ -23,14 +22,13 @@ def _plugins(config: Config) -> Plugins:
 
 def _counts(config: Config, column: str) -> dict[tuple[str, str], int]:
     """Message counts keyed by (``column`` value, direction); none before the database exists."""
-    if not config.bot.database.exists():
+    if not database_exists(config):
         return {}
     store = open_store(config)
     try:
-        rows = store.conn.execute(f"SELECT {column}, direction, count(*) FROM mdrs GROUP BY 1, 2").fetchall()
+        return store.counts(column)
     finally:
         store.close()
-    return {(key, direction): count for key, direction, count in rows}
 
 
 @click.command()
@@ -51,12 +49,10 @@ def profiles(config_path: str | None, as_json: bool) -> None:
     plugins = _plugins(config)
     counts = _counts(config, "profile")
     opted_out: dict[str, int] = {}
-    if config.bot.database.exists():
+    if database_exists(config):
         store = open_store(config)
         try:
-            opted_out = {name: store.conn.execute(  # an account-wide opt-out counts for every profile
-                "SELECT count(DISTINCT number) FROM optouts WHERE opted_out = 1 AND profile IN (?, ?)",
-                (name, ACCOUNT)).fetchone()[0] for name in config.profiles}  # fmt: skip
+            opted_out = store.opted_out_counts(config.profiles)
         finally:
             store.close()
     rows = [

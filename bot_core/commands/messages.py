@@ -107,7 +107,7 @@ def show(mdr_id: int, config_path: str | None, as_json: bool, refresh: bool) -> 
 
 
 def _detail(store: Any, mdr_id: int) -> dict[str, Any]:
-    full = store.db.execute_returning_dicts("SELECT * FROM mdrs WHERE id = ?", [mdr_id])[0]
+    full = store.mdr_columns(mdr_id)
     row = {**store.mdr(mdr_id), **{k: full[k] for k in DETAIL_COLUMNS}}
     row["media"] = json.loads(row["media"]) if row["media"] else []
     row["other_recipients"] = json.loads(row["other_recipients"]) if row["other_recipients"] else []
@@ -116,10 +116,7 @@ def _detail(store: Any, mdr_id: int) -> dict[str, Any]:
         row["next_attempt_at"] = iso(row["next_attempt_at"])
     events = []
     if row["telnyx_id"] and row["direction"] == "outbound":
-        events = store.db.execute_returning_dicts(
-            "SELECT status, error, received_at FROM delivery_events WHERE telnyx_id = ? ORDER BY id",
-            [row["telnyx_id"]],
-        )
+        events = store.delivery_events(row["telnyx_id"])
     return {**row, "delivery_events": events}
 
 

@@ -33,18 +33,25 @@ opt-in/out) travel as :data:`Effect` values and are written in the finish transa
 the state and the replies, or not at all.
 
 Engines implement :class:`WorkStore`: :mod:`.sqlite` (one file, WAL, several processes on one
-host; writes serialized by SQLite's write lock, so a claim is one UPDATE ... RETURNING). A
-PostgreSQL engine implements the same methods with ``SELECT ... FOR UPDATE SKIP LOCKED`` in the
-claim queries (the lane-head condition as a NOT EXISTS on earlier unfinished rows, with an
-advisory lock per lane or a per-lane row to lock); nothing outside this package writes SQL
-against the work tables.
+host; writes serialized by SQLite's write lock, so a claim is one UPDATE ... RETURNING) and
+:mod:`.postgres` (N replicas on N machines: ``SELECT ... FOR UPDATE SKIP LOCKED`` in the claim
+queries, the lane-head condition as a NOT EXISTS on earlier unfinished rows, claims serialized
+by an advisory lock; ``LISTEN/NOTIFY`` wake-ups). :func:`open_store` picks one from
+``[bot] database``: a ``postgresql://`` URL or a file path. Nothing outside this package writes
+SQL against the work tables.
+
+Failures: :data:`ERRORS` is what any engine raises when the database fails, :data:`TRANSIENT`
+the passing kind (a lock held elsewhere, a lost connection) that the unit retries.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from ..messages import Conversation, InboundMessage
@@ -66,6 +73,44 @@ BLOCKED = "blocked"  # not sent: the recipient opted out
 
 # The profile key of an account-wide opt-out: it covers every profile.
 ACCOUNT = "*"
+
+
+class Unavailable(Exception):
+    """The database did not answer now (connection lost, pool exhausted): retry later."""
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer bot-core than this one: refuse to touch it."""
+
+
+# sqlite3.OperationalError: locked, busy, disk full, I/O; the PostgreSQL engine raises
+# Unavailable for psycopg's OperationalError (connection, deadlock, serialization) and pool timeouts.
+TRANSIENT: tuple[type[Exception], ...] = (sqlite3.OperationalError, Unavailable)
+ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, Unavailable)
+
+
+def is_postgres(database: str | Path) -> bool:
+    """Whether ``[bot] database`` names a PostgreSQL server (a URL) rather than a SQLite file."""
+    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+
+
+def schema_version(database: str | Path) -> tuple[int, int]:
+    """(``database``'s schema version, the newest this code knows), without opening or migrating
+    it: ``bot-core check`` reports a database newer than the code."""
+    if is_postgres(database):
+        from .postgres import schema_version as version
+    else:
+        from .sqlite import schema_version as version  # type: ignore[assignment]
+    return version(database if is_postgres(database) else Path(database))  # type: ignore[arg-type]
+
+
+def display(database: str | Path) -> str:
+    """``database`` for messages and logs: a URL without its password."""
+    if not is_postgres(database):
+        return str(database)
+    parts = urlsplit(str(database))
+    host = parts.hostname or "localhost"
+    return f"{parts.scheme}://{parts.username + '@' if parts.username else ''}{host}:{parts.port or 5432}{parts.path}"
 
 
 class LeaseLost(Exception):
@@ -199,9 +244,21 @@ class WorkStore(Protocol):
 
 from .sqlite import Store, iso  # noqa: E402  (the engine needs the names above)
 
+
+def open_store(database: str | Path, **kwargs: Any) -> Store:
+    """The engine ``database`` names, migrated. psycopg is imported only for a PostgreSQL URL,
+    so SQLite deployments never need it."""
+    if is_postgres(database):
+        from .postgres import PostgresStore
+
+        return PostgresStore(str(database), **kwargs)
+    return Store(database, **kwargs)
+
+
 __all__ = [
     "ACCOUNT", "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
     "WAITING",
-    "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft", "SendEffect",
-    "StatusEvent", "Store", "TimerEffect", "WorkStore", "iso",
+    "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft",
+    "SchemaTooNew", "SendEffect", "StatusEvent", "Store", "TimerEffect", "Unavailable", "WorkStore", "display",
+    "is_postgres", "iso", "open_store", "schema_version",
 ]  # fmt: skip

@@ -44,6 +44,7 @@ from . import (
     LeaseLost,
     Outbound,
     OutboundDraft,
+    SchemaTooNew,
     SendEffect,
     StatusEvent,
     TimerEffect,
@@ -109,9 +110,15 @@ class Store:
     def _migrate(self) -> None:
         with self.transaction():
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(f"{self.path} has schema version {version}; this bot-core knows "
+                                   f"{len(MIGRATIONS)}: upgrade bot-core")  # fmt: skip
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
                 migration(sqlite_utils.Database(self.conn))
                 self.conn.execute(f"PRAGMA user_version = {number}")
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """No wake-ups from other processes on SQLite: their work is found by polling."""
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -221,9 +228,9 @@ class Store:
         media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
         others = json.dumps(message.other_recipients) if message.other_recipients else None
         cursor = self._statement(
-            "INSERT OR IGNORE INTO mdrs (direction, profile, from_number, to_number, text,"
+            "INSERT INTO mdrs (direction, profile, from_number, to_number, text,"
             " media, status, telnyx_id, error, other_recipients, created_at, updated_at)"
-            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES ('inbound', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (message.profile, message.from_number, message.to_number, message.text, media,
              status, message.id, self.redact(error), others, now, now),
         )  # fmt: skip
@@ -428,8 +435,8 @@ class Store:
 
     def _conversation_id(self, profile: str | None, our_number: str, their_number: str, now: str) -> int:
         self.conn.execute(
-            "INSERT OR IGNORE INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, '{}', ?, ?)", (profile, our_number, their_number, now, now),
+            "INSERT INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
+            " VALUES (?, ?, ?, '{}', ?, ?) ON CONFLICT DO NOTHING", (profile, our_number, their_number, now, now),
         )  # fmt: skip
         conversation_id: int = self.conn.execute("SELECT id FROM conversations WHERE our_number = ? AND their_number = ?",
                                                  (our_number, their_number)).fetchone()[0]  # fmt: skip
@@ -637,8 +644,9 @@ class Store:
                                 (profile, number)).fetchone()  # fmt: skip
         if bool(row and row[0]) == opted_out:
             return False
-        self.conn.execute("INSERT OR REPLACE INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)",
-                          (profile, number, int(opted_out), now))  # fmt: skip
+        self.conn.execute("INSERT INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)"
+                          " ON CONFLICT (profile, number) DO UPDATE SET opted_out = excluded.opted_out,"
+                          " updated_at = excluded.updated_at", (profile, number, int(opted_out), now))  # fmt: skip
         self.conn.execute("INSERT INTO consent_log (profile, number, action, source, at) VALUES (?, ?, ?, ?, ?)",
                           (profile, number, "opt_out" if opted_out else "opt_in", source, now))  # fmt: skip
         return True
@@ -723,6 +731,49 @@ class Store:
             self._apply(effects, now)
             return [self._add_outbound(d, conversation.id, None, now) for d in replies]
 
+    # -- plugin data (bot.plugin_store) -------------------------------------------------------
+
+    def plugin_get(self, plugin: str, key: str) -> str | None:
+        row = self._read_one("SELECT value FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key))
+        return row[0] if row else None
+
+    def plugin_put(self, plugin: str, key: str, value: str, *, only_new: bool = False) -> bool:
+        """Write one value (JSON text); with ``only_new``, only if the key has none (else False)."""
+        on_conflict = "DO NOTHING" if only_new else "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        cursor = self._statement(
+            f"INSERT INTO plugin_data (plugin, key, value, updated_at) VALUES (?, ?, ?, ?)"
+            f" ON CONFLICT (plugin, key) {on_conflict}", (plugin, key, value, self.now()),
+        )  # fmt: skip
+        return bool(cursor.rowcount)
+
+    def plugin_delete(self, plugin: str, key: str) -> bool:
+        return bool(self._statement("DELETE FROM plugin_data WHERE plugin = ? AND key = ?", (plugin, key)).rowcount)
+
+    def plugin_items(self, plugin: str, prefix: str = "") -> list[tuple[str, str]]:
+        """(key, value) of every key of ``plugin`` that starts with ``prefix``, by key."""
+        rows = self._read("SELECT key, value FROM plugin_data WHERE plugin = ? AND substr(key, 1, ?) = ? ORDER BY key",
+                          (plugin, len(prefix), prefix))  # fmt: skip
+        return [(key, value) for key, value in rows]
+
+    def copy_conversation(self, target: Store, our_number: str, their_number: str) -> None:
+        """Copy what handling a message of one conversation reads (its state, the customer's
+        consent, every plugin's data) into ``target``, a scratch database (``bot-core explain``)."""
+        conversation = self._rows("SELECT profile, state, created_at FROM conversations"
+                                  " WHERE our_number = ? AND their_number = ?", (our_number, their_number))  # fmt: skip
+        optouts = self._read("SELECT profile, number, opted_out, updated_at FROM optouts WHERE number = ?",
+                             (their_number,))  # fmt: skip
+        data = self._read("SELECT plugin, key, value, updated_at FROM plugin_data")
+        with target.transaction() as conn:
+            for row in conversation:
+                conn.execute("INSERT INTO conversations (profile, our_number, their_number, state, created_at,"
+                             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                             (row["profile"], our_number, their_number, row["state"], row["created_at"],
+                              row["created_at"]))  # fmt: skip
+            for row in optouts:
+                conn.execute("INSERT INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)", row)
+            for row in data:
+                conn.execute("INSERT INTO plugin_data (plugin, key, value, updated_at) VALUES (?, ?, ?, ?)", row)
+
     # -- MDR queries -------------------------------------------------------------------------
 
     def mdrs(
@@ -772,6 +823,27 @@ class Store:
         rows = self.mdrs(limit=1, mdr_id=mdr_id)
         return rows[0] if rows else None
 
+    def mdr_columns(self, mdr_id: int) -> dict[str, Any] | None:
+        """Every column of one MDR, by the names the table gives them."""
+        rows = self._rows("SELECT * FROM mdrs WHERE id = ?", (mdr_id,))
+        return rows[0] if rows else None
+
+    def delivery_events(self, telnyx_id: str) -> list[dict[str, Any]]:
+        """The delivery statuses Telnyx reported for one sent message, in arrival order."""
+        return self._rows("SELECT status, error, received_at FROM delivery_events WHERE telnyx_id = ? ORDER BY id",
+                          (telnyx_id,))  # fmt: skip
+
+    def counts(self, column: str) -> dict[tuple[Any, str], int]:
+        """MDR counts keyed by (``column`` value, direction); ``column`` is ours, never user input."""
+        rows = self._read(f"SELECT {column}, direction, count(*) FROM mdrs GROUP BY {column}, direction")
+        return {(key, direction): count for key, direction, count in rows}
+
+    def opted_out_counts(self, profiles: Iterable[str]) -> dict[str, int]:
+        """How many numbers are opted out, per profile: an account-wide opt-out counts for every one."""
+        return {name: self._read_one(
+            "SELECT count(DISTINCT number) FROM optouts WHERE opted_out = 1 AND profile IN (?, ?)", (name, ACCOUNT)
+        )[0] for name in profiles}  # fmt: skip
+
     # -- conversations for operators (bot-core conversations) ----------------------------------
 
     def conversation_rows(self, *, limit: int | None = 50, conversation_id: int | None = None,
@@ -812,6 +884,17 @@ class Store:
 
 _CONVERSATION_SQL = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
 _INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at, other_recipients"
+
+
+def schema_version(path: Path) -> tuple[int, int]:
+    """(the file's schema version, the newest this code knows), read only: 0 for no file yet."""
+    if not path.exists():
+        return 0, len(MIGRATIONS)
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("PRAGMA user_version").fetchone()[0], len(MIGRATIONS)
+    finally:
+        conn.close()
 
 
 def _inbound(row: Row) -> InboundMessage:

@@ -49,6 +49,7 @@ from ..bot import Bot
 from ..chat import BOT_PREFIX, CUSTOMER, YOU_PREFIX, Exchange, Session, show, webhooks_for
 from ..config import Config, load_config, parse_duration
 from ..plugins import load_plugins
+from ..store import is_postgres
 from ..webhooks import sign_v1
 from .fake_telnyx import FakeTelnyx, SignedWebhook
 
@@ -97,7 +98,7 @@ def build_config(config: Config | Mapping[str, Any] | str | os.PathLike[str], di
     elif not isinstance(config, Config):
         config = Config.from_dict(config, base_dir=directory)
     database = config.bot.database
-    if not database.is_relative_to(directory):
+    if not is_postgres(database) and not database.is_relative_to(directory):
         database = directory / database.name
     bot = dataclasses.replace(config.bot, database=database, sandbox=not fake)
     telnyx = dataclasses.replace(config.telnyx, public_key=config.telnyx.public_key or public_key)

@@ -4,7 +4,7 @@ A flow starts when a message matches its ``trigger`` (the whole message or its f
 see ``bot_core.match_keyword``), asks each step's question in turn, checks each answer
 (``regex``, ``choices`` or ``type = "number" | "date"``) and asks again with ``retry`` when it
 does not fit, then sends ``done`` filled in with the answers (``{name}``), records the answers
-in ``flows_submissions`` and, with ``post_to``, POSTs them as JSON (not in sandbox mode).
+in the plugin's store (``bot.plugin_store("flows")``) and, with ``post_to``, POSTs them as JSON (not in sandbox mode).
 While a flow is active every message of the conversation goes to it (other triggers do not
 hijack it) except the opt-out words, which the ``optout`` plugin sees first. Texting the
 ``exit_word`` (the whole message, default EXIT) leaves it; ``expire_after`` idle time
@@ -51,7 +51,7 @@ def register_keywords(config: dict[str, Any]) -> list[tuple[str, str]]:
 def startup(bot) -> None:
     # A POST that times out must fail inside the handler's plugin_timeout, so its retry is scheduled.
     timeout = bot.config.bot.plugin_timeout
-    poster = Poster(bot.db, bot.clock, sandbox=bot.config.bot.sandbox,
+    poster = Poster(bot.plugin_store("flows"), bot.clock, sandbox=bot.config.bot.sandbox,
                     timeout=min(POST_TIMEOUT, timeout / 2) if timeout else POST_TIMEOUT)  # fmt: skip
     poster.start()
     _posters[bot] = poster

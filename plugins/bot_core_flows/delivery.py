@@ -1,8 +1,8 @@
-"""Completed flows: recorded in SQLite, and POSTed to a flow's ``post_to`` until it accepts them.
+"""Completed flows: recorded in the plugin's store, and POSTed to a flow's ``post_to`` until it accepts them.
 
-A submission is one row of ``flows_submissions`` (keyed by the inbound message that completed
-the flow, so a message handled again after a crash records nothing twice), with its delivery
-state in the same row. Each delivery attempt is a timer of the plugin (``bot.schedule(...,
+A submission is one value of ``bot.plugin_store("flows")`` under the key ``submission:<id of the
+inbound message that completed the flow>`` (so a message handled again after a crash records
+nothing twice, on any replica), with its delivery state in the same value. Each delivery attempt is a timer of the plugin (``bot.schedule(...,
 name="post")``), so it is a claimed unit of work like any other: durable, made by one process
 at a time, in the conversation's order, and taken over by another process if this one dies.
 5xx, 408, 429, timeouts and connection errors schedule the next attempt with exponential
@@ -14,7 +14,6 @@ by a crash is made again, so each request carries an ``Idempotency-Key`` header.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -22,11 +21,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import sqlite_utils
+
+from bot_core.plugin_store import PluginStore
 
 log = logging.getLogger("bot_core.plugins.flows")
 
-TABLE = "flows_submissions"
+PREFIX = "submission:"
 PENDING, DELIVERED, FAILED, SANDBOX = "pending", "delivered", "failed", "sandbox"
 BACKOFF_MAX = 3600.0
 POST_TIMEOUT = 10.0
@@ -36,39 +36,25 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def create_table(db: sqlite_utils.Database) -> None:
-    db[TABLE].create(
-        {"id": int, "message_id": str, "conversation_id": int, "flow": str, "profile": str,
-         "from_number": str, "to_number": str, "answers": str, "completed_at": str, "post_to": str,
-         "post_status": str, "post_attempts": int, "post_max_attempts": int, "post_backoff": float,
-         "post_next_at": float, "post_error": str, "posted_at": str},
-        pk="id", not_null={"flow", "answers", "completed_at"}, defaults={"post_attempts": 0},
-        if_not_exists=True,
-    )  # fmt: skip
-    db.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_message ON {TABLE}(message_id)")
-    db.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE}(id) WHERE post_status = '{PENDING}'")
-
-
 def payload(row: dict[str, Any]) -> dict[str, Any]:
     """What ``post_to`` receives: the documented fields, nothing else."""
     return {"flow": row["flow"], "profile": row["profile"], "from": row["from_number"], "to": row["to_number"],
-            "answers": json.loads(row["answers"]), "completed_at": row["completed_at"]}  # fmt: skip
+            "answers": row["answers"], "completed_at": row["completed_at"]}  # fmt: skip
 
 
 class Poster:
     """Records submissions of one bot and makes their delivery attempts; ``start`` in startup,
     ``close`` in shutdown."""
 
-    def __init__(self, db: sqlite_utils.Database, clock: Callable[[], float], *, sandbox: bool,
+    def __init__(self, data: PluginStore, clock: Callable[[], float], *, sandbox: bool,
                  timeout: float = POST_TIMEOUT) -> None:  # fmt: skip
-        self.db = db
+        self.data = data
         self.clock = clock
         self.sandbox = sandbox
         self.timeout = timeout
         self.client: httpx.AsyncClient | None = None
 
     def start(self) -> None:
-        create_table(self.db)
         self.client = httpx.AsyncClient(timeout=self.timeout)
 
     async def close(self) -> None:
@@ -76,36 +62,37 @@ class Poster:
             await self.client.aclose()
 
     def record(self, *, message_id: str, conversation_id: int, flow: Any, profile: str | None,
-               from_number: str, to_number: str, answers: dict[str, Any]) -> tuple[int, bool]:  # fmt: skip
+               from_number: str, to_number: str, answers: dict[str, Any]) -> tuple[str, bool]:  # fmt: skip
         """Store a completed flow (once per message); returns its id and whether to deliver it."""
         now = self.clock()
-        cursor = self.db.execute(
-            f"INSERT OR IGNORE INTO {TABLE} (message_id, conversation_id, flow, profile, from_number, to_number,"
-            " answers, completed_at, post_to, post_status, post_max_attempts, post_backoff, post_next_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (message_id, conversation_id, flow.name, profile, from_number, to_number, json.dumps(answers),
-             iso(now), flow.post_to, self._initial_status(flow), flow.post_attempts, flow.post_backoff, now),
-        )  # fmt: skip
-        if not cursor.rowcount:  # handled before (a crash cut its commit off): deliver it, once
-            row_id, status = self.db.execute(f"SELECT id, post_status FROM {TABLE} WHERE message_id = ?",
-                                             (message_id,)).fetchone()  # fmt: skip
-            return row_id, status == PENDING
+        row = {"id": message_id, "message_id": message_id, "conversation_id": conversation_id, "flow": flow.name, "profile": profile,
+               "from_number": from_number, "to_number": to_number, "answers": answers, "completed_at": iso(now),
+               "post_to": flow.post_to, "post_status": self._initial_status(flow), "post_attempts": 0,
+               "post_max_attempts": flow.post_attempts, "post_backoff": flow.post_backoff, "post_next_at": now,
+               "post_error": None, "posted_at": None}  # fmt: skip
+        if not self.data.add(PREFIX + message_id, row):  # handled before (a crash cut its commit off): deliver it, once
+            return message_id, self.data.get(PREFIX + message_id)["post_status"] == PENDING
         if flow.post_to and self.sandbox:
-            log.info("sandbox: flow %r submission %d recorded, not posted", flow.name, cursor.lastrowid)
-        return cursor.lastrowid, bool(flow.post_to) and not self.sandbox
+            log.info("sandbox: flow %r submission %s recorded, not posted", flow.name, message_id)
+        return message_id, bool(flow.post_to) and not self.sandbox
 
     def _initial_status(self, flow: Any) -> str | None:
         if not flow.post_to:
             return None
         return SANDBOX if self.sandbox else PENDING
 
-    def _row(self, row_id: int) -> dict[str, Any] | None:
-        return next(self.db.query(f"SELECT * FROM {TABLE} WHERE id = ?", (row_id,)), None)
+    def submissions(self) -> list[dict[str, Any]]:
+        """Every submission recorded, by id."""
+        return [row for _, row in self.data.items(PREFIX)]
 
-    def _update(self, row_id: int, **fields: Any) -> None:
-        self.db[TABLE].update(row_id, fields)
+    def _row(self, row_id: str) -> dict[str, Any] | None:
+        return self.data.get(PREFIX + row_id)
 
-    async def attempt(self, row_id: int) -> float | None:
+    def _update(self, row_id: str, **fields: Any) -> None:
+        # One delivery attempt at a time per submission (its timer is a claimed unit): no lost update.
+        self.data.put(PREFIX + row_id, {**self.data.get(PREFIX + row_id), **fields})
+
+    async def attempt(self, row_id: str) -> float | None:
         """One delivery attempt; the seconds until the next one, or None when settled."""
         row = self._row(row_id)
         if row is None or row["post_status"] != PENDING:
@@ -118,16 +105,16 @@ class Poster:
         if error is None:
             self._update(row_id, post_status=DELIVERED, post_attempts=attempts, post_error=None,
                          posted_at=iso(self.clock()))  # fmt: skip
-            log.info("flow %r submission %d delivered to %s", row["flow"], row_id, host)
+            log.info("flow %r submission %s delivered to %s", row["flow"], row_id, host)
             return None
         if not retryable or attempts >= row["post_max_attempts"]:
             self._update(row_id, post_status=FAILED, post_attempts=attempts, post_error=error)
-            log.warning("flow %r submission %d not delivered to %s after %d attempt(s): %s",
+            log.warning("flow %r submission %s not delivered to %s after %d attempt(s): %s",
                         row["flow"], row_id, host, attempts, error)  # fmt: skip
             return None
         delay = backoff(attempts, row["post_backoff"])
         self._update(row_id, post_attempts=attempts, post_error=error, post_next_at=self.clock() + delay)
-        log.info("flow %r submission %d: %s from %s; retry in %.1fs", row["flow"], row_id, error, host, delay)
+        log.info("flow %r submission %s: %s from %s; retry in %.1fs", row["flow"], row_id, error, host, delay)
         return delay
 
     async def _post(self, row: dict[str, Any]) -> tuple[str | None, bool]:

@@ -1,0 +1,350 @@
+"""The PostgreSQL engine of the store contract: N replicas on N machines share one database.
+
+Design. The contract stays the one the SQLite engine defines: synchronous methods, run off the
+event loop with ``await store.call(fn, ...)``. Here ``call`` runs them on a small thread pool,
+each thread taking a connection from a ``psycopg_pool.ConnectionPool`` for its transaction.
+An async contract (psycopg's ``AsyncConnection``) would have forked every caller in two, or
+pushed SQLite behind the same thread hop anyway; the thread pool costs a thread switch per
+call (microseconds against a network round trip) and keeps one contract and one set of callers
+for both engines. The CLI and tests call the same methods directly, as they do on SQLite.
+
+The engine inherits the contract's logic and SQL from :mod:`.sqlite`: its statements are
+written in the subset both engines share (``INSERT ... ON CONFLICT``, ``RETURNING``), and
+:func:`translate` turns SQLite's placeholders into psycopg's. It overrides what differs:
+
+- **claims** lock the rows they pick with ``FOR UPDATE SKIP LOCKED``, so replicas claiming at
+  once never wait for each other's rows, and take one transaction-scoped advisory lock first:
+  a message and a timer of one conversation exclude each other across two tables, which only
+  a serial order of claims can decide (each claim is one short statement);
+- **pacing** takes the sending number's ``pacing`` row ``FOR UPDATE``: one slot per interval
+  for all replicas together, not one per replica;
+- **migrations** run at start under ``pg_advisory_xact_lock``, so replicas starting together
+  migrate once; ``bot_core_schema`` holds the version, and a database newer than this code is
+  refused (:class:`~bot_core.store.SchemaTooNew`);
+- **wake-ups**: a transaction that makes new work ``NOTIFY``-s the database's channel at commit;
+  :meth:`listen` wakes this replica's loops on every notification (a dedicated connection on a
+  thread), and the loops still poll, so a lost notification or listener only delays work.
+
+Opt-outs, conversation state and leases are rows like any other: every replica reads them from
+the database, so an opt-out taken by one replica holds on all of them at once. Leases run on
+each host's wall clock: keep replicas' clocks in sync (NTP), well within the lease time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from ..logs import Masker
+from . import SENDING, SchemaTooNew, Unavailable, display
+from .schema import POSTGRES_MIGRATIONS
+from .sqlite import Store as SQLiteStore
+
+T = TypeVar("T")
+
+# pg_advisory_xact_lock(class, key) classes ("bc" in ASCII, then the next); the key is the
+# schema's, so bots on different schemas of one database never wait for each other's locks.
+_MIGRATION_LOCK = 0x6263
+_CLAIM_LOCK = _MIGRATION_LOCK + 1
+_ID_INSERT = re.compile(r"\s*INSERT INTO (mdrs|timers|conversations|consent_log|delivery_events)\b")
+HEARTBEAT_WINDOW = 15.0  # seconds: three heartbeats of a started bot (Bot._heartbeat)
+_ALIAS = re.compile(r"(?:FROM|JOIN) (?:mdrs|timers|delivery_events) ([a-z])\b")
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@lru_cache(maxsize=1024)
+def translate(statement: str) -> str:
+    """A statement of the SQLite engine for psycopg: ``?`` and ``:name`` become ``%s`` and
+    ``%(name)s`` (a literal ``%`` doubled), and an INSERT into a table with an ``id`` returns
+    it (SQLite's ``lastrowid``)."""
+    statement = _NAMED.sub(r"%(\1)s", statement.replace("%", "%%")).replace("?", "%s")
+    if _ID_INSERT.match(statement) and "RETURNING" not in statement:
+        statement += " RETURNING id"
+    return statement
+
+
+class _Result:
+    """A statement's outcome, read in full before its connection goes back to the pool."""
+
+    def __init__(self, cursor: psycopg.Cursor, returns_id: bool) -> None:
+        self.rowcount = cursor.rowcount
+        self._rows = cursor.fetchall() if cursor.description else []
+        self.lastrowid = self._rows[0][0] if returns_id and self._rows else None
+
+    def fetchone(self) -> tuple | None:
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self) -> list[tuple]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.fetchall())
+
+
+class _Connection:
+    """A pooled connection that runs the SQLite engine's statements (``conn.execute``)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.raw = conn
+
+    def execute(self, statement: str, params: Any = ()) -> _Result:
+        query = translate(statement)
+        with self.raw.cursor() as cursor:
+            cursor.execute(query, params)  # never None: psycopg then reads %% as %
+            return _Result(cursor, query.endswith(" RETURNING id"))
+
+
+class PostgresStore(SQLiteStore):
+    """The bot's PostgreSQL database (``url``: a libpq URL). One per process; :meth:`close` it."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, secrets: Iterable[str] = (),
+                 threads: int = 8, connect_timeout: float = 10.0) -> None:  # fmt: skip
+        self.url = url
+        self.path = url
+        self.clock = clock
+        self.lease_clock = time.time
+        self._masker = Masker(secrets)
+        self._local = threading.local()
+        self._closed = threading.Event()
+        self._listeners: list[Callable[[], None]] = []
+        self._listener: threading.Thread | None = None
+        # One connection per worker thread, plus reads made from other threads (the event loop's).
+        self.pool = ConnectionPool(url, min_size=1, max_size=threads + 4, kwargs={"autocommit": True},
+                                   open=False, timeout=connect_timeout, name="bot-core")  # fmt: skip
+        try:
+            self.pool.open(wait=True, timeout=connect_timeout)
+        except psycopg.OperationalError as exc:
+            self.pool.close()
+            raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="bot-core-store")
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._closed.set()
+        self._executor.shutdown(wait=True)
+        self.pool.close()
+
+    @property
+    def db(self) -> Any:
+        raise RuntimeError("bot.db is the SQLite database of SQLite-only plugins; this bot runs on PostgreSQL: "
+                           "keep a plugin's own data in bot.plugin_store(name)")  # fmt: skip
+
+    @property
+    def conn(self) -> _Connection:  # the SQLite engine's statements run on this thread's transaction
+        current = getattr(self._local, "conn", None)
+        if current is None:
+            raise RuntimeError("PostgresStore.conn is open only inside store.transaction()")
+        return current
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            if schema is None:
+                raise Unavailable(f"no schema of the search_path exists in {display(self.url)}: create it first")
+            crc = zlib.crc32(schema.encode())
+            self._lock_key = crc - 2**32 if crc >= 2**31 else crc  # an int4
+            conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_MIGRATION_LOCK, self._lock_key))  # replicas starting together
+            conn.execute("CREATE TABLE IF NOT EXISTS bot_core_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM bot_core_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO bot_core_schema (version) VALUES (0)")
+            version = row[0] if row else 0
+            if version > len(POSTGRES_MIGRATIONS):
+                raise SchemaTooNew(f"the database at {display(self.url)} has schema version {version}; this "
+                                   f"bot-core knows {len(POSTGRES_MIGRATIONS)}: upgrade bot-core")  # fmt: skip
+            for script in POSTGRES_MIGRATIONS[version:]:
+                conn.raw.execute(script)
+            conn.execute("UPDATE bot_core_schema SET version = ?", (len(POSTGRES_MIGRATIONS),))
+        # One channel per schema: bots on other schemas of the same database are not woken.
+        self.channel = f"bot_core_{crc:08x}"
+
+    # -- connections -------------------------------------------------------------------------
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """psycopg's passing failures (connection lost, deadlock, pool exhausted) as Unavailable."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"PostgreSQL: {exc}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Connection]:  # type: ignore[override]
+        """One transaction on a pooled connection; nested use (same thread) joins the outer one."""
+        current = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        with self._unavailable(), self.pool.connection() as raw, raw.transaction():
+            self._local.conn, self._local.notify = _Connection(raw), False
+            try:
+                yield self._local.conn
+                if self._local.notify:  # delivered at commit, to every listening replica
+                    raw.execute("SELECT pg_notify(%s, '')", (self.channel,))
+            finally:
+                self._local.conn = None
+
+    def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``job`` on a pool thread, in a transaction of its own. PostgreSQL commits
+        transactions side by side, so SQLite's group commit would only hold row locks longer.
+        Cancel the future to give up waiting: a job not started yet is then skipped."""
+        return asyncio.wrap_future(self._executor.submit(job))
+
+    def _wakes(self) -> None:
+        """The open transaction makes work: notify the replicas when it commits."""
+        self._local.notify = True
+
+    def _statement(self, statement: str, params: tuple | dict) -> _Result:  # type: ignore[override]
+        with self.transaction() as conn:
+            return conn.execute(statement, params)
+
+    def _read(self, statement: str, params: tuple | dict = ()) -> list[tuple]:
+        with self._unavailable(), self.pool.connection() as raw:
+            return _Connection(raw).execute(statement, params).fetchall()
+
+    def _rows(self, statement: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
+        with self._unavailable(), self.pool.connection() as raw, raw.cursor() as cursor:
+            cursor.execute(translate(statement), params)
+            keys = [d.name for d in cursor.description or ()]
+            return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
+
+    def healthy(self, owner: str = "") -> bool:
+        try:
+            with self.transaction() as conn:
+                conn.execute("INSERT INTO heartbeats (owner, at) VALUES (?, ?)"
+                             " ON CONFLICT (owner) DO UPDATE SET at = excluded.at", (owner, time.time()))  # fmt: skip
+        except (Unavailable, psycopg.Error):
+            return False
+        return True
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (on a thread of its own) whenever a replica commits new work."""
+        self._listeners.append(wake)
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen, name="bot-core-listen", daemon=True)
+            self._listener.start()
+
+    def _listen(self) -> None:
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self._notify_listeners()  # work committed while (re)connecting
+                    while not self._closed.is_set():
+                        for _ in conn.notifies(timeout=0.25):
+                            self._notify_listeners()
+            except psycopg.Error:
+                self._closed.wait(1.0)  # the loops poll meanwhile
+
+    def _notify_listeners(self) -> None:
+        for wake in self._listeners:
+            try:
+                wake()
+            except RuntimeError:  # its event loop closed
+                pass
+
+    # -- what differs from SQLite ------------------------------------------------------------
+
+    def _claim(self, table: str, select: str, params: dict[str, Any], owner: str, lease: float,
+               returning: str) -> list[tuple]:  # fmt: skip
+        now = self.lease_clock()
+        params = {**params, "now": now}
+        if not self._read(select, params):  # the idle case: no lock, no write
+            return []
+        alias = _ALIAS.search(select).group(1)  # type: ignore[union-attr]  # the table the claim leases
+        with self.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_CLAIM_LOCK, self._lock_key))
+            rows = conn.execute(
+                f"UPDATE {table} SET lease_owner = :owner, lease_until = :until"
+                f" WHERE id IN ({select} FOR UPDATE OF {alias} SKIP LOCKED) RETURNING {returning}",
+                {**params, "owner": owner, "until": now + lease},
+            ).fetchall()
+        return sorted(rows)
+
+    def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float:
+        now = time.time()
+        with self.transaction() as conn:
+            if rate > 0:
+                number = conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone()[0]
+                conn.execute("INSERT INTO pacing (number, next_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (number,))
+                next_at = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()[0]
+                if next_at > now:
+                    return next_at - now
+                conn.execute("UPDATE pacing SET next_at = ? WHERE number = ?", (now + 1 / rate, number))
+            self._update(mdr_id, owner, status=SENDING)
+        return 0.0
+
+    # Transactions that make claimable work notify the other replicas.
+
+    def add_inbound(self, *args: Any, **kwargs: Any) -> int | None:
+        with self.transaction():
+            self._wakes()
+            return super().add_inbound(*args, **kwargs)
+
+    def apply_status(self, *args: Any, **kwargs: Any) -> int | None:
+        with self.transaction():
+            self._wakes()
+            return super().apply_status(*args, **kwargs)
+
+    def release(self, owner: str) -> None:
+        with self.transaction() as conn:
+            self._wakes()
+            super().release(owner)
+            conn.execute("DELETE FROM heartbeats WHERE owner = ?", (owner,))  # stopped: not alive
+
+    def expire(self, owner: str) -> None:
+        with self.transaction():
+            self._wakes()
+            super().expire(owner)
+
+    def _add_outbound(self, *args: Any, **kwargs: Any) -> int:
+        self._wakes()
+        return super()._add_outbound(*args, **kwargs)
+
+    def _apply(self, *args: Any, **kwargs: Any) -> list[int | None]:
+        self._wakes()
+        return super()._apply(*args, **kwargs)
+
+
+def schema_version(url: str) -> tuple[int, int]:
+    """(the database's schema version, the newest this code knows), read only: 0 before the first start."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT version FROM bot_core_schema").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0, len(POSTGRES_MIGRATIONS)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None
+    return (row[0] if row else 0), len(POSTGRES_MIGRATIONS)
+
+
+def replicas_alive(url: str, within: float = HEARTBEAT_WINDOW) -> bool:
+    """Whether a bot of this database wrote its heartbeat in the last ``within`` seconds (a
+    started bot writes one every few seconds, and deletes it when it stops)."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT EXISTS (SELECT 1 FROM heartbeats WHERE at > %s)", (time.time() - within,))
+            return bool(row.fetchone()[0])
+    except psycopg.errors.UndefinedTable:  # a database no bot has started on yet
+        return False
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None
