@@ -73,19 +73,21 @@ def serve(config_path: str | None, host: str, port: int, workers: int) -> None:
         )
     try:
         bot = Bot(config)  # loads the plugins: a mistake stops here, before any worker starts
-        open_store(config.bot.database).close()  # migrated now; an unreachable or newer database stops here
-    except (ConfigError, SchemaTooNew, Unavailable) as exc:
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
+    try:  # before the database: a port in use leaves nothing behind
         sock = listen(host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        open_store(config.bot.database).close()  # migrated now; an unreachable or newer database stops here
+    except (SchemaTooNew, Unavailable) as exc:
+        raise click.ClickException(str(exc)) from None
     raise_open_files_limit()
     if workers == 1:
         serve_bot(bot, sock)
     else:
         sys.exit(Supervisor(config, sock, workers).run())
-
 
 
 @cli.command()
