@@ -192,7 +192,9 @@ def figure_2(url: str, messages: int, rate: float, rounds: int) -> None:
         print(f"   {label:<28} {ms(percentile(result.latency, 0.5))} {ms(p99[browsers][-1])}{extra}")
         time.sleep(2)  # let the replies go out before the next run
     without, with_ = statistics.median(p99[0]), statistics.median(p99[BROWSERS])
-    print(f"   median p99: {ms(without)} without, {ms(with_)} with {BROWSERS} inboxes open ({with_ / without - 1:+.0%})")
+    print(
+        f"   median p99: {ms(without)} without, {ms(with_)} with {BROWSERS} inboxes open ({with_ / without - 1:+.0%})"
+    )
 
 
 def main() -> None:

@@ -55,14 +55,18 @@ def figure_6(report: Any, work: Path, fake: Fake, args: argparse.Namespace, send
             database = f"{POSTGRES}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
         else:
             database = str(directory / "bot.db")
-        (directory / "bot.toml").write_text(config_text(fake.url).replace('database = "bot.db"', f'database = "{database}"'))
+        (directory / "bot.toml").write_text(
+            config_text(fake.url).replace('database = "bot.db"', f'database = "{database}"')
+        )
         servers: list[Process] = []
         try:
             if engine == "sqlite":  # one server, its workers on one port
                 servers = [start_server(directory / "bot.toml", directory / "server-0.log", processes)]
                 _wait_for_workers(directory / "server-0.log", processes)
             else:
-                servers = [start_server(directory / "bot.toml", directory / f"server-{i}.log") for i in range(processes)]
+                servers = [
+                    start_server(directory / "bot.toml", directory / f"server-{i}.log") for i in range(processes)
+                ]
             _run(report, label, servers, fake, args, senders, secret, f"{engine[0]}{processes}")
         finally:
             for server in servers:
@@ -94,7 +98,9 @@ def _run(report: Any, label: str, servers: list[Process], fake: Fake, args: argp
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     bad = sum(1 for r in results for s in r.status if s != 200)
     report.figures[f"replicas-{tag}"] = rate
-    report.line(label, f"{rate:8.0f} replies/s   ack p99 {p99 * 1000:7.1f} ms" + (f"   ({bad} not 200!)" if bad else ""))
+    report.line(
+        label, f"{rate:8.0f} replies/s   ack p99 {p99 * 1000:7.1f} ms" + (f"   ({bad} not 200!)" if bad else "")
+    )
 
 
 def _wait_for_workers(log: Path, workers: int) -> None:

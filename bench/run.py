@@ -46,15 +46,15 @@ from services import Fake, Process, start_bare, start_server  # noqa: E402
 SECRET = "bench-secret"
 # Figure 1 measures the webhook path alone: each plugin call waits for the whole burst, so no
 # handling or sending competes with the acknowledgements for the CPU.
-PARKED_PLUGIN = '''
+PARKED_PLUGIN = """
 import asyncio
 from bot_core import hookimpl
 
 @hookimpl
 async def handle_message(message):
     await asyncio.Event().wait()
-'''
-SLOW_PLUGIN = '''
+"""
+SLOW_PLUGIN = """
 import asyncio
 from bot_core import hookimpl
 
@@ -62,7 +62,7 @@ from bot_core import hookimpl
 async def handle_message(message):
     await asyncio.sleep(1)  # an HTTP call to some slow service
     return "slow " + message.text
-'''
+"""
 
 
 def config_text(fake_url: str, plugins: str = '["echo"]', plugins_dir: str | None = None) -> str:
@@ -178,7 +178,7 @@ def figure_2(report: Report, work: Path, fake: Fake, args: argparse.Namespace, s
     cpu0 = server.cpu_seconds()
     result = run_in_process(Plan(server.port, SECRET, OUR_NUMBER, senders, args.messages, args.concurrency))
     report.acks(f"acks-busy{tag}", "acks with handling and sending running", result)
-    report.figures[f"ack-p99-busy{tag}"] = percentile(result.latency, .99)
+    report.figures[f"ack-p99-busy{tag}"] = percentile(result.latency, 0.99)
     if not fake.wait_for(args.messages, 300):
         report.line("", f"only {fake.count()} of {args.messages} replies arrived")
     replies = first_arrivals(report, fake.take())
@@ -191,7 +191,7 @@ def figure_2(report: Report, work: Path, fake: Fake, args: argparse.Namespace, s
                                  args.concurrency, rate=args.rate, prefix="r"))  # fmt: skip
     fake.wait_for(len(steady.status), 60)
     latencies = replies_latency(steady, first_arrivals(report, fake.take()), "r")
-    report.figures[f"p99{tag}"] = percentile(latencies, .99)
+    report.figures[f"p99{tag}"] = percentile(latencies, 0.99)
     report.acks(f"acks-steady{tag}", f"acks at {args.rate:g} msgs/s", steady)
     report.line(f"inbound-to-reply at {args.rate:g} msgs/s ({len(latencies)})",
                 f"p50 {ms(percentile(latencies, .5))}   p99 {ms(percentile(latencies, .99))}")  # fmt: skip
@@ -222,8 +222,10 @@ def side_by_side(report: Report, work: Path) -> None:
     for key, label in (("ack-p99-busy", "--workers 1"), ("ack-p99-busy-w2", "--workers 2")):
         if key in figures:
             report.line(f"ack p99 in a burst, handling and sending ({label})", ms(figures[key]))
-    print("  (the load generator and the fake Telnyx run on the same cores as the server: with 2 cores,\n"
-          "   --workers 2 shares them with both, so its gain is below what a dedicated host gives)")
+    print(
+        "  (the load generator and the fake Telnyx run on the same cores as the server: with 2 cores,\n"
+        "   --workers 2 shares them with both, so its gain is below what a dedicated host gives)"
+    )
 
 
 def figure_3(report: Report, work: Path, fake: Fake, args: argparse.Namespace, senders: list[str]) -> None:
@@ -234,8 +236,10 @@ def figure_3(report: Report, work: Path, fake: Fake, args: argparse.Namespace, s
     report.acks("acks-slow", f"acks at {args.rate:g} msgs/s", result)
     fake.wait_for(len(result.status), 120)
     latencies = replies_latency(result, fake.take(), "s")
-    report.line(f"inbound-to-reply ({len(latencies)} replies)",
-                f"p50 {ms(percentile(latencies, .5))}   p99 {ms(percentile(latencies, .99))}")
+    report.line(
+        f"inbound-to-reply ({len(latencies)} replies)",
+        f"p50 {ms(percentile(latencies, 0.5))}   p99 {ms(percentile(latencies, 0.99))}",
+    )
     server.stop()
 
 

@@ -17,13 +17,16 @@ if TYPE_CHECKING:
 
 # These pull in the server stack (Starlette, httpx, sqlite-utils, asyncio): a plugin module's
 # ``from bot_core import hookimpl`` must not pay for them, so they load on first use.
-__getattr__ = lazy_names(__name__, {
-    "Bot": ".bot",
-    "Config": ".config",
-    "Timer": ".timers",
-    "load_config": ".config",
-    "parse_duration": ".config",
-})
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "Bot": ".bot",
+        "Config": ".config",
+        "Timer": ".timers",
+        "load_config": ".config",
+        "parse_duration": ".config",
+    },
+)
 
 __all__ = [
     "Bot",

@@ -291,8 +291,12 @@ class Bot:
             signer = self.config.profile_for_sender(status.from_number or "") if webhook.version == 1 else None
             mdr_id = await self._stored_within(asyncio.ensure_future(self.store.call(
                 self.store.apply_status, status, profile=signer.name if signer else None, hook=hook)))  # fmt: skip
-            log.info("delivery status %s for %s", status.status, status.telnyx_id,
-                     extra={"telnyx_id": status.telnyx_id, "mdr_id": mdr_id})
+            log.info(
+                "delivery status %s for %s",
+                status.status,
+                status.telnyx_id,
+                extra={"telnyx_id": status.telnyx_id, "mdr_id": mdr_id},
+            )
             if hook:
                 self.dispatcher.statuses.wake()
             return {"ok": True, "kind": "status", "mdr_id": mdr_id}
@@ -304,24 +308,41 @@ class Bot:
             message, number = self._in_group(message)
         if number is None or number.profile is None:
             recipients = ", ".join((message.to_number, *message.other_recipients))
-            log.warning("message %s to %s refused: no messaging profile lists that number", message.id, recipients,
-                        extra={"message_id": message.id})
+            log.warning(
+                "message %s to %s refused: no messaging profile lists that number",
+                message.id,
+                recipients,
+                extra={"message_id": message.id},
+            )
             what = f"number {recipients} is" if not message.other_recipients else f"none of {recipients} is"
             raise WebhookError(f"{what} assigned to any messaging profile", 404)
         message = InboundMessage(**{**message.__dict__, "profile": number.profile})
         if not number.enabled:
             mdr_id = await self._stored_within(self.store.insert_inbound(message, status=IGNORED, error=number.reason))
-            log.warning("message %s to %s recorded but not handled: %s", message.id, message.to_number, number.reason,
-                        extra={"message_id": message.id, "mdr_id": mdr_id})
+            log.warning(
+                "message %s to %s recorded but not handled: %s",
+                message.id,
+                message.to_number,
+                number.reason,
+                extra={"message_id": message.id, "mdr_id": mdr_id},
+            )
             return {"ok": True, "kind": "message", "mdr_id": mdr_id, "handled": False, "reason": number.reason}
         mdr_id = await self._stored_within(self.store.insert_inbound(message))
         if mdr_id is None:
-            log.info("message %s delivered again: acknowledged, not handled twice", message.id,
-                     extra={"message_id": message.id})
+            log.info(
+                "message %s delivered again: acknowledged, not handled twice",
+                message.id,
+                extra={"message_id": message.id},
+            )
             return {"ok": True, "kind": "message", "duplicate": True}
         # DEBUG: this line is on the webhook's hot path (75 µs); the "handled" line follows at INFO.
-        log.debug("message %s received from %s to %s", message.id, message.from_number, message.to_number,
-                 extra={"message_id": message.id, "mdr_id": mdr_id, "profile": message.profile})
+        log.debug(
+            "message %s received from %s to %s",
+            message.id,
+            message.from_number,
+            message.to_number,
+            extra={"message_id": message.id, "mdr_id": mdr_id, "profile": message.profile},
+        )
         self.dispatcher.inbox.wake()
         return {"ok": True, "kind": "message", "mdr_id": mdr_id}
 

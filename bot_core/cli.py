@@ -145,6 +145,18 @@ def _warnings(config: Config, plugins: Any) -> list[str]:
     return warnings
 
 
-for command in (init_command, messages, optouts, conversations, profiles, numbers, plugins_command, send,
-                chat_command, explain_command, telnyx, operators):
+for command in (
+    init_command,
+    messages,
+    optouts,
+    conversations,
+    profiles,
+    numbers,
+    plugins_command,
+    send,
+    chat_command,
+    explain_command,
+    telnyx,
+    operators,
+):
     cli.add_command(command)

@@ -372,8 +372,13 @@ class Config:
                 table.report(f"is the same number as another [numbers] table ({number})")
                 continue
             numbers[number] = table.build(
-                NumberSettings, number=number, profile=table.string("profile"), plugins=table.names("plugins"),
-                plugin_config=table.plugin_config(), send_rate=table.rate("send_rate"))
+                NumberSettings,
+                number=number,
+                profile=table.string("profile"),
+                plugins=table.names("plugins"),
+                plugin_config=table.plugin_config(),
+                send_rate=table.rate("send_rate"),
+            )
         inbox = _inbox(root.table("inbox"))
         root.done()
         _check_v2_alphanumeric(telnyx, bot.sandbox, profiles, source, found)
@@ -382,8 +387,17 @@ class Config:
             problems.extend(found)
         elif found:
             raise ConfigError("\n".join(found))
-        return cls(None, base, bot, telnyx, sending, profiles, numbers,
-                   environment_values=tuple(dict.fromkeys(from_environment)), inbox=inbox)
+        return cls(
+            None,
+            base,
+            bot,
+            telnyx,
+            sending,
+            profiles,
+            numbers,
+            environment_values=tuple(dict.fromkeys(from_environment)),
+            inbox=inbox,
+        )
 
     @cached_property
     def _owners(self) -> dict[str, str]:
@@ -407,16 +421,25 @@ class Config:
         settings = self.numbers.get(number)
         owner = self._owners.get(number)
         profile = None if owner is None else self.profiles[owner]
-        reason = ("not assigned to a messaging profile" if profile is None
-                  else None if profile.enabled else f"messaging profile {profile.name!r} is disabled")
+        reason = (
+            "not assigned to a messaging profile"
+            if profile is None
+            else None
+            if profile.enabled
+            else f"messaging profile {profile.name!r} is disabled"
+        )
         plugin_config = {name: dict(c) for name, c in getattr(profile, "plugin_config", {}).items()}
         for name, overrides in getattr(settings, "plugin_config", {}).items():
             plugin_config[name] = {**plugin_config.get(name, {}), **overrides}
         return NumberState(
-            number, getattr(profile, "name", None), enabled=reason is None, reason=reason,
+            number,
+            getattr(profile, "name", None),
+            enabled=reason is None,
+            reason=reason,
             plugins=_first_set(getattr(settings, "plugins", None), getattr(profile, "plugins", None)),
             plugin_config=plugin_config,
-            send_rate=_first_set(getattr(settings, "send_rate", None), getattr(profile, "send_rate", None)))
+            send_rate=_first_set(getattr(settings, "send_rate", None), getattr(profile, "send_rate", None)),
+        )
 
     def profile_state(self, name: str) -> NumberState:
         """The settings a number of profile ``name`` gets when it has no [numbers] table of its own."""
@@ -483,13 +506,22 @@ def _bot(t: _Table, base: Path) -> BotSettings:
         if (database := t.path("database", base, "bot.db")) is None:
             t.report("must be a file name or a postgresql:// URL, not empty", "database")
     return t.build(
-        BotSettings, database=database, public_url=t.url("public_url"), plugins_dir=t.path("plugins_dir", base),
-        sandbox=t.boolean("sandbox", False), verify_signatures=t.boolean("verify_signatures", True),
-        plugin_timeout=t.duration("plugin_timeout", 10.0), shutdown_grace=t.duration("shutdown_grace", 10.0),
-        fallback_reply=t.string("fallback_reply", ""), max_parts=t.integer("max_parts", 10, 1, 10),
+        BotSettings,
+        database=database,
+        public_url=t.url("public_url"),
+        plugins_dir=t.path("plugins_dir", base),
+        sandbox=t.boolean("sandbox", False),
+        verify_signatures=t.boolean("verify_signatures", True),
+        plugin_timeout=t.duration("plugin_timeout", 10.0),
+        shutdown_grace=t.duration("shutdown_grace", 10.0),
+        fallback_reply=t.string("fallback_reply", ""),
+        max_parts=t.integer("max_parts", 10, 1, 10),
         log_format=t.choice("log_format", ("text", "json"), "text"),
-        max_replies=t.integer("max_replies", 10, 1, 1000), store_timeout=t.duration("store_timeout", 1.0),
-        lease=t.duration("lease", 60.0), poll_interval=t.duration("poll_interval", 1.0))
+        max_replies=t.integer("max_replies", 10, 1, 1000),
+        store_timeout=t.duration("store_timeout", 1.0),
+        lease=t.duration("lease", 60.0),
+        poll_interval=t.duration("poll_interval", 1.0),
+    )
 
 
 def _is_ed25519_key(text: str) -> bool:
@@ -506,16 +538,26 @@ def _telnyx(t: _Table, sandbox: bool) -> TelnyxSettings:
     public_key = t.string("public_key", empty_is_unset=True)
     if public_key is not None and not _is_ed25519_key(public_key):
         t.report("must be a base64 Ed25519 public key (32 bytes once decoded)", "public_key")
-    return t.build(TelnyxSettings, api_version=version, api_base=t.url("api_base", _API_BASES[version]),
-                   api_key=api_key, public_key=public_key, management_base=t.url("management_base", _MANAGEMENT_BASE),
-                   webhook_failover_url=t.url("webhook_failover_url"))
+    return t.build(
+        TelnyxSettings,
+        api_version=version,
+        api_base=t.url("api_base", _API_BASES[version]),
+        api_key=api_key,
+        public_key=public_key,
+        management_base=t.url("management_base", _MANAGEMENT_BASE),
+        webhook_failover_url=t.url("webhook_failover_url"),
+    )
 
 
 def _sending(t: _Table) -> SendingSettings:
     settings = t.build(
-        SendingSettings, max_attempts=t.integer("max_attempts", 8, 1),
-        backoff_initial=t.duration("backoff_initial", 1.0), backoff_max=t.duration("backoff_max", 300.0),
-        rate=t.rate("rate", 0.0), timeout=t.duration("timeout", 10.0))
+        SendingSettings,
+        max_attempts=t.integer("max_attempts", 8, 1),
+        backoff_initial=t.duration("backoff_initial", 1.0),
+        backoff_max=t.duration("backoff_max", 300.0),
+        rate=t.rate("rate", 0.0),
+        timeout=t.duration("timeout", 10.0),
+    )
     if settings.backoff_max < settings.backoff_initial:
         t.report("must be >= backoff_initial", "backoff_max")
     return settings
@@ -532,8 +574,13 @@ def _inbox(t: _Table) -> InboxSettings:
         t.report("must be more than 0", "poll_interval")
         poll_interval = 0.5
     return t.build(
-        InboxSettings, enabled=t.boolean("enabled", False), secret_key=secret_key, poll_interval=poll_interval,
-        handback_after=t.duration("handback_after", 1800.0), login_delay=t.duration("login_delay", 1.0))
+        InboxSettings,
+        enabled=t.boolean("enabled", False),
+        secret_key=secret_key,
+        poll_interval=poll_interval,
+        handback_after=t.duration("handback_after", 1800.0),
+        login_delay=t.duration("login_delay", 1.0),
+    )
 
 
 def _profile(name: str, t: _Table) -> Profile:
@@ -544,9 +591,17 @@ def _profile(name: str, t: _Table) -> Profile:
     if sender_id is not None and (why := alphanumeric_sender_id_error(sender_id)):
         t.report(f"invalid Alphanumeric Sender ID {sender_id!r}: {why}", "alphanumeric_sender_id")
     return t.build(
-        Profile, name=name, enabled=enabled, secret=secret, numbers=t.phone_numbers("numbers"),
-        plugins=t.names("plugins"), plugin_config=t.plugin_config(), alphanumeric_sender_id=sender_id,
-        send_rate=t.rate("send_rate"), telnyx_profile_id=t.string("telnyx_profile_id", empty_is_unset=True))
+        Profile,
+        name=name,
+        enabled=enabled,
+        secret=secret,
+        numbers=t.phone_numbers("numbers"),
+        plugins=t.names("plugins"),
+        plugin_config=t.plugin_config(),
+        alphanumeric_sender_id=sender_id,
+        send_rate=t.rate("send_rate"),
+        telnyx_profile_id=t.string("telnyx_profile_id", empty_is_unset=True),
+    )
 
 
 def _check_v2_alphanumeric(telnyx: TelnyxSettings, sandbox: bool, profiles: dict[str, Profile], source: str,

@@ -90,12 +90,18 @@ class Dispatcher:
         number = bot.config.number(message.to_number)
         if number is None or not number.enabled:
             reason = number.reason if number else "number is not in the configuration"
-            log.warning("message %s to %s reaches no plugin: %s", message.id, message.to_number, reason,
-                        extra={"message_id": message.id, "mdr_id": message.mdr_id})
+            log.warning(
+                "message %s to %s reaches no plugin: %s",
+                message.id,
+                message.to_number,
+                reason,
+                extra={"message_id": message.id, "mdr_id": message.mdr_id},
+            )
             await bot.stored(store.finish_inbound, message.mdr_id, status=IGNORED, error=reason, owner=bot.owner)
             return
         conversation = store.find_conversation(message.to_number, message.from_number) or await bot.stored(
-            store.conversation, number.profile, message.to_number, message.from_number)  # the first message
+            store.conversation, number.profile, message.to_number, message.from_number
+        )  # the first message
         outcome = await self.consult(message, conversation)
         await self._commit(message.mdr_id, conversation, outcome, message_id=message.id)
 
@@ -196,10 +202,19 @@ class Dispatcher:
         sent = [e.draft for e in outcome.effects if isinstance(e, SendEffect)]
         bot.metrics.handled.labels(outcome.status if timer is None else "timer").inc()
         bot.metrics.count_refused(drafts + sent)
-        log.info("%s %s%s, %d reply(ies)", f"timer {timer.id}" if timer else f"MDR {mdr_id}", outcome.status,
-                 f" by {outcome.claimed_by}" if outcome.claimed_by else "", len(drafts),
-                 extra={"mdr_id": mdr_id, "message_id": message_id, "conversation_id": conversation.id,
-                        "plugin": outcome.claimed_by})
+        log.info(
+            "%s %s%s, %d reply(ies)",
+            f"timer {timer.id}" if timer else f"MDR {mdr_id}",
+            outcome.status,
+            f" by {outcome.claimed_by}" if outcome.claimed_by else "",
+            len(drafts),
+            extra={
+                "mdr_id": mdr_id,
+                "message_id": message_id,
+                "conversation_id": conversation.id,
+                "plugin": outcome.claimed_by,
+            },
+        )
         if drafts or sent:
             bot.sender.wake()
         if len(outcome.effects) > len(sent):

@@ -128,4 +128,3 @@ def _quiesce(database: Path, now: float) -> None:
             conn.execute("UPDATE timers SET status = 'cancelled' WHERE status = 'pending' AND due_at <= ?", (now,))
     finally:
         store.close()
-

@@ -96,9 +96,7 @@ def register_keywords(profile: str, config: dict[str, Any]) -> list[tuple[str, s
 
 
 @hookspec
-def handle_message(
-    bot: Bot, message: InboundMessage, conversation: Conversation, config: dict[str, Any]
-) -> Any:
+def handle_message(bot: Bot, message: InboundMessage, conversation: Conversation, config: dict[str, Any]) -> Any:
     """Claim an inbound message and return the reply.
 
     Return ``None`` to pass the message to the next plugin. Anything else claims it, and no

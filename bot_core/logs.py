@@ -32,8 +32,13 @@ class Secret(str):
 def _escaped(text: str) -> set[str]:
     """``text`` as it appears inside a JSON string (ASCII or not) and inside a Python repr, whose
     quotes depend on the whole string: a ``'`` is escaped only in a repr that also holds a ``"``."""
-    return {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1], str.__repr__(text)[1:-1],
-            str.__repr__(text + '"')[1:-2]}
+    return {
+        text,
+        json.dumps(text)[1:-1],
+        json.dumps(text, ensure_ascii=False)[1:-1],
+        str.__repr__(text)[1:-1],
+        str.__repr__(text + '"')[1:-2],
+    }
 
 
 class Masker:

@@ -23,9 +23,7 @@ def as_replies(result: Any) -> list[Reply]:
     if isinstance(result, (str, Reply)):
         result = [result]
     if not isinstance(result, (list, tuple)):
-        raise TypeError(
-            f"a handler must return None, a string, a Reply or a list of them, not {type(result).__name__}"
-        )
+        raise TypeError(f"a handler must return None, a string, a Reply or a list of them, not {type(result).__name__}")
     replies = []
     for item in result:
         if isinstance(item, str):
@@ -37,8 +35,13 @@ def as_replies(result: Any) -> list[Reply]:
 
 
 def draft(
-    opted_out: Callable[[str | None, str], bool], reply: Reply, *, profile: str | None, from_number: str,
-    to_number: str, max_parts: int,
+    opted_out: Callable[[str | None, str], bool],
+    reply: Reply,
+    *,
+    profile: str | None,
+    from_number: str,
+    to_number: str,
+    max_parts: int,
 ) -> OutboundDraft:
     """The outbound MDR for one reply, with the status the rules give it.
 

@@ -62,11 +62,7 @@ class Plugins:
 
     def hooks_of(self, name: str) -> list[str]:
         plugin = self.manager.get_plugin(name)
-        return sorted(
-            hook.name
-            for hook in self.manager.get_hookcallers(plugin) or ()
-            if not hook.name.startswith("_")
-        )
+        return sorted(hook.name for hook in self.manager.get_hookcallers(plugin) or () if not hook.name.startswith("_"))
 
     def impl(self, hook: str, plugin: str) -> pluggy.HookImpl | None:
         impls: list[pluggy.HookImpl] = getattr(self.manager.hook, hook).get_hookimpls()

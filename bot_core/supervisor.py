@@ -181,7 +181,9 @@ class Supervisor:
         # imported (a spawned one imports them again: seconds on a busy machine, each restart).
         # The supervisor runs no thread and holds no connection when it forks. macOS's system
         # libraries are not fork-safe, so elsewhere a worker is spawned.
-        self._context = multiprocessing.get_context("fork") if sys.platform == "linux" else multiprocessing.get_context("spawn")
+        self._context = (
+            multiprocessing.get_context("fork") if sys.platform == "linux" else multiprocessing.get_context("spawn")
+        )
         self._workers: dict[int, _Worker] = {}
         self._due: dict[int, float] = {}  # worker index -> when to start its replacement
         self._backoff: dict[int, float] = {}

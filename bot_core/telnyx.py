@@ -41,8 +41,16 @@ class TelnyxClient(Protocol):
     alphanumeric sender ID"); V1 knows the profile from its secret.
     """
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
-                   messaging_profile_id: str | None = None) -> SendResult: ...
+    async def send(
+        self,
+        *,
+        secret: str,
+        from_: str,
+        to: str,
+        text: str,
+        webhook_url: str | None,
+        messaging_profile_id: str | None = None,
+    ) -> SendResult: ...
 
     async def fetch(self, *, secret: str, telnyx_id: str) -> dict[str, Any]: ...
 
@@ -63,8 +71,9 @@ class _HttpClient:
         limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
         tls = httpx.create_ssl_context()  # loading the CA bundle takes 25 ms: once, not per client
         self._clients = [
-            httpx.AsyncClient(timeout=timeout, transport=transport, limits=limits, verify=tls,
-                              headers={"user-agent": "bot-core"})  # fmt: skip
+            httpx.AsyncClient(
+                timeout=timeout, transport=transport, limits=limits, verify=tls, headers={"user-agent": "bot-core"}
+            )  # fmt: skip
             for _ in range(CLIENTS)
         ]
         self._free: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
@@ -142,8 +151,16 @@ def _retry_after(value: str | None) -> float | None:
 class V1Client(_HttpClient):
     """``POST {api_base}/messages`` with ``x-profile-secret``: the API bot-core is built around."""
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
-                   messaging_profile_id: str | None = None) -> SendResult:
+    async def send(
+        self,
+        *,
+        secret: str,
+        from_: str,
+        to: str,
+        text: str,
+        webhook_url: str | None,
+        messaging_profile_id: str | None = None,
+    ) -> SendResult:
         payload = {"from": from_, "to": to, "body": text}
         if webhook_url:
             payload["delivery_status_webhook_url"] = webhook_url
@@ -161,8 +178,16 @@ class V2Client(_HttpClient):
         super().__init__(base_url, timeout, transport)
         self._auth = {"authorization": f"Bearer {api_key}"}
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
-                   messaging_profile_id: str | None = None) -> SendResult:
+    async def send(
+        self,
+        *,
+        secret: str,
+        from_: str,
+        to: str,
+        text: str,
+        webhook_url: str | None,
+        messaging_profile_id: str | None = None,
+    ) -> SendResult:
         payload = {"from": from_, "to": to, "text": text}
         if webhook_url:
             payload["webhook_url"] = webhook_url
@@ -185,8 +210,16 @@ class V2Client(_HttpClient):
 class SandboxClient:
     """Sends nothing: every message is accepted with status ``sandbox`` and logged."""
 
-    async def send(self, *, secret: str, from_: str, to: str, text: str, webhook_url: str | None,
-                   messaging_profile_id: str | None = None) -> SendResult:
+    async def send(
+        self,
+        *,
+        secret: str,
+        from_: str,
+        to: str,
+        text: str,
+        webhook_url: str | None,
+        messaging_profile_id: str | None = None,
+    ) -> SendResult:
         log.info("sandbox: not sending %s -> %s: %r", from_, to, text)
         return SendResult(f"sandbox-{uuid.uuid4()}", "sandbox")
 

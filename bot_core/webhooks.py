@@ -107,9 +107,7 @@ def verify_v1(
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key in fields:
-            raise SignatureError(
-                f"malformed {V1_SIGNATURE_HEADER} header: expected t=<unix seconds>,h=<base64>"
-            )
+            raise SignatureError(f"malformed {V1_SIGNATURE_HEADER} header: expected t=<unix seconds>,h=<base64>")
         fields[key] = value.strip()
     if "t" not in fields or "h" not in fields:
         raise SignatureError(f"malformed {V1_SIGNATURE_HEADER} header: it needs both t= and h=")
@@ -160,9 +158,7 @@ def sign_v1(body: bytes, secret: str, timestamp: int | None = None) -> str:
     return f"t={t},h={base64.b64encode(digest).decode()}"
 
 
-def sign_v2(
-    body: bytes, signing_key: nacl.signing.SigningKey, timestamp: int | None = None
-) -> dict[str, str]:
+def sign_v2(body: bytes, signing_key: nacl.signing.SigningKey, timestamp: int | None = None) -> dict[str, str]:
     """The V2 signature headers Telnyx would send, for tests and the test harness."""
     t = int(time.time()) if timestamp is None else timestamp
     signed = signing_key.sign(f"{t}|".encode() + body)

@@ -60,13 +60,16 @@ class Server:
         self.url = ""
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> Server:  # a loaded machine needs many seconds; only a failure waits this long
+    def start(
+        self, timeout: float = 60
+    ) -> Server:  # a loaded machine needs many seconds; only a failure waits this long
         seen = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", "0",
-                 *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", "0", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -85,8 +88,12 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        return httpx.post(self.url + "/webhooks/telnyx", content=body,
-                          headers={"content-type": "application/json", **headers}, timeout=10)
+        return httpx.post(
+            self.url + "/webhooks/telnyx",
+            content=body,
+            headers={"content-type": "application/json", **headers},
+            timeout=10,
+        )
 
     def settled(self, database: str = "bot.db") -> bool:
         """Whether the server has handled every message stored and finished every send: it sends
@@ -183,8 +190,10 @@ def postgres_url() -> Iterator[str]:
 
     No server: the test skips, saying how to run it; on CI (CI=true) it fails instead."""
     if (error := _postgres_error()) is not None:
-        reason = (f"PostgreSQL not reachable at BOT_CORE_TEST_POSTGRES={POSTGRES} ({error}): start PostgreSQL 15 "
-                  "there (trust authentication) or point BOT_CORE_TEST_POSTGRES at a server to run these tests")
+        reason = (
+            f"PostgreSQL not reachable at BOT_CORE_TEST_POSTGRES={POSTGRES} ({error}): start PostgreSQL 15 "
+            "there (trust authentication) or point BOT_CORE_TEST_POSTGRES at a server to run these tests"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)

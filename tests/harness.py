@@ -166,7 +166,9 @@ class Running:
         return await self.http.post("/webhooks/telnyx", content=body,
                                     headers={"content-type": "application/json", **headers})  # fmt: skip
 
-    async def text(self, text: str, *, from_: str = THEIRS, to: str = OURS, sms_id: str | None = None) -> httpx.Response:
+    async def text(
+        self, text: str, *, from_: str = THEIRS, to: str = OURS, sms_id: str | None = None
+    ) -> httpx.Response:
         body, headers = v1_inbound(text, from_=from_, to=to, sms_id=sms_id)
         response = await self.post(body, headers)
         assert response.status_code == 200, response.text

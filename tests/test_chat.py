@@ -50,7 +50,8 @@ def write_config(tmp_path: Path, plugins: str = '["echo"]', extra: str = "") -> 
     for name, source in PLUGINS.items():
         (tmp_path / "plugins" / name).write_text(textwrap.dedent(source))
     path = tmp_path / "bot.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [bot]
         database = "${{BOT_CORE_DATABASE}}"
         plugins_dir = "plugins"
@@ -64,7 +65,9 @@ def write_config(tmp_path: Path, plugins: str = '["echo"]', extra: str = "") -> 
         enabled = false
         secret = "closed-secret"
         numbers = ["+13125550102"]
-    """) + extra)
+    """)
+        + extra
+    )
     return path
 
 
@@ -86,9 +89,7 @@ def test_a_script_gets_each_reply_as_a_bot_line_and_exits_0(tmp_path):
     result = chat(config, "hi\nthere\n\nagain")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        "you> hi\nbot> echo hi #1\n"
-        "you> there\nbot> echo there #2\n"
-        "you> again\nbot> echo again #3\n"
+        "you> hi\nbot> echo hi #1\nyou> there\nbot> echo there #2\nyou> again\nbot> echo again #3\n"
     )
     rows = mdrs(config)
     assert [(r["direction"], r["status"]) for r in rows] == [("inbound", "handled"), ("outbound", "sandbox")] * 3
@@ -121,7 +122,7 @@ def test_opt_out_works_as_with_a_real_phone(tmp_path):
 
 
 def test_blocked_replies_are_noted_on_stderr_only(tmp_path):
-    config = write_config(tmp_path, '["lines", "echo"]', '\n[profiles.support.plugin_config.optout]\nenabled = false\n')
+    config = write_config(tmp_path, '["lines", "echo"]', "\n[profiles.support.plugin_config.optout]\nenabled = false\n")
     store = open_store(os.environ["BOT_CORE_DATABASE"])
     store.set_opted_out("support", "+13125550123", True, "test")
     store.close()

@@ -31,16 +31,19 @@ SECRET = "cli-support-secret"
 
 def write_config(tmp_path: Path, extra: str = "", telnyx: str = "", bot: str = "") -> Path:
     (tmp_path / "plugins").mkdir(exist_ok=True)
-    (tmp_path / "plugins" / "boom.py").write_text(textwrap.dedent("""
+    (tmp_path / "plugins" / "boom.py").write_text(
+        textwrap.dedent("""
         from bot_core import hookimpl
 
         @hookimpl
         def handle_message(message):
             if message.text == "boom":
                 raise RuntimeError("kaboom")
-    """))
+    """)
+    )
     path = tmp_path / "bot.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [bot]
         database = "${{BOT_CORE_DATABASE:-bot.db}}"
         plugins_dir = "plugins"
@@ -63,7 +66,9 @@ def write_config(tmp_path: Path, extra: str = "", telnyx: str = "", bot: str = "
 
         [numbers."{LONELY}"]
         plugins = ["echo"]
-    """) + extra)
+    """)
+        + extra
+    )
     return path
 
 
@@ -320,8 +325,15 @@ def test_send_refuses_a_number_without_its_country_code_saying_what_it_should_be
 
 # Telnyx's Alphanumeric Sender ID page: not supported to the United States, Canada or Puerto
 # Rico; the other US territories of the NANP (here Guam) are our reading (changes/fidelity.md).
-@pytest.mark.parametrize(("to", "country"), [(CUSTOMER, "the United States"), ("+14165550123", "Canada"),
-                                             ("+17875550100", "Puerto Rico"), ("+16715550100", "Guam")])
+@pytest.mark.parametrize(
+    ("to", "country"),
+    [
+        (CUSTOMER, "the United States"),
+        ("+14165550123", "Canada"),
+        ("+17875550100", "Puerto Rico"),
+        ("+16715550100", "Guam"),
+    ],
+)
 def test_send_refuses_an_alphanumeric_sender_to_us_canada_and_us_territories(tmp_path, to, country):
     config = sandbox(tmp_path)
     result = run("send", "--config", str(config), "--profile", "support", "--alphanumeric", "--to", to, "Code 1")

@@ -108,9 +108,17 @@ def test_full_file_is_parsed_to_typed_values(tmp_path):
     assert config.path == tmp_path / "bot.toml"
     assert config.base_dir == tmp_path
     assert config.bot == config.bot.__class__(
-        database=tmp_path / "data" / "bot.db", public_url="https://bot.example.com", plugins_dir=tmp_path / "plugins",
-        sandbox=True, verify_signatures=False, plugin_timeout=1.5, shutdown_grace=3.0, fallback_reply="Sorry?",
-        max_parts=3, log_format="json")
+        database=tmp_path / "data" / "bot.db",
+        public_url="https://bot.example.com",
+        plugins_dir=tmp_path / "plugins",
+        sandbox=True,
+        verify_signatures=False,
+        plugin_timeout=1.5,
+        shutdown_grace=3.0,
+        fallback_reply="Sorry?",
+        max_parts=3,
+        log_format="json",
+    )
     assert (config.telnyx.api_version, config.telnyx.api_base) == (2, "https://telnyx.test/v2")
     assert config.telnyx.api_key == "KEY-very-secret"
     assert config.telnyx.public_key == PUBLIC_KEY
@@ -130,13 +138,29 @@ def test_full_file_is_parsed_to_typed_values(tmp_path):
 def test_empty_file_gives_defaults(tmp_path):
     config = load(tmp_path, "")
     assert dataclasses.asdict(config.bot) == {
-        "database": tmp_path / "bot.db", "public_url": None, "plugins_dir": None, "sandbox": False,
-        "verify_signatures": True, "plugin_timeout": 10.0, "shutdown_grace": 10.0, "fallback_reply": "",
-        "max_parts": 10, "log_format": "text", "max_replies": 10, "store_timeout": 1.0, "lease": 60.0,
-        "poll_interval": 1.0}
+        "database": tmp_path / "bot.db",
+        "public_url": None,
+        "plugins_dir": None,
+        "sandbox": False,
+        "verify_signatures": True,
+        "plugin_timeout": 10.0,
+        "shutdown_grace": 10.0,
+        "fallback_reply": "",
+        "max_parts": 10,
+        "log_format": "text",
+        "max_replies": 10,
+        "store_timeout": 1.0,
+        "lease": 60.0,
+        "poll_interval": 1.0,
+    }
     assert dataclasses.asdict(config.telnyx) == {
-        "api_version": 1, "api_base": "https://sms.telnyx.com", "api_key": None, "public_key": None,
-        "management_base": "https://api.telnyx.com/v2", "webhook_failover_url": None}
+        "api_version": 1,
+        "api_base": "https://sms.telnyx.com",
+        "api_key": None,
+        "public_key": None,
+        "management_base": "https://api.telnyx.com/v2",
+        "webhook_failover_url": None,
+    }
     assert dataclasses.astuple(config.sending) == (8, 1.0, 300.0, 0.0, 10.0)
     assert (config.profiles, config.numbers, config.numbers_state()) == ({}, {}, [])
 
@@ -212,20 +236,53 @@ def test_environ_defaults_to_os_environ(tmp_path, monkeypatch):
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("30s", 30.0), ("15m", 900.0), ("2h", 7200.0), ("7d", 604800.0), ("1.5s", 1.5), ("250ms", 0.25),
-    ("0s", 0.0), (" 5s ", 5.0), (0, 0.0), (10, 10.0), (2.5, 2.5),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30s", 30.0),
+        ("15m", 900.0),
+        ("2h", 7200.0),
+        ("7d", 604800.0),
+        ("1.5s", 1.5),
+        ("250ms", 0.25),
+        ("0s", 0.0),
+        (" 5s ", 5.0),
+        (0, 0.0),
+        (10, 10.0),
+        (2.5, 2.5),
+    ],
+)
 def test_parse_duration_accepts(value, seconds):
     result = parse_duration(value)
     assert result == pytest.approx(seconds)
     assert type(result) is float
 
 
-@pytest.mark.parametrize("value", [
-    "", "10", "s", "-1s", "1.s", ".5s", "1 s", "5S", "5y", "1e3s", "1,5s", "inf s", "١s",
-    -1, -0.5, math.nan, math.inf, True, None, [1],
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "10",
+        "s",
+        "-1s",
+        "1.s",
+        ".5s",
+        "1 s",
+        "5S",
+        "5y",
+        "1e3s",
+        "1,5s",
+        "inf s",
+        "١s",
+        -1,
+        -0.5,
+        math.nan,
+        math.inf,
+        True,
+        None,
+        [1],
+    ],
+)
 def test_parse_duration_rejects(value):
     with pytest.raises(ValueError, match="is not a duration"):
         parse_duration(value)
@@ -253,55 +310,78 @@ def test_bad_duration_in_config_names_file_and_key(tmp_path):
 # --- every rule is a ConfigError naming file, key and rule -------------------------------------
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ('[profiles.support]\nsecert = "x"\nsecret = "y"',
-     "unknown key 'secert' in [profiles.support] (did you mean 'secret'?)"),
-    ("[bot]\ndatabse = 'x'", "unknown key 'databse' in [bot]"),
-    ("[sendng]\nrate = 1", "unknown key 'sendng' at the top level"),
-    ('[numbers."+13125550100"]\nplugin = ["echo"]', 'unknown key \'plugin\' in [numbers."+13125550100"]'),
-    ("bot = 5", "bot: must be a table, not an integer"),
-    ("[profiles]\nsupport = 'x'", "profiles.support: must be a table, not a string"),
-    ('[profiles.support]\nsecret = "x"\nenabled = "yes"',
-     "profiles.support.enabled: must be true or false, not a string"),
-    ('[profiles.support]\nsecret = "x"\nnumbers = "+13125550100"', "profiles.support.numbers: must be an array"),
-    ('[profiles.support]\nsecret = "x"\nnumbers = ["+13125550100", "555"]',
-     "profiles.support.numbers[1]: invalid phone number: '555'"),
-    ('[profiles.support]\nnumbers = []', "profiles.support.secret: is required"),
-    ('[profiles.support]\nsecret = ""', "profiles.support.secret: is required"),
-    ('[profiles.support]\nsecret = 5', "profiles.support.secret: must be a string, not an integer"),
-    ('[profiles.support]\nsecret = "x"\nplugins = "echo"', "profiles.support.plugins: must be an array"),
-    ('[profiles.support]\nsecret = "x"\nplugins = ["echo", 1]', "profiles.support.plugins: must be an array of plugin"),
-    ('[profiles.support]\nsecret = "x"\nsend_rate = -1', "profiles.support.send_rate: must be a number of messages"),
-    ('[profiles.support]\nsecret = "x"\nsend_rate = "fast"', "profiles.support.send_rate: must be a number"),
-    ('[profiles.support]\nsecret = "x"\nplugin_config = { echo = 5 }',
-     "profiles.support.plugin_config.echo: must be a table"),
-    ('[profiles."my support"]\nsecret = "x"\nenabled = 1', 'profiles."my support".enabled: must be true or false'),
-    ("[bot]\nmax_parts = 11", "bot.max_parts: must be an integer from 1 to 10, not 11"),
-    ("[bot]\nmax_parts = 0", "bot.max_parts: must be an integer from 1 to 10"),
-    ("[bot]\nmax_parts = true", "bot.max_parts: must be an integer, not a boolean"),
-    ("[bot]\nmax_parts = 2.0", "bot.max_parts: must be an integer, not a float"),
-    ("[bot]\nlog_format = 'xml'", "bot.log_format: must be 'text' or 'json', not 'xml'"),
-    ("[bot]\ndatabase = ''", "bot.database: must be a file name"),
-    ("[bot]\npublic_url = 'bot.example.com'", "bot.public_url: must be an http(s) URL"),
-    ("[bot]\npublic_url = 'ftp://bot.example.com'", "bot.public_url: must be an http(s) URL"),
-    ("[bot]\nplugin_timeout = -1", "bot.plugin_timeout: -1 is not a duration"),
-    ("[bot]\nsandbox = 'no'", "bot.sandbox: must be true or false"),
-    ("[telnyx]\napi_version = 3", "telnyx.api_version: must be 1 or 2, not 3"),
-    ("[telnyx]\napi_version = '2'", "telnyx.api_version: must be an integer, not a string"),
-    ("[telnyx]\napi_version = 2", "telnyx.api_key: is required when api_version = 2"),
-    ("[telnyx]\npublic_key = 'not base64!'", "telnyx.public_key: must be a base64 Ed25519 public key"),
-    (f"[telnyx]\npublic_key = '{base64.b64encode(bytes(31)).decode()}'", "telnyx.public_key: must be a base64 Ed25519"),
-    ("[telnyx]\nmanagement_base = 'api.telnyx.com'", "telnyx.management_base: must be an http(s) URL"),
-    ("[sending]\nmax_attempts = 0", "sending.max_attempts: must be an integer >= 1, not 0"),
-    ("[sending]\nrate = -0.5", "sending.rate: must be a number of messages per second >= 0"),
-    ("[sending]\nrate = inf", "sending.rate: must be a number of messages per second >= 0"),
-    ("[sending]\nbackoff_initial = '10m'\nbackoff_max = '1m'", "sending.backoff_max: must be >= backoff_initial"),
-    ('[numbers."call me"]', 'numbers."call me": invalid phone number: \'call me\''),
-    ('[numbers."+13125550100"]\n[numbers."+1 312 555 0100"]', 'numbers."+1 312 555 0100": is the same number'),
-    ('[numbers."+13125550100"]\nprofile = "nope"', 'numbers."+13125550100".profile: names unknown profile \'nope\''),
-    ('[numbers."+13125550100"]\nsend_rate = -2', 'numbers."+13125550100".send_rate: must be a number'),
-    ('[numbers."+13125550100"]\nplugins = [""]', 'numbers."+13125550100".plugins: must be an array of plugin'),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[profiles.support]\nsecert = "x"\nsecret = "y"',
+            "unknown key 'secert' in [profiles.support] (did you mean 'secret'?)",
+        ),
+        ("[bot]\ndatabse = 'x'", "unknown key 'databse' in [bot]"),
+        ("[sendng]\nrate = 1", "unknown key 'sendng' at the top level"),
+        ('[numbers."+13125550100"]\nplugin = ["echo"]', "unknown key 'plugin' in [numbers.\"+13125550100\"]"),
+        ("bot = 5", "bot: must be a table, not an integer"),
+        ("[profiles]\nsupport = 'x'", "profiles.support: must be a table, not a string"),
+        (
+            '[profiles.support]\nsecret = "x"\nenabled = "yes"',
+            "profiles.support.enabled: must be true or false, not a string",
+        ),
+        ('[profiles.support]\nsecret = "x"\nnumbers = "+13125550100"', "profiles.support.numbers: must be an array"),
+        (
+            '[profiles.support]\nsecret = "x"\nnumbers = ["+13125550100", "555"]',
+            "profiles.support.numbers[1]: invalid phone number: '555'",
+        ),
+        ("[profiles.support]\nnumbers = []", "profiles.support.secret: is required"),
+        ('[profiles.support]\nsecret = ""', "profiles.support.secret: is required"),
+        ("[profiles.support]\nsecret = 5", "profiles.support.secret: must be a string, not an integer"),
+        ('[profiles.support]\nsecret = "x"\nplugins = "echo"', "profiles.support.plugins: must be an array"),
+        (
+            '[profiles.support]\nsecret = "x"\nplugins = ["echo", 1]',
+            "profiles.support.plugins: must be an array of plugin",
+        ),
+        (
+            '[profiles.support]\nsecret = "x"\nsend_rate = -1',
+            "profiles.support.send_rate: must be a number of messages",
+        ),
+        ('[profiles.support]\nsecret = "x"\nsend_rate = "fast"', "profiles.support.send_rate: must be a number"),
+        (
+            '[profiles.support]\nsecret = "x"\nplugin_config = { echo = 5 }',
+            "profiles.support.plugin_config.echo: must be a table",
+        ),
+        ('[profiles."my support"]\nsecret = "x"\nenabled = 1', 'profiles."my support".enabled: must be true or false'),
+        ("[bot]\nmax_parts = 11", "bot.max_parts: must be an integer from 1 to 10, not 11"),
+        ("[bot]\nmax_parts = 0", "bot.max_parts: must be an integer from 1 to 10"),
+        ("[bot]\nmax_parts = true", "bot.max_parts: must be an integer, not a boolean"),
+        ("[bot]\nmax_parts = 2.0", "bot.max_parts: must be an integer, not a float"),
+        ("[bot]\nlog_format = 'xml'", "bot.log_format: must be 'text' or 'json', not 'xml'"),
+        ("[bot]\ndatabase = ''", "bot.database: must be a file name"),
+        ("[bot]\npublic_url = 'bot.example.com'", "bot.public_url: must be an http(s) URL"),
+        ("[bot]\npublic_url = 'ftp://bot.example.com'", "bot.public_url: must be an http(s) URL"),
+        ("[bot]\nplugin_timeout = -1", "bot.plugin_timeout: -1 is not a duration"),
+        ("[bot]\nsandbox = 'no'", "bot.sandbox: must be true or false"),
+        ("[telnyx]\napi_version = 3", "telnyx.api_version: must be 1 or 2, not 3"),
+        ("[telnyx]\napi_version = '2'", "telnyx.api_version: must be an integer, not a string"),
+        ("[telnyx]\napi_version = 2", "telnyx.api_key: is required when api_version = 2"),
+        ("[telnyx]\npublic_key = 'not base64!'", "telnyx.public_key: must be a base64 Ed25519 public key"),
+        (
+            f"[telnyx]\npublic_key = '{base64.b64encode(bytes(31)).decode()}'",
+            "telnyx.public_key: must be a base64 Ed25519",
+        ),
+        ("[telnyx]\nmanagement_base = 'api.telnyx.com'", "telnyx.management_base: must be an http(s) URL"),
+        ("[sending]\nmax_attempts = 0", "sending.max_attempts: must be an integer >= 1, not 0"),
+        ("[sending]\nrate = -0.5", "sending.rate: must be a number of messages per second >= 0"),
+        ("[sending]\nrate = inf", "sending.rate: must be a number of messages per second >= 0"),
+        ("[sending]\nbackoff_initial = '10m'\nbackoff_max = '1m'", "sending.backoff_max: must be >= backoff_initial"),
+        ('[numbers."call me"]', "numbers.\"call me\": invalid phone number: 'call me'"),
+        ('[numbers."+13125550100"]\n[numbers."+1 312 555 0100"]', 'numbers."+1 312 555 0100": is the same number'),
+        (
+            '[numbers."+13125550100"]\nprofile = "nope"',
+            "numbers.\"+13125550100\".profile: names unknown profile 'nope'",
+        ),
+        ('[numbers."+13125550100"]\nsend_rate = -2', 'numbers."+13125550100".send_rate: must be a number'),
+        ('[numbers."+13125550100"]\nplugins = [""]', 'numbers."+13125550100".plugins: must be an array of plugin'),
+    ],
+)
 def test_rule_violations_name_file_key_and_rule(tmp_path, text, expected):
     assert expected in error(tmp_path, text)
 
@@ -340,7 +420,7 @@ profile = "nope"
         "profiles.support.numbers[1]: invalid phone number",
         "profiles.support.plugins: must be an array of plugin names",
         "profiles.sales.send_rate: must be a number, not a string",
-        'numbers."+13125550199".profile: names unknown profile \'nope\'',
+        "numbers.\"+13125550199\".profile: names unknown profile 'nope'",
     ]
     for rule in expected:
         assert sum(rule in line for line in lines) == 1, (rule, lines)
@@ -385,7 +465,7 @@ def test_a_number_in_two_profiles_names_both(tmp_path):
 def test_a_number_assigned_to_another_profile_than_its_lister_names_both(tmp_path):
     text = PROFILE + '[profiles.sales]\nsecret = "x"\n[numbers."+13125550100"]\nprofile = "sales"'
     message = error(tmp_path, text)
-    assert 'numbers."+13125550100".profile: assigns +13125550100 to profile \'sales\'' in message
+    assert "numbers.\"+13125550100\".profile: assigns +13125550100 to profile 'sales'" in message
     assert "profile 'support' lists it" in message
 
 
@@ -405,8 +485,11 @@ def test_numbers_are_normalised_to_e164(tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "suggestion"),
-    [("3125550100", "write +13125550100"), ("13125550100", "write +13125550100"),
-     ("+3125550100", "+ then the country code")],
+    [
+        ("3125550100", "write +13125550100"),
+        ("13125550100", "write +13125550100"),
+        ("+3125550100", "+ then the country code"),
+    ],
 )
 def test_config_numbers_must_be_valid_e164_and_the_error_says_what_they_would_look_like(tmp_path, text, suggestion):
     # E.164 (ITU-T): "+", country code, national number. "3125550100" used to be read as
@@ -424,11 +507,19 @@ def test_enabled_and_reason_resolution(tmp_path):
     states = {state.number: state for state in config.numbers_state()}
     assert list(states) == ["+13125550100", "+13125550101", "+13125550102", "+13125550199"]
     assert (states["+13125550100"].profile, states["+13125550100"].enabled, states["+13125550100"].reason) == (
-        "support", True, None)
+        "support",
+        True,
+        None,
+    )
     assert (states["+13125550102"].enabled, states["+13125550102"].reason) == (
-        False, "messaging profile 'sales' is disabled")
+        False,
+        "messaging profile 'sales' is disabled",
+    )
     assert (states["+13125550199"].profile, states["+13125550199"].enabled, states["+13125550199"].reason) == (
-        None, False, "not assigned to a messaging profile")
+        None,
+        False,
+        "not assigned to a messaging profile",
+    )
     assert all(state.capable for state in states.values())
     assert config.enabled_numbers() == ["+13125550100", "+13125550101"]
 
@@ -447,7 +538,10 @@ def test_per_number_settings_override_the_profile(tmp_path):
     assert overridden.plugins == ("echo",)
     assert plain.plugin_config == {"echo": {"prefix": "You said: ", "suffix": "!"}, "faq": {"file": "faq.md"}}
     assert overridden.plugin_config == {
-        "echo": {"prefix": "Echo: ", "suffix": "!"}, "faq": {"file": "faq.md"}, "weather": {"city": "Chicago"}}
+        "echo": {"prefix": "Echo: ", "suffix": "!"},
+        "faq": {"file": "faq.md"},
+        "weather": {"city": "Chicago"},
+    }
     assert config.profiles["support"].plugin_config["echo"]["prefix"] == "You said: "  # merging copies
     assert (plain.send_rate, overridden.send_rate) == (1.0, 0.5)
     assert config.send_rate_for("+1 312 555 0101") == 0.5
@@ -481,13 +575,16 @@ def test_secrets_are_absent_from_repr(tmp_path):
     assert "ACME" in repr(config)
 
 
-@pytest.mark.parametrize("extra", [
-    '[profiles.support]\nsecret = "${SUPPORT_PROFILE_SECRET}"\nsecert = "typo"',
-    '[profiles.support]\nsecret = "${SUPPORT_PROFILE_SECRET}"\nnumbers = ["bad"]',
-    '[profiles.support]\nsecret = "${SUPPORT_PROFILE_SECRET}"\nalphanumeric_sender_id = "TOOLONGNAME12"',
-    '[telnyx]\napi_version = 2\napi_key = "${TELNYX_API_KEY}"\npublic_key = "nope"',
-    '[telnyx]\napi_version = 2\napi_key = "${TELNYX_API_KEY}"\nextra = 1',
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '[profiles.support]\nsecret = "${SUPPORT_PROFILE_SECRET}"\nsecert = "typo"',
+        '[profiles.support]\nsecret = "${SUPPORT_PROFILE_SECRET}"\nnumbers = ["bad"]',
+        '[profiles.support]\nsecret = "${SUPPORT_PROFILE_SECRET}"\nalphanumeric_sender_id = "TOOLONGNAME12"',
+        '[telnyx]\napi_version = 2\napi_key = "${TELNYX_API_KEY}"\npublic_key = "nope"',
+        '[telnyx]\napi_version = 2\napi_key = "${TELNYX_API_KEY}"\nextra = 1',
+    ],
+)
 def test_secrets_are_absent_from_error_messages(tmp_path, extra):
     message = error(tmp_path, extra, ENV)
     assert "KEY-very-secret" not in message and "s3cret" not in message
@@ -513,13 +610,16 @@ def test_valid_alphanumeric_sender_ids(tmp_path, sender_id):
     assert config.profiles["p"].alphanumeric_sender_id == sender_id
 
 
-@pytest.mark.parametrize(("sender_id", "rule"), [
-    ('"123"', "at least one letter"),
-    ('"TOOLONGNAME12"', "1-11 characters"),
-    ('"ACME!"', "1-11 characters"),
-    ('""', "1-11 characters"),
-    ("7", "must be a string"),
-])
+@pytest.mark.parametrize(
+    ("sender_id", "rule"),
+    [
+        ('"123"', "at least one letter"),
+        ('"TOOLONGNAME12"', "1-11 characters"),
+        ('"ACME!"', "1-11 characters"),
+        ('""', "1-11 characters"),
+        ("7", "must be a string"),
+    ],
+)
 def test_invalid_alphanumeric_sender_ids(tmp_path, sender_id, rule):
     message = error(tmp_path, f'[profiles.p]\nsecret = "x"\nalphanumeric_sender_id = {sender_id}')
     assert "profiles.p.alphanumeric_sender_id" in message and rule in message

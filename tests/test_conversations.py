@@ -16,7 +16,8 @@ OURS, SECOND, CUSTOMER, OTHER = "+13125550100", "+13125550101", "+13125550123", 
 
 def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "bot.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [bot]
         database = "bot.db"
         sandbox = true
@@ -31,7 +32,8 @@ def write_config(tmp_path: Path) -> Path:
         expire_after = "1h"
         steps = [{{ ask = "What's your name?", save_as = "name" }}, {{ ask = "ZIP?", save_as = "zip" }}]
         done = "Thanks {{name}}!"
-    """))
+    """)
+    )
     return path
 
 

@@ -22,7 +22,7 @@ from .conftest import wait_for
 SECRET = "crash-test-secret"
 OURS = "+13125550100"
 
-GATED_PLUGIN = '''
+GATED_PLUGIN = """
 import asyncio
 from pathlib import Path
 from bot_core import hookimpl
@@ -39,7 +39,7 @@ async def handle_message(message, conversation, config):
     n = conversation.state.get("n", 0) + 1
     conversation.state["n"] = n
     return [f"{message.text} #{n}" + suffix for suffix in config.get("suffixes", [""])]
-'''
+"""
 
 
 def config_text(tmp_path: Path, fake_url: str, bot: str = "", **plugin_config) -> str:
@@ -91,7 +91,9 @@ def rows(database: Path, sql: str) -> list[tuple]:
         conn.close()
 
 
-def test_sigkill_with_unprocessed_messages_and_unsent_replies_loses_nothing(server_factory, fake_telnyx_server, tmp_path):
+def test_sigkill_with_unprocessed_messages_and_unsent_replies_loses_nothing(
+    server_factory, fake_telnyx_server, tmp_path
+):
     fake = fake_telnyx_server
     (tmp_path / "gate").touch()
     server = server_factory(config_text(tmp_path, fake.url, suffixes=["", " again"])).start()

@@ -132,7 +132,9 @@ async def test_one_conversation_is_handled_one_message_at_a_time_in_arrival_orde
     # Slow and failing sends must not reorder a conversation's replies.
     telnyx.then(500, 503, lambda r: asyncio.sleep(0.02), 500)
     customers = ["+13125550131", "+13125550132", "+13125550133"]
-    async with Running(make_config(tmp_path, ["ordered"]), telnyx, plugin("ordered", handle_message=handle_message)) as run:
+    async with Running(
+        make_config(tmp_path, ["ordered"]), telnyx, plugin("ordered", handle_message=handle_message)
+    ) as run:
         for i in range(12):
             for customer in customers:
                 await run.text(f"m{i}", from_=customer)

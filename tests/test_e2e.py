@@ -57,8 +57,12 @@ def inbound(text: str, *, sms_id: str, to: str = "+13125550100", from_: str = "+
 
 
 def messages_json(config) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "bot_core", "messages", "--config", str(config), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bot_core", "messages", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
@@ -104,8 +108,18 @@ def test_state_mdrs_and_statuses_survive_a_restart(server_factory, fake_telnyx_s
     server.stop()
     rows = messages_json(tmp_path / "bot.toml")
     assert [r["text"] for r in rows] == ["echo two #2", "two", "echo one #1", "one"]
-    assert set(rows[0]) >= {"id", "direction", "profile", "from", "to", "text", "status", "telnyx_id",
-                            "created_at", "updated_at"}
+    assert set(rows[0]) >= {
+        "id",
+        "direction",
+        "profile",
+        "from",
+        "to",
+        "text",
+        "status",
+        "telnyx_id",
+        "created_at",
+        "updated_at",
+    }
     by_text = {r["text"]: r for r in rows}
     assert by_text["echo one #1"]["status"] == "delivered"
     assert by_text["echo one #1"]["telnyx_id"] == first_reply

@@ -169,7 +169,9 @@ def held_lock(server_factory, fake, tmp_path: Path, hold: float) -> None:
     for i in range(3):
         assert server.post(*webhook(f"early{i}", f"early-{i}", f"+13125550{400 + i}")).status_code == 200
     wait_for(lambda: len(fake.requests) == 3)
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(database), str(hold)], stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(database), str(hold)], stdout=subprocess.PIPE, text=True
+    )
     assert locker.stdout.readline().strip() == "locked"
     locked_at = time.monotonic()
     customers = [f"+131255504{i:02d}" for i in range(4)]
@@ -205,7 +207,7 @@ def test_a_write_lock_held_for_40s_is_answered_503_within_2s(server_factory, fak
 
 # -- a delivery_status hook that never returns ------------------------------------------------
 
-STUCK_PLUGIN = '''
+STUCK_PLUGIN = """
 import asyncio
 from pathlib import Path
 from bot_core import hookimpl
@@ -218,7 +220,7 @@ async def delivery_status(status, bot):
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             pass
-'''
+"""
 
 
 def test_sigterm_exits_within_the_grace_whatever_a_delivery_status_hook_does(server_factory, fake_telnyx_server,
@@ -271,4 +273,3 @@ def test_the_sigterm_drain_includes_delivery_status_hooks(server_factory, fake_t
     assert server.stop() in (0, -signal.SIGTERM)
     assert rows(tmp_path / "bot.db", "SELECT hook, hook_error FROM delivery_events") == [("done", None)]
     assert "grace ran out" not in server.log
-

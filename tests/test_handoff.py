@@ -53,7 +53,12 @@ def test_keyword_hands_the_conversation_to_a_person_and_the_bot_goes_quiet(tmp_p
         inbound = bot.messages(direction="inbound")
         assert [m["status"] for m in inbound] == ["handled", "handled", "waiting", "waiting"]
         row = conversation_row(bot)
-        assert (row["with_person"], row["waiting"], row["operator"], row["handoff_reason"]) == (1, 1, None, "texted AGENT")
+        assert (row["with_person"], row["waiting"], row["operator"], row["handoff_reason"]) == (
+            1,
+            1,
+            None,
+            "texted AGENT",
+        )
         assert calls == [(CUSTOMER, "person", "texted AGENT", None)]
 
 
@@ -80,7 +85,9 @@ def test_handing_back_lets_the_bot_answer_again(tmp_path):
 
 def test_a_handoff_nobody_answers_returns_to_the_bot_after_handback_after(tmp_path):
     watcher, calls = recorder()
-    with BotTester(config(inbox={"handback_after": "10m"}, watch=True), tmp_path=tmp_path, plugins=[watcher, parrot]) as bot:
+    with BotTester(
+        config(inbox={"handback_after": "10m"}, watch=True), tmp_path=tmp_path, plugins=[watcher, parrot]
+    ) as bot:
         bot.text("AGENT")
         bot.clock.advance("9m")
         assert bot.text("hello?") == []

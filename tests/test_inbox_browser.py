@@ -61,7 +61,8 @@ class Desk:
         self.fake = fake
         fake.webhooks.secrets.update(SECRETS)
         config = tmp_path / "bot.toml"
-        config.write_text(textwrap.dedent(f"""
+        config.write_text(
+            textwrap.dedent(f"""
             [bot]
             database = "bot.db"
             shutdown_grace = 1
@@ -86,7 +87,8 @@ class Desk:
             secret = "{SECRETS[SALES]}"
             numbers = ["{SALES}"]
             plugins = ["echo"]
-        """))
+        """)
+        )
         store = Store(tmp_path / "bot.db")
         with store.transaction() as conn:
             operators.add(conn, "alice", PASSWORD, (), 0)
@@ -97,12 +99,16 @@ class Desk:
         self.url = self.server.url
 
     def text(self, text: str, *, from_: str = CUSTOMER, to: str = SUPPORT) -> None:
-        [response] = self.fake.deliver(self.url + "/webhooks/telnyx", self.fake.webhooks.message(text, from_=from_, to=to))
+        [response] = self.fake.deliver(
+            self.url + "/webhooks/telnyx", self.fake.webhooks.message(text, from_=from_, to=to)
+        )
         assert response.status_code == 200, response.text
 
     def sent(self, text: str) -> str:
         """The Telnyx id of the message with ``text`` once the fake accepted it."""
-        return wait_for(lambda: next((i for i, m in list(self.fake.messages.items()) if m["msg"]["body"] == text), None))
+        return wait_for(
+            lambda: next((i for i, m in list(self.fake.messages.items()) if m["msg"]["body"] == text), None)
+        )
 
     def rows(self, sql: str, *params) -> list[tuple]:
         with sqlite3.connect(self.db) as conn:

@@ -31,7 +31,13 @@ def test_a_new_bot_passes_check_and_its_own_tests(tmp_path):
     assert code == 0, out
     bot = tmp_path / "my-bot"
     assert {p.relative_to(bot).as_posix() for p in bot.rglob("*") if p.is_file()} == {
-        "bot.toml", "plugins/hello.py", "tests/test_bot.py", "pytest.ini", "README.md", ".gitignore"}
+        "bot.toml",
+        "plugins/hello.py",
+        "tests/test_bot.py",
+        "pytest.ini",
+        "README.md",
+        ".gitignore",
+    }
     checked = run(["-m", "bot_core", "check", "--config", "bot.toml"], cwd=bot)
     assert checked.returncode == 0, checked.stderr
     assert "profile main: plugins answering: optout, hello, fallback" in checked.stdout

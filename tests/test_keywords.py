@@ -150,7 +150,9 @@ def test_an_async_or_failing_config_hook_is_reported(tmp_path):
 
 def test_settings_for_a_plugin_that_is_not_loaded_are_refused_with_a_hint(tmp_path):
     config = Config.from_dict(config_dict(["echo"], {"autoresponer": {"window": "1h"}}))
-    with pytest.raises(ConfigError, match=r"plugin_config: unknown plugin 'autoresponer'.*did you mean 'autoresponder'"):
+    with pytest.raises(
+        ConfigError, match=r"plugin_config: unknown plugin 'autoresponer'.*did you mean 'autoresponder'"
+    ):
         load_plugins(config, installed=False)
 
 

@@ -84,7 +84,8 @@ def test_setup_logging_picks_the_format_and_masks(root_logging):
 
 def test_a_real_server_logs_json_events_with_ids_and_never_a_secret(tmp_path, server_factory):
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "leaky.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "plugins" / "leaky.py").write_text(
+        textwrap.dedent(f"""
         import logging
         from bot_core import hookimpl
 
@@ -94,8 +95,10 @@ def test_a_real_server_logs_json_events_with_ids_and_never_a_secret(tmp_path, se
             if message.text == "boom":
                 raise RuntimeError("failing with {SECRET} in the traceback")
             return "ok"
-    """))
-    server = server_factory(textwrap.dedent(f"""
+    """)
+    )
+    server = server_factory(
+        textwrap.dedent(f"""
         [bot]
         database = "bot.db"
         plugins_dir = "plugins"
@@ -109,7 +112,8 @@ def test_a_real_server_logs_json_events_with_ids_and_never_a_secret(tmp_path, se
         secret = "{SECRET}"
         numbers = ["+13125550100"]
         plugins = ["leaky"]
-    """))
+    """)
+    )
     server.start()
     webhooks = TelnyxWebhooks(secrets={"+13125550100": SECRET})
     for text, id in (("hi", "msg-1"), ("boom", "msg-2")):
@@ -126,8 +130,14 @@ def test_a_real_server_logs_json_events_with_ids_and_never_a_secret(tmp_path, se
     events = [json.loads(line) for line in log.splitlines()]  # every line is one JSON event
     # "received" is a DEBUG line (the webhook's hot path); the "handled" line carries the ids.
     assert not [e for e in events if e["message"].startswith("message msg-1 received")]
-    handled = [e for e in events if e.get("mdr_id") == 1 and e.get("message_id") == "msg-1"
-               and "conversation_id" in e and e.get("plugin") == "leaky"]
+    handled = [
+        e
+        for e in events
+        if e.get("mdr_id") == 1
+        and e.get("message_id") == "msg-1"
+        and "conversation_id" in e
+        and e.get("plugin") == "leaky"
+    ]
     assert handled, events
     failed = [e for e in events if e["level"] == "error" and e.get("plugin") == "leaky"]
     assert failed and MASK in failed[0]["traceback"]

@@ -41,7 +41,8 @@ def telnyx() -> Iterator[FakeTelnyx]:
 def write_config(tmp_path: Path, fake: FakeTelnyx, *, key: str = KEY, telnyx: str = "",
                  public_url: str = "https://bot.example.com", profile_id: str = "prof-1") -> Path:  # fmt: skip
     path = tmp_path / "bot.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [bot]
         public_url = "{public_url}"
 
@@ -58,7 +59,8 @@ def write_config(tmp_path: Path, fake: FakeTelnyx, *, key: str = KEY, telnyx: st
         [profiles.local]
         secret = "local-secret"
         numbers = ["+13125550102"]
-    """))
+    """)
+    )
     return path
 
 
@@ -105,8 +107,10 @@ def test_sync_changes_only_what_differs_and_a_second_run_changes_nothing(tmp_pat
     ]
     # Only the spec's paths: nothing under /messaging_phone_numbers, dropped from it in 2020.
     assert {r.path.rsplit("/", 1)[0] if r.path.endswith("/messaging") else r.path for r in telnyx.requests} == {
-        "/v2/messaging_profiles/prof-1", "/v2/phone_numbers", *(messaging_path(telnyx, n).rsplit("/", 1)[0]
-                                                               for n in ("+13125550100", "+13125550101"))}
+        "/v2/messaging_profiles/prof-1",
+        "/v2/phone_numbers",
+        *(messaging_path(telnyx, n).rsplit("/", 1)[0] for n in ("+13125550100", "+13125550101")),
+    }
     assert telnyx.profiles["prof-1"]["webhook_failover_url"] == "https://standby.example.com/hook"  # not ours to clear
     telnyx.clear()
     code, out = sync(config)
@@ -162,8 +166,10 @@ def test_a_failing_number_read_says_what_telnyx_answered_and_does_not_blame_the_
     with Management(config, transport=httpx.MockTransport(answer)) as management:
         with pytest.raises(ManagementError) as caught:
             management.plan()
-    assert str(caught.value) == ("Telnyx refused GET /phone_numbers/1293384261075731499/messaging: 404 Not Found: "
-                                 "Resource not found (code 10005); Telnyx has no messaging settings for +13125550100")
+    assert str(caught.value) == (
+        "Telnyx refused GET /phone_numbers/1293384261075731499/messaging: 404 Not Found: "
+        "Resource not found (code 10005); Telnyx has no messaging settings for +13125550100"
+    )
 
 
 def test_an_unreachable_api_is_said_so(tmp_path, telnyx):

@@ -72,7 +72,9 @@ def test_password_stdin_list_and_remove(tmp_path):
 
 def test_add_refuses_unknown_profiles_short_passwords_bad_names_and_duplicates(tmp_path):
     path = config(tmp_path)
-    code, out = invoke("operators", "add", "a", "--profile", "nope", "--password-stdin", "--config", path, input=PASSWORD)
+    code, out = invoke(
+        "operators", "add", "a", "--profile", "nope", "--password-stdin", "--config", path, input=PASSWORD
+    )
     assert code == 2 and "unknown profile 'nope' (known: support, sales)" in out
     code, out = invoke("operators", "add", "a", "--password-stdin", "--config", path, input="short\n")
     assert code == 1 and "at least 8 characters" in out

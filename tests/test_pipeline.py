@@ -79,6 +79,7 @@ def test_plugins_are_consulted_in_profile_order_and_inactive_ones_never_see_mess
         def handle_message(message):
             seen.append(name)
             return answer
+
         return plugin(name, handle_message=handle_message)
 
     plugins = [watcher("first", None), watcher("second", "from second"), watcher("third", "from third"),

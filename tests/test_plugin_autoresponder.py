@@ -128,7 +128,8 @@ def test_without_hours_the_line_is_always_closed(tmp_path):
 def test_flows_listed_before_it_get_the_answers_of_an_active_flow(tmp_path):
     cfg = config(plugins=("flows", "autoresponder"))
     cfg["profiles"]["support"]["plugin_config"]["flows"] = {
-        "signup": {"trigger": "JOIN", "steps": [{"ask": "Name?", "save_as": "name"}], "done": "Hi {name}"}}
+        "signup": {"trigger": "JOIN", "steps": [{"ask": "Name?", "save_as": "name"}], "done": "Hi {name}"}
+    }
     with BotTester(cfg, tmp_path=tmp_path, clock=chicago(2026, 3, 2, 10, 0)) as bot:
         assert bot.text("join") == ["Name?"]
         assert bot.text("Hours") == ["Hi Hours"]  # an active flow gets the answer, keyword or not

@@ -52,7 +52,9 @@ def submissions(bot):
 def deliveries(bot):
     """Delivery attempts scheduled (the plugin's pending post timers): with none, nothing more
     will be posted."""
-    return list(bot.bot.db.query("SELECT id FROM timers WHERE plugin = 'flows' AND name = 'post' AND status = 'pending'"))
+    return list(
+        bot.bot.db.query("SELECT id FROM timers WHERE plugin = 'flows' AND name = 'post' AND status = 'pending'")
+    )
 
 
 def test_the_signup_flow_asks_checks_retries_confirms_and_records(tmp_path):
@@ -319,8 +321,14 @@ def test_completed_answers_are_posted_as_json(tmp_path):
     with Receiver() as receiver, live(posting(receiver.url), tmp_path, clock=clock) as bot:
         complete_signup(bot)
         body, headers = wait_for(lambda: receiver.requests and receiver.requests[0])
-        assert body == {"flow": "signup", "profile": "support", "from": CUSTOMER, "to": NUMBER,
-                        "answers": {"name": "Ann", "zip": "60601"}, "completed_at": "2026-03-02T16:00:00.000+00:00"}
+        assert body == {
+            "flow": "signup",
+            "profile": "support",
+            "from": CUSTOMER,
+            "to": NUMBER,
+            "answers": {"name": "Ann", "zip": "60601"},
+            "completed_at": "2026-03-02T16:00:00.000+00:00",
+        }
         assert headers["content-type"] == "application/json"
         assert headers["idempotency-key"] == f"bot-core-flows-{submissions(bot)[0]['id']}"
         wait_for(lambda: submissions(bot)[0]["post_status"] == "delivered")

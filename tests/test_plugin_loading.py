@@ -16,7 +16,7 @@ from bot_core.plugins import load_plugins
 
 from .conftest import free_port, healthy, wait_for
 
-SIMPLEST = '''
+SIMPLEST = """
 from bot_core import hookimpl
 
 @hookimpl
@@ -24,12 +24,12 @@ def handle_message(message, conversation):
     n = conversation.state.get("n", 0) + 1
     conversation.state["n"] = n
     return f"echo {message.text} #{n}"
-'''
+"""
 
 
 def write_config(tmp_path: Path, plugins: str, extra: str = "") -> Path:
     path = tmp_path / "bot.toml"
-    path.write_text(f'''
+    path.write_text(f"""
 [bot]
 sandbox = true
 plugins_dir = "plugins"
@@ -38,7 +38,7 @@ plugins_dir = "plugins"
 secret = "s"
 numbers = ["+13125550100"]
 plugins = {plugins}
-''')
+""")
     (tmp_path / "plugins").mkdir(exist_ok=True)
     return path
 
@@ -69,7 +69,9 @@ def test_an_installed_entry_point_plugin_is_loaded(tmp_path):
     path = write_config(tmp_path, '["acme"]')
     out = subprocess.run(
         [sys.executable, "-m", "bot_core", "check", "--config", str(path)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
     )
     assert out.returncode == 0, out.stderr
     assert "acme" in out.stdout and "+13125550100" in out.stdout
@@ -80,8 +82,12 @@ def test_an_unknown_plugin_name_is_a_config_error_and_serve_refuses_to_start(tmp
     with pytest.raises(ConfigError, match=r"profiles\.main\.plugins: unknown plugin 'nope'"):
         load_plugins(load_config(path))
     for command in (["check"], ["serve", "--port", str(free_port())]):
-        out = subprocess.run([sys.executable, "-m", "bot_core", *command, "--config", str(path)],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "bot_core", *command, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode != 0
         assert "unknown plugin 'nope'" in out.stderr and str(path) in out.stderr
 
@@ -97,14 +103,21 @@ def test_a_hook_name_typo_is_refused(tmp_path):
 
 def test_serve_without_config_runs_the_sandboxed_demo_bot(tmp_path):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bot_core", "serve", "--port", str(port)], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot_core", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: healthy(url), timeout=20)
         # The README's curl command, as httpx.
-        response = httpx.post(url + "/webhooks/telnyx", json={
-            "sms_id": "demo-1", "from": "+13125550123", "to": "+13125550100", "body": "hello"})
+        response = httpx.post(
+            url + "/webhooks/telnyx",
+            json={"sms_id": "demo-1", "from": "+13125550123", "to": "+13125550100", "body": "hello"},
+        )
         assert response.status_code == 200, response.text
         rows = wait_for(lambda: _outbound(tmp_path))
         assert rows == ["You said: hello #1"]
@@ -116,15 +129,16 @@ def test_serve_without_config_runs_the_sandboxed_demo_bot(tmp_path):
 
 
 def _outbound(cwd: Path) -> list[str]:
-    out = subprocess.run([sys.executable, "-m", "bot_core", "messages", "--json"], cwd=cwd,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bot_core", "messages", "--json"], cwd=cwd, capture_output=True, text=True, check=True
+    )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     return [r["text"] for r in rows if r["direction"] == "outbound" and r["status"] == "sandbox"]
 
 
 def test_check_explains_why_a_number_is_not_messaging_enabled(tmp_path):
     path = tmp_path / "bot.toml"
-    path.write_text('''
+    path.write_text("""
 [profiles.live]
 secret = "s1"
 numbers = ["+13125550100"]
@@ -134,9 +148,10 @@ secret = "s2"
 numbers = ["+13125550101"]
 [numbers."+13125550102"]
 plugins = ["echo"]
-''')
-    out = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(path)],
-                         capture_output=True, text=True)
+""")
+    out = subprocess.run(
+        [sys.executable, "-m", "bot_core", "check", "--config", str(path)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  +")}
     assert "messaging-enabled" in lines["+13125550100"]
@@ -148,8 +163,9 @@ plugins = ["echo"]
 def test_check_fails_on_a_broken_file(tmp_path):
     path = tmp_path / "bot.toml"
     path.write_text('[profiles.main]\nsecret = "s"\nnumbers = ["+13125550100"]\nalphanumeric_sender_id = "123"\n')
-    out = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(path)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bot_core", "check", "--config", str(path)], capture_output=True, text=True
+    )
     assert out.returncode == 1
     assert "alphanumeric_sender_id" in out.stderr and "letter" in out.stderr and "bot.toml" in out.stderr
 
@@ -162,7 +178,10 @@ def check(path: Path) -> subprocess.CompletedProcess:
 def test_settings_of_plugins_a_profile_does_not_use_are_checked_too(tmp_path):
     # The support line answers with optout and fallback only; the echo and autoresponder tables
     # wait for the day they are switched on, and their typos must not wait with them.
-    path = write_config(tmp_path, '["fallback"]', extra='''
+    path = write_config(
+        tmp_path,
+        '["fallback"]',
+        extra="""
 [profiles.main.plugin_config.echo]
 prefx = "You said: "
 [profiles.main.plugin_config.autoresponder]
@@ -170,7 +189,8 @@ timezone = "America/Chicgo"
 window = "12 hours"
 [profiles.main.plugin_config.autoresponse]
 enabled = false
-''')
+""",
+    )
     with pytest.raises(ConfigError) as info:
         load_plugins(load_config(path))
     lines = str(info.value).splitlines()
@@ -186,11 +206,15 @@ enabled = false
 
 
 def test_a_disabled_plugin_s_settings_are_checked(tmp_path):
-    path = write_config(tmp_path, '["echo"]', extra='''
+    path = write_config(
+        tmp_path,
+        '["echo"]',
+        extra="""
 [profiles.main.plugin_config.echo]
 enabled = false
 prefix = 3
-''')
+""",
+    )
     with pytest.raises(ConfigError, match=r"profiles\.main\.plugin_config\.echo\.prefix: must be a string"):
         load_plugins(load_config(path))
 
@@ -201,7 +225,9 @@ def test_without_a_plugins_list_only_optout_answers_and_check_says_so(tmp_path):
                     '[profiles.demo]\nsecret = "t"\nnumbers = ["+13125550101"]\nplugins = ["echo"]\n')  # fmt: skip
     out = check(path)
     assert out.returncode == 0, out.stderr
-    assert "profile support: plugins answering: optout (no `plugins` list: only opt-out compliance answers" in out.stdout
+    assert (
+        "profile support: plugins answering: optout (no `plugins` list: only opt-out compliance answers" in out.stdout
+    )
     assert "profile demo: plugins answering: optout, echo\n" in out.stdout
     assert "+13125550100  profile support  messaging-enabled  plugins: optout\n" in out.stdout
 
@@ -209,8 +235,12 @@ def test_without_a_plugins_list_only_optout_answers_and_check_says_so(tmp_path):
 def test_the_startup_log_says_which_plugins_answer_on_each_profile(tmp_path, caplog):
     from bot_core.testing import BotTester
 
-    config = {"profiles": {"support": {"secret": "s", "numbers": ["+13125550100"]},
-                           "demo": {"secret": "t", "numbers": ["+13125550101"], "plugins": ["fallback", "echo"]}}}
+    config = {
+        "profiles": {
+            "support": {"secret": "s", "numbers": ["+13125550100"]},
+            "demo": {"secret": "t", "numbers": ["+13125550101"], "plugins": ["fallback", "echo"]},
+        }
+    }
     with caplog.at_level("INFO", logger="bot_core"), BotTester(config, tmp_path=tmp_path):
         pass
     messages = [r.getMessage() for r in caplog.records]
@@ -221,7 +251,7 @@ def test_the_startup_log_says_which_plugins_answer_on_each_profile(tmp_path, cap
 @pytest.mark.parametrize("marker, kind", [("wrapper=True", "wrapper=True"), ("hookwrapper=True", "hookwrapper=True")])
 def test_pluggy_wrappers_are_refused_when_the_plugin_loads(tmp_path, marker, kind):
     path = write_config(tmp_path, '["wrapping"]')
-    (tmp_path / "plugins" / "wrapping.py").write_text(f'''
+    (tmp_path / "plugins" / "wrapping.py").write_text(f"""
 from bot_core import hookimpl
 
 @hookimpl
@@ -231,7 +261,7 @@ def startup(bot):
 @hookimpl({marker})
 def handle_message(message):
     return (yield)
-''')
+""")
     with pytest.raises(ConfigError) as info:
         load_plugins(load_config(path))
     message = str(info.value)
@@ -249,24 +279,34 @@ def test_no_hook_is_historic_so_no_historic_call_reaches_a_plugin():
 
 
 def test_a_profile_s_mistake_is_told_once_and_a_number_s_own_under_its_key(tmp_path):
-    path = write_config(tmp_path, '["echo"]', extra='''
+    path = write_config(
+        tmp_path,
+        '["echo"]',
+        extra="""
 [profiles.main.plugin_config.echo]
 prefx = "> "
 [numbers."+13125550100".plugin_config.fallback]
 txt = "Sorry?"
-''')
+""",
+    )
     with pytest.raises(ConfigError) as info:
         load_plugins(load_config(path))
     lines = str(info.value).splitlines()
     assert [line.split(": ", 2)[1] for line in lines] == [
-        "profiles.main.plugin_config.echo.prefx", 'numbers."+13125550100".plugin_config.fallback.txt']
+        "profiles.main.plugin_config.echo.prefx",
+        'numbers."+13125550100".plugin_config.fallback.txt',
+    ]
 
 
 def test_check_tells_the_file_s_mistakes_and_the_plugins_settings_in_one_run(tmp_path):
-    path = write_config(tmp_path, '["fallback"]', extra='''
+    path = write_config(
+        tmp_path,
+        '["fallback"]',
+        extra="""
 [profiles.main.plugin_config.echo]
 prefx = "> "
-''')
+""",
+    )
     path.write_text(path.read_text().replace("sandbox = true", "sandbox = true\nmax_parts = 0"))
     out = check(path)
     assert out.returncode == 1

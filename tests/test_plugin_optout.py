@@ -67,8 +67,10 @@ def test_proactive_sends_and_timers_to_an_opted_out_number_are_recorded_as_block
         assert bot.replies() == []
         assert bot.advance("2h") == []
         blocked = bot.messages(direction="outbound", status="blocked")
-        assert [(r["text"], r["error"]) for r in blocked] == [("Big sale!", "recipient opted out"),
-                                                               ("Your appointment is tomorrow", "recipient opted out")]
+        assert [(r["text"], r["error"]) for r in blocked] == [
+            ("Big sale!", "recipient opted out"),
+            ("Your appointment is tomorrow", "recipient opted out"),
+        ]
         assert blocked[0]["id"] == mdr
 
 
@@ -220,5 +222,4 @@ def test_bot_core_optouts_lists_who_opted_out_and_how(tmp_path):
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [(r["profile"], r["number"], r["source"]) for r in rows] == [
-        (None, CUSTOMER, "texted STOP (message m-1)")]
+    assert [(r["profile"], r["number"], r["source"]) for r in rows] == [(None, CUSTOMER, "texted STOP (message m-1)")]

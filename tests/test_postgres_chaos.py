@@ -36,7 +36,7 @@ from .conftest import Server, rows, wait_for
 SECRET = "replicas-test-secret"
 OURS = "+13125550100"
 
-COUNTER_PLUGIN = '''
+COUNTER_PLUGIN = """
 from bot_core import hookimpl
 
 @hookimpl
@@ -44,7 +44,7 @@ def handle_message(message, conversation):
     n = conversation.state.get("n", 0) + 1
     conversation.state["n"] = n
     return f"{message.text} #{n}"
-'''
+"""
 
 # Logged for sends whose request had started when their process died: each may have reached
 # Telnyx, so each may go out twice; and a send whose request timed out may have reached it too.
@@ -271,7 +271,9 @@ def chaos(run: Chaos, fake: FakeTelnyx, tmp_path: Path, database: str) -> None:
 
         store = open_store(database)
         try:
-            stored = rows(store, "SELECT telnyx_id, text, from_number FROM mdrs WHERE direction = 'inbound' ORDER BY id")
+            stored = rows(
+                store, "SELECT telnyx_id, text, from_number FROM mdrs WHERE direction = 'inbound' ORDER BY id"
+            )
             assert texters.acked == {sms_id for sms_id, _, _ in stored}  # 0 lost: every acknowledged message stored
             expected: dict[str, list[str]] = {}
             for _, text, customer in stored:
@@ -294,7 +296,9 @@ def chaos(run: Chaos, fake: FakeTelnyx, tmp_path: Path, database: str) -> None:
             assert sum(n - 1 for n in repeated.values()) <= len(IN_FLIGHT_SEND.findall(log)) + len(
                 TIMED_OUT_SEND.findall(log)), (repeated, logged)  # fmt: skip
             if repeated:
-                texts = {text for (text,) in rows(store, f"SELECT text FROM mdrs WHERE id IN ({','.join(map(str, logged))})")}
+                texts = {
+                    text for (text,) in rows(store, f"SELECT text FROM mdrs WHERE id IN ({','.join(map(str, logged))})")
+                }
                 assert set(repeated) <= texts
             for customer, texts in expected.items():  # first deliveries in conversation order
                 assert list(dict.fromkeys(r.json["body"] for r in fake.sent if r.json["to"] == customer)) == texts

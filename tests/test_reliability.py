@@ -69,7 +69,9 @@ def test_cli_processes_writing_beside_a_loaded_server_never_see_database_is_lock
     def texter(customer: int) -> None:
         with httpx.Client(timeout=30) as client:
             for i in range(40):
-                body = json.dumps(inbound(f"load {i}", sms_id=f"load-{customer}-{i}", from_=f"+131255502{customer:02d}")).encode()
+                body = json.dumps(
+                    inbound(f"load {i}", sms_id=f"load-{customer}-{i}", from_=f"+131255502{customer:02d}")
+                ).encode()
                 response = client.post(server.url + "/webhooks/telnyx", content=body,
                                        headers={"content-type": "application/json",
                                                 "X-Telnyx-Signature": sign_v1(body, SECRET)})  # fmt: skip
@@ -82,9 +84,28 @@ def test_cli_processes_writing_beside_a_loaded_server_never_see_database_is_lock
                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
     commands = []
     for i in range(4):  # the real CLI, reading and queueing beside the server
-        commands.append(subprocess.run(
-            [sys.executable, "-m", "bot_core", "send", "--config", str(tmp_path / "bot.toml"), "--profile", "support",
-             "--to", "+13125550188", "--wait", "10s", f"proactive {i}"], capture_output=True, text=True, timeout=60))
+        commands.append(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bot_core",
+                    "send",
+                    "--config",
+                    str(tmp_path / "bot.toml"),
+                    "--profile",
+                    "support",
+                    "--to",
+                    "+13125550188",
+                    "--wait",
+                    "10s",
+                    f"proactive {i}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        )
         commands.append(subprocess.run(
             [sys.executable, "-m", "bot_core", "messages", "--config", str(tmp_path / "bot.toml"), "--json"],
             capture_output=True, text=True, timeout=60))  # fmt: skip
@@ -177,7 +198,9 @@ async def test_effects_of_a_handled_message_are_committed_with_its_reply(tmp_pat
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("replies", "sends", "culprit"), [(11, 0, "flood"), (0, 11, "sender"), (5, 6, "flood"), (4, 6, None)])
+@pytest.mark.parametrize(
+    ("replies", "sends", "culprit"), [(11, 0, "flood"), (0, 11, "sender"), (5, 6, "flood"), (4, 6, None)]
+)
 async def test_max_replies_per_message_sends_nothing_past_the_limit(tmp_path, replies, sends, culprit):
     def send_some(bot, message):
         for i in range(sends):
@@ -237,7 +260,9 @@ async def test_delivery_status_hooks_run_in_order_with_plugin_timeout(tmp_path):
         for status in ("queued", "sent", "delivered"):
             body = json.dumps({"sms_id": "out-1", "status": status, "delivery_status": status,
                                "msg": {"src": "+13125550100", "dst": "+13125550123", "body": "x"}}).encode()  # fmt: skip
-            assert (await run.post(body, {"x-telnyx-signature": sign_v1(body, "in-process-profile-secret")})).status_code == 200
+            assert (
+                await run.post(body, {"x-telnyx-signature": sign_v1(body, "in-process-profile-secret")})
+            ).status_code == 200
         await run.settle()
         assert seen == ["queued", "sent", "delivered"]
         errors = rows(run.bot.store, "SELECT status, hook, hook_error FROM delivery_events ORDER BY id")

@@ -28,7 +28,7 @@ SALES_SECRET = "SalesProfileSecret-81ad40"
 API_KEY = "KEY0199-api-key-d7e3b1"
 SECRETS = (MAIN_SECRET, SALES_SECRET, API_KEY)
 
-LEAKY_PLUGIN = '''
+LEAKY_PLUGIN = """
 import os
 from bot_core import hookimpl
 
@@ -39,7 +39,7 @@ def handle_message(bot, message):
     if message.text == "leak":  # e.g. an HTTP error quoting a URL with a key in it
         raise RuntimeError("GET https://api.example.com/?key=" + os.environ["MAIN_SECRET"] + " failed")
     return f"ok {message.text}"
-'''
+"""
 
 
 def config_text(tmp_path: Path, fake_url: str, version: int, public_key: str = "") -> str:
@@ -83,7 +83,9 @@ def environment(monkeypatch):
         monkeypatch.setenv(name, value)
 
 
-def inbound(text: str, sms_id: str, to: str = "+13125550100", secret: str = MAIN_SECRET, customer: str = "+13125550123"):
+def inbound(
+    text: str, sms_id: str, to: str = "+13125550100", secret: str = MAIN_SECRET, customer: str = "+13125550123"
+):
     body = json.dumps({"sms_id": sms_id, "direction": "inbound", "from": customer, "to": to, "body": text}).encode()
     return body, {"X-Telnyx-Signature": sign_v1(body, secret)}
 
@@ -176,7 +178,9 @@ def test_bot_core_check_never_prints_a_secret(tmp_path, environment, broken):
     if broken.startswith("["):
         text += broken
     else:
-        text = text.replace('plugins = ["leaky"]\n\n[profiles.sales]', f'plugins = ["leaky"]\n{broken}\n[profiles.sales]')
+        text = text.replace(
+            'plugins = ["leaky"]\n\n[profiles.sales]', f'plugins = ["leaky"]\n{broken}\n[profiles.sales]'
+        )
     (tmp_path / "bot.toml").write_text(text)
     result = _cli("check", "--config", str(tmp_path / "bot.toml"))
     assert result.returncode == (0 if not broken else 1), result.stdout + result.stderr
@@ -186,7 +190,7 @@ def test_bot_core_check_never_prints_a_secret(tmp_path, environment, broken):
 
 THIRD_PARTY_KEY = "tp-key\\it's-7d1f"  # a backslash and a quote: repr and JSON spell it differently
 
-ENV_PLUGIN = '''
+ENV_PLUGIN = """
 from bot_core import hookimpl
 
 @hookimpl
@@ -197,7 +201,7 @@ def handle_message(bot, message, config):
         key = str(config["api_key"])
         raise RuntimeError(f"refused {key!r} with body " + __import__("json").dumps({"key": key}))
     return "ok"
-'''
+"""
 
 
 def test_values_from_the_environment_in_plugin_config_are_secrets_everywhere(tmp_path, monkeypatch):
@@ -205,7 +209,8 @@ def test_values_from_the_environment_in_plugin_config_are_secrets_everywhere(tmp
     secret like the profile secret, masked in its escaped forms too."""
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "envy.py").write_text(ENV_PLUGIN)
-    (tmp_path / "bot.toml").write_text(textwrap.dedent("""
+    (tmp_path / "bot.toml").write_text(
+        textwrap.dedent("""
         [bot]
         database = "bot.db"
         plugins_dir = "plugins"
@@ -217,7 +222,8 @@ def test_values_from_the_environment_in_plugin_config_are_secrets_everywhere(tmp
         plugins = ["envy"]
         plugin_config.envy.api_key = "${THIRD_PARTY_KEY}"
         plugin_config.envy.url = "https://api.example.com/?key=${THIRD_PARTY_KEY}"
-    """))
+    """)
+    )
     monkeypatch.setenv("MAIN_SECRET", MAIN_SECRET)
     monkeypatch.setenv("THIRD_PARTY_KEY", THIRD_PARTY_KEY)
     config = load_config(tmp_path / "bot.toml")
@@ -255,7 +261,8 @@ def test_bot_core_explain_never_prints_a_secret(tmp_path, environment):
 def test_bot_core_profiles_masks_values_from_the_environment(tmp_path, environment, monkeypatch):
     monkeypatch.setenv("SUPPORT_PROFILE_ID", "4001a2b3-0000-4000-8000-000000000002")
     text = config_text(tmp_path, "http://127.0.0.1:9", 1).replace(
-        '\n\n[profiles.sales]', '\ntelnyx_profile_id = "${SUPPORT_PROFILE_ID}"\n\n[profiles.sales]')
+        "\n\n[profiles.sales]", '\ntelnyx_profile_id = "${SUPPORT_PROFILE_ID}"\n\n[profiles.sales]'
+    )
     (tmp_path / "bot.toml").write_text(text)
     result = _cli("profiles", "--config", str(tmp_path / "bot.toml"), "--json")
     assert result.returncode == 0, result.stderr

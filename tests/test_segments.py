@@ -82,9 +82,7 @@ def test_escape_character_is_not_a_gsm_character():  # it introduces the extensi
     assert count_segments("a\x1bb").non_gsm == ("\x1b",)
 
 
-@pytest.mark.parametrize(
-    ("length", "parts"), [(1, 1), (160, 1), (161, 2), (306, 2), (307, 3), (459, 3), (460, 4)]
-)
+@pytest.mark.parametrize(("length", "parts"), [(1, 1), (160, 1), (161, 2), (306, 2), (307, 3), (459, 3), (460, 4)])
 def test_gsm7_part_boundaries(length, parts):
     assert count_segments("a" * length) == Segments("GSM-7", parts, length, ())
 
@@ -119,7 +117,9 @@ def test_emoji_at_a_part_boundary_moves_to_the_next_part():
     assert count_segments(text) == Segments("UCS-2", 3, 134, ("я", EMOJI))
 
 
-@pytest.mark.parametrize("grapheme", [FLAG, THUMB, E_ACUTE, "👩‍👩‍👧"], ids=["flag", "skin-tone", "accent", "zwj-family"])
+@pytest.mark.parametrize(
+    "grapheme", [FLAG, THUMB, E_ACUTE, "👩‍👩‍👧"], ids=["flag", "skin-tone", "accent", "zwj-family"]
+)
 def test_a_grapheme_at_a_part_boundary_moves_whole_to_the_next_part(grapheme):
     # 66 units leave room for one more in a 67-unit part: the grapheme does not fit whole.
     text = "я" * 66 + grapheme + "я" * 10

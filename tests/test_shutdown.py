@@ -45,7 +45,9 @@ def text_until_refused(server, deadline: float = 3.0) -> list[str]:
     raise AssertionError("the server kept taking webhooks after SIGTERM")
 
 
-def test_sigterm_finishes_the_plugin_call_in_flight_sends_its_reply_and_exits(server_factory, fake_telnyx_server, tmp_path):
+def test_sigterm_finishes_the_plugin_call_in_flight_sends_its_reply_and_exits(
+    server_factory, fake_telnyx_server, tmp_path
+):
     server = server_factory(config_text(tmp_path, fake_telnyx_server.url, 'shutdown_grace = "5s"', pause=1.0)).start()
     assert server.post(*webhook("first", "s-1", CUSTOMER)).status_code == 200
     assert server.post(*webhook("second", "s-2", CUSTOMER)).status_code == 200  # queued behind it
@@ -100,6 +102,7 @@ def test_sigterm_past_the_grace_exits_anyway_and_the_rest_resumes(server_factory
 
 
 # -- in-process ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def anyio_backend():

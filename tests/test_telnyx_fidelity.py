@@ -114,9 +114,15 @@ async def test_a_group_message_is_answered_at_our_number_wherever_it_is_listed(t
     public_key = base64.b64encode(bytes(key.verify_key)).decode()
     stranger, friend = "+13125550177", "+13125550188"
     async with Running(two_profiles(tmp_path, public_key=public_key), None, echo()) as run:
-        payload = {"id": str(uuid.uuid4()), "direction": "inbound", "type": "MMS", "text": "hi all",
-                   "from": {"phone_number": THEIRS},
-                   "to": [{"phone_number": stranger}, {"phone_number": OURS}], "cc": [{"phone_number": friend}]}
+        payload = {
+            "id": str(uuid.uuid4()),
+            "direction": "inbound",
+            "type": "MMS",
+            "text": "hi all",
+            "from": {"phone_number": THEIRS},
+            "to": [{"phone_number": stranger}, {"phone_number": OURS}],
+            "cc": [{"phone_number": friend}],
+        }
         body = json.dumps({"data": {"event_type": "message.received", "id": str(uuid.uuid4()),
                                     "payload": payload}}).encode()  # fmt: skip
         answer = await run.post(body, sign_v2(body, key))
@@ -141,8 +147,12 @@ TELNYX_PROFILE_ID = "4001a2b3-0000-4000-8000-000000000002"
 def v2_alphanumeric(tmp_path, **profile):
     profiles = {"main": {"secret": SECRET, "numbers": [OURS], "plugins": ["echo"], "alphanumeric_sender_id": "ACME",
                          **profile}}  # fmt: skip
-    return make_config(tmp_path, ["echo"], profiles=profiles,
-                       telnyx={"api_version": 2, "api_key": "KEY-v2", "api_base": "http://telnyx.test/v2"})
+    return make_config(
+        tmp_path,
+        ["echo"],
+        profiles=profiles,
+        telnyx={"api_version": 2, "api_key": "KEY-v2", "api_base": "http://telnyx.test/v2"},
+    )
 
 
 async def test_v2_sends_from_an_alphanumeric_sender_carry_the_messaging_profile_id(tmp_path):

@@ -54,14 +54,17 @@ def test_v2_webhooks_are_signed_with_a_key_the_harness_put_in_the_config(tmp_pat
 
 def test_a_config_file_with_a_plugins_dir_is_loaded(tmp_path):
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "shout.py").write_text(textwrap.dedent("""
+    (tmp_path / "plugins" / "shout.py").write_text(
+        textwrap.dedent("""
         from bot_core import hookimpl
 
         @hookimpl
         def handle_message(message):
             return message.text.upper()
-    """))
-    (tmp_path / "bot.toml").write_text(textwrap.dedent(f"""
+    """)
+    )
+    (tmp_path / "bot.toml").write_text(
+        textwrap.dedent(f"""
         [bot]
         plugins_dir = "plugins"
 
@@ -69,7 +72,8 @@ def test_a_config_file_with_a_plugins_dir_is_loaded(tmp_path):
         secret = "s"
         numbers = ["{OURS}"]
         plugins = ["shout"]
-    """))
+    """)
+    )
     with BotTester(tmp_path / "bot.toml", tmp_path=tmp_path / "run") as bot:
         assert bot.text("quiet") == ["QUIET"]
         assert bot.config.bot.database.parent == tmp_path / "run"
@@ -80,13 +84,15 @@ def test_installed_plugins_stay_out_unless_asked_for(tmp_path, monkeypatch):
     (site / "leaky-1.0.dist-info").mkdir(parents=True)
     (site / "leaky-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: leaky\nVersion: 1.0\n")
     (site / "leaky-1.0.dist-info" / "entry_points.txt").write_text("[bot_core]\nleaky = leaky_plugin\n")
-    (site / "leaky_plugin.py").write_text(textwrap.dedent("""
+    (site / "leaky_plugin.py").write_text(
+        textwrap.dedent("""
         from bot_core import hookimpl
 
         @hookimpl(tryfirst=True)
         def handle_message():
             return "leaked"
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(site))
     assert load_plugins().sources["leaky"] == "entry point leaky"  # it really is installed
     echo = {"profiles": {"main": {"secret": "s", "numbers": [OURS], "plugins": ["echo"]}}}
@@ -246,7 +252,8 @@ def test_telnyx_40300_fails_the_reply_and_opts_the_recipient_out(tmp_path):
 
 
 def test_the_fixtures_reach_pytest_through_the_entry_point(pytester):
-    pytester.makepyfile(test_my_plugin=textwrap.dedent(f"""
+    pytester.makepyfile(
+        test_my_plugin=textwrap.dedent(f"""
         import types
         from bot_core import hookimpl
 
@@ -262,7 +269,8 @@ def test_the_fixtures_reach_pytest_through_the_entry_point(pytester):
             bot = bot_tester(config, plugins=[greet], clock=fake_clock, telnyx=fake_telnyx)
             assert bot.text("bo") == ["hello bo"]
             assert fake_telnyx.sent[0].json["body"] == "hello bo"
-    """))
+    """)
+    )
     # In this process (a new pytest session loads the pytest11 entry points as a fresh one would):
     # two interpreters and their imports would cost far more than the test itself.
     options = ["-p", "no:cacheprovider", "-W", "error"]

@@ -53,8 +53,10 @@ def reminder_plugin(calls=None):
 
 
 def reminder_bot(tmp_path, calls=None, **kwargs):
-    config = {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
-              "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}}}
+    config = {
+        "bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
+        "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}},
+    }
     return BotTester(config, tmp_path=tmp_path, plugins=[reminder_plugin(calls)], clock=FakeClock(START), **kwargs)
 
 
@@ -113,15 +115,20 @@ def test_a_due_timer_fires_by_itself_within_a_few_seconds(tmp_path):
 
 
 def test_opt_outs_are_checked_when_a_timer_fires_not_when_it_was_scheduled(tmp_path):
-    config = {"bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
-              "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}}}
+    config = {
+        "bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
+        "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["reminder"]}},
+    }
     with BotTester(config, tmp_path=tmp_path, plugins=[reminder_plugin()], clock=FakeClock(START)) as bot:
         bot.text("REMIND 10 before STOP")
         bot.text("NOTE 20 note before STOP")
         bot.text("STOP")
         assert bot.advance("30m") == []
         assert [r["text"] for r in bot.messages(direction="outbound", status="blocked")] == [
-            "Reminder: before STOP", "(1 so far)", "note before STOP"]
+            "Reminder: before STOP",
+            "(1 so far)",
+            "note before STOP",
+        ]
         # Scheduled while opted out, fired after START: it goes out.
         bot.portal.call(lambda: bot.bot.schedule(bot.bot.store.conversation("main", NUMBER, CUSTOMER),
                                                  delay="10m", text="welcome back"))  # fmt: skip

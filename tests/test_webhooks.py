@@ -249,8 +249,12 @@ def test_v2_group_message_lists_every_recipient_in_to_and_cc():
     # Telnyx's V2 message object lists a group MMS's recipients in "to" and "cc" arrays.
     document = sample("v2-message-received.json")
     payload = document["data"]["payload"]
-    payload["to"] = [{"phone_number": "+13125550177", "status": "webhook_delivered"},
-                     {"phone_number": "+13125550100", "status": "webhook_delivered"}, {"status": "x"}, "odd"]
+    payload["to"] = [
+        {"phone_number": "+13125550177", "status": "webhook_delivered"},
+        {"phone_number": "+13125550100", "status": "webhook_delivered"},
+        {"status": "x"},
+        "odd",
+    ]
     payload["cc"] = [{"phone_number": "+1 312 555 0188"}, {"phone_number": "+13125550100"}]  # fmt: skip
     message = parse_webhook(encode(document)).message
     assert message.to_number == "+13125550177"
@@ -311,7 +315,6 @@ def _set(document: dict, path: tuple, value: object) -> dict:
     else:
         target[path[-1]] = value
     return document
-
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,9 @@ async def test_backoff_grows_exponentially_with_jitter(tmp_path, monkeypatch):
     monkeypatch.setattr("bot_core.worker.backoff", recording)
     telnyx = ScriptedTelnyx()
     telnyx.then(*[500] * 5)
-    config = make_config(tmp_path, ["echo"], sending={"backoff_initial": "40ms", "backoff_max": "1s", "max_attempts": 6})
+    config = make_config(
+        tmp_path, ["echo"], sending={"backoff_initial": "40ms", "backoff_max": "1s", "max_attempts": 6}
+    )
     async with Running(config, telnyx, echo()) as run:
         await run.text("hi")
         await run.settle()

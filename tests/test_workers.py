@@ -33,7 +33,7 @@ from .conftest import Server, wait_for
 SECRET = "workers-test-secret"
 OURS = "+13125550100"
 
-COUNTER_PLUGIN = '''
+COUNTER_PLUGIN = """
 from bot_core import hookimpl
 
 @hookimpl
@@ -41,24 +41,24 @@ def handle_message(message, conversation):
     n = conversation.state.get("n", 0) + 1
     conversation.state["n"] = n
     return f"{message.text} #{n}"
-'''
+"""
 
-DEAF_PLUGIN = '''
+DEAF_PLUGIN = """
 import signal
 from bot_core import hookimpl
 
 @hookimpl
 def startup(bot):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this worker never hears it must stop
-'''
+"""
 
-FAILING_STARTUP_PLUGIN = '''
+FAILING_STARTUP_PLUGIN = """
 from bot_core import hookimpl
 
 @hookimpl
 def startup(bot):
     raise RuntimeError("cannot reach the CRM")
-'''
+"""
 
 
 @dataclass(frozen=True)

@@ -160,4 +160,3 @@ def _find(store: Store, which: str, to_number: str | None) -> dict[str, Any]:
 
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
-

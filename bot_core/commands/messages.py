@@ -21,8 +21,16 @@ from .common import (clip, config_option, echo_json, echo_json_lines, echo_table
 
 LIST_COLUMNS = ("id", "created_at", "direction", "status", "from", "to", "parts", "text")
 # What `show` adds to the columns of the list.
-DETAIL_COLUMNS = ("media", "other_recipients", "conversation_id", "in_reply_to", "claimed_by", "attempts",
-                  "next_attempt_at", "ignore_optout")
+DETAIL_COLUMNS = (
+    "media",
+    "other_recipients",
+    "conversation_id",
+    "in_reply_to",
+    "claimed_by",
+    "attempts",
+    "next_attempt_at",
+    "ignore_optout",
+)
 
 
 @click.group(invoke_without_command=True)

@@ -50,7 +50,9 @@ async def checked_form(request: Request) -> dict[str, str]:
     sent = form.get("csrf")
     expected = request.session.get("csrf")
     if not (isinstance(sent, str) and expected and hmac.compare_digest(sent, expected)):
-        raise HTTPException(403, "This form is out of date or did not come from the inbox: reload the page and try again.")
+        raise HTTPException(
+            403, "This form is out of date or did not come from the inbox: reload the page and try again."
+        )
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 

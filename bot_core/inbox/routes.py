@@ -180,7 +180,11 @@ class Inbox:
         older = None
         if len(rows) == reader.PAGE:
             kept = {k: v for k, v in params.items() if k not in ("partial", "before")}
-            older = str(URL(request.url.path).include_query_params(**kept, before=f"{rows[-1]['last_message_at']} {rows[-1]['id']}"))
+            older = str(
+                URL(request.url.path).include_query_params(
+                    **kept, before=f"{rows[-1]['last_message_at']} {rows[-1]['id']}"
+                )
+            )
         template = "_list.html" if params.get("partial") else "list.html"
         return self.render(request, template, operator=operator, rows=rows, waiting=waiting, query=query,
                            older=older)  # fmt: skip

@@ -242,6 +242,7 @@ class WorkStore(Protocol):
     def expire(self, owner: str) -> None: ...
     def unheld_in_flight(self) -> int: ...
 
+
 from .sqlite import Store, iso  # noqa: E402  (the engine needs the names above)
 
 

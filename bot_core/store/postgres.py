@@ -161,7 +161,9 @@ class PostgresStore(SQLiteStore):
                 raise Unavailable(f"no schema of the search_path exists in {display(self.url)}: create it first")
             crc = zlib.crc32(schema.encode())
             self._lock_key = crc - 2**32 if crc >= 2**31 else crc  # an int4
-            conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_MIGRATION_LOCK, self._lock_key))  # replicas starting together
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(?, ?)", (_MIGRATION_LOCK, self._lock_key)
+            )  # replicas starting together
             conn.execute("CREATE TABLE IF NOT EXISTS bot_core_schema (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM bot_core_schema").fetchone()
             if row is None:
@@ -287,7 +289,9 @@ class PostgresStore(SQLiteStore):
             if rate > 0:
                 number = conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone()[0]
                 conn.execute("INSERT INTO pacing (number, next_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (number,))
-                next_at = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()[0]
+                next_at = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()[
+                    0
+                ]
                 if next_at > now:
                     return next_at - now
                 conn.execute("UPDATE pacing SET next_at = ? WHERE number = ?", (now + 1 / rate, number))

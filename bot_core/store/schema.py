@@ -78,7 +78,9 @@ def _migration_claimed_work(db: sqlite_utils.Database) -> None:
     # A delivery status owes a hook call ('pending') only when some plugin implements the hook.
     for column in ("from_number TEXT", "to_number TEXT", "mdr_id INTEGER", "hook TEXT", "hook_error TEXT"):
         db.execute(f"ALTER TABLE delivery_events ADD COLUMN {column}")
-    db.execute("CREATE INDEX delivery_events_lane ON delivery_events(from_number, to_number, id) WHERE hook = 'pending'")
+    db.execute(
+        "CREATE INDEX delivery_events_lane ON delivery_events(from_number, to_number, id) WHERE hook = 'pending'"
+    )
     # The next free send slot of each sending number, shared by every process on the database.
     db.execute("CREATE TABLE pacing (number TEXT PRIMARY KEY, next_at REAL NOT NULL)")
     # One row per process, rewritten by the health check: a write that fails when the disk is full.
@@ -98,7 +100,9 @@ def _migration_handoff_and_inbox(db: sqlite_utils.Database) -> None:
                          ("last_message_at", "TEXT")):  # fmt: skip
         db.execute(f"ALTER TABLE conversations ADD COLUMN {column} {kind}")
     db.execute("ALTER TABLE mdrs ADD COLUMN operator TEXT")  # who wrote an operator reply
-    db.execute("UPDATE conversations SET last_mdr_id = (SELECT MAX(id) FROM mdrs WHERE conversation_id = conversations.id)")
+    db.execute(
+        "UPDATE conversations SET last_mdr_id = (SELECT MAX(id) FROM mdrs WHERE conversation_id = conversations.id)"
+    )
     db.execute("UPDATE conversations SET last_message_at = (SELECT created_at FROM mdrs WHERE id = last_mdr_id)")
     db.execute("CREATE INDEX conversations_recent ON conversations(last_message_at)")
     db.execute("CREATE INDEX conversations_waiting ON conversations(last_message_at) WHERE waiting = 1")
@@ -106,8 +110,10 @@ def _migration_handoff_and_inbox(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX conversations_updated_at ON conversations(updated_at)")
     db.execute("CREATE INDEX conversations_their_number ON conversations(their_number)")  # the inbox's search
     db.execute("CREATE INDEX mdrs_updated_at ON mdrs(updated_at)")  # the inbox's change feed
-    latest = ("UPDATE conversations SET last_mdr_id = NEW.id, last_message_at = NEW.created_at"
-              " WHERE id = NEW.conversation_id AND (last_mdr_id IS NULL OR last_mdr_id < NEW.id);")
+    latest = (
+        "UPDATE conversations SET last_mdr_id = NEW.id, last_message_at = NEW.created_at"
+        " WHERE id = NEW.conversation_id AND (last_mdr_id IS NULL OR last_mdr_id < NEW.id);"
+    )
     db.execute(f"CREATE TRIGGER mdrs_latest_insert AFTER INSERT ON mdrs WHEN NEW.conversation_id IS NOT NULL"
                f" BEGIN {latest} END")  # fmt: skip
     db.execute(f"CREATE TRIGGER mdrs_latest_update AFTER UPDATE OF conversation_id ON mdrs"

@@ -220,9 +220,7 @@ class Store:
 
     # -- inbox -------------------------------------------------------------------------------
 
-    def add_inbound(
-        self, message: InboundMessage, *, status: str = RECEIVED, error: str | None = None
-    ) -> int | None:
+    def add_inbound(self, message: InboundMessage, *, status: str = RECEIVED, error: str | None = None) -> int | None:
         """Store an inbound MDR keyed by Telnyx's id; None if that id is already stored."""
         now = self.now()
         media = json.dumps([m.__dict__ for m in message.media]) if message.media else None
@@ -335,8 +333,15 @@ class Store:
             + (" AND c.our_number = :our AND c.their_number = :their" if lane else "")
             + " ORDER BY t.due_at, t.id LIMIT :limit"
         )
-        params = {"limit": limit, "due": self.clock(), "our": lane[0] if lane else None, "their": lane[1] if lane else None}
-        rows = self._claim("timers", select, params, owner, lease, "id, conversation_id, due_at, plugin, name, text, payload")
+        params = {
+            "limit": limit,
+            "due": self.clock(),
+            "our": lane[0] if lane else None,
+            "their": lane[1] if lane else None,
+        }
+        rows = self._claim(
+            "timers", select, params, owner, lease, "id, conversation_id, due_at, plugin, name, text, payload"
+        )
         return [Timer(*row[:6], json.loads(row[6] or "{}")) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
 
     def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]:
@@ -385,7 +390,9 @@ class Store:
 
     def owners(self) -> set[str]:
         """Every process holding a lease now, live or not."""
-        sql = " UNION ".join(f"SELECT DISTINCT lease_owner FROM {t} WHERE lease_owner IS NOT NULL" for t in _UNIT_TABLES)
+        sql = " UNION ".join(
+            f"SELECT DISTINCT lease_owner FROM {t} WHERE lease_owner IS NOT NULL" for t in _UNIT_TABLES
+        )
         return {row[0] for row in self._read(sql)}
 
     def expire(self, owner: str) -> None:
@@ -661,8 +668,10 @@ class Store:
         )
 
     def consent_log(self) -> list[dict[str, Any]]:
-        return self._rows(f"SELECT id, NULLIF(profile, '{ACCOUNT}') AS profile, number, action, source, at"
-                          " FROM consent_log ORDER BY id")
+        return self._rows(
+            f"SELECT id, NULLIF(profile, '{ACCOUNT}') AS profile, number, action, source, at"
+            " FROM consent_log ORDER BY id"
+        )
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -739,7 +748,9 @@ class Store:
 
     def plugin_put(self, plugin: str, key: str, value: str, *, only_new: bool = False) -> bool:
         """Write one value (JSON text); with ``only_new``, only if the key has none (else False)."""
-        on_conflict = "DO NOTHING" if only_new else "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        on_conflict = (
+            "DO NOTHING" if only_new else "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        )
         cursor = self._statement(
             f"INSERT INTO plugin_data (plugin, key, value, updated_at) VALUES (?, ?, ?, ?)"
             f" ON CONFLICT (plugin, key) {on_conflict}", (plugin, key, value, self.now()),
@@ -801,7 +812,7 @@ class Store:
                    "conversation_id = :conversation_id": conversation_id}  # fmt: skip
         where = " AND ".join(clause for clause, value in filters.items() if value is not None)
         sql = (
-            "SELECT id, direction, profile, from_number AS \"from\", to_number AS \"to\", text,"
+            'SELECT id, direction, profile, from_number AS "from", to_number AS "to", text,'
             " status, parts, encoding, telnyx_id, error, created_at, updated_at FROM mdrs"
             + (f" WHERE {where}" if where else "")
             + " ORDER BY id DESC"

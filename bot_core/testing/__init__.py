@@ -15,18 +15,21 @@ if TYPE_CHECKING:
     from .fake_telnyx import FakeTelnyx, Recorded, SignedWebhook, TelnyxWebhooks
     from .tester import CUSTOMER, BotTester, Exchange, FakeClock, build_config, parse_transcript
 
-__getattr__ = lazy_names(__name__, {
-    "BotTester": ".tester",
-    "CUSTOMER": ".tester",
-    "Exchange": ".tester",
-    "FakeClock": ".tester",
-    "FakeTelnyx": ".fake_telnyx",
-    "Recorded": ".fake_telnyx",
-    "SignedWebhook": ".fake_telnyx",
-    "TelnyxWebhooks": ".fake_telnyx",
-    "build_config": ".tester",
-    "parse_transcript": ".tester",
-})
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "BotTester": ".tester",
+        "CUSTOMER": ".tester",
+        "Exchange": ".tester",
+        "FakeClock": ".tester",
+        "FakeTelnyx": ".fake_telnyx",
+        "Recorded": ".fake_telnyx",
+        "SignedWebhook": ".fake_telnyx",
+        "TelnyxWebhooks": ".fake_telnyx",
+        "build_config": ".tester",
+        "parse_transcript": ".tester",
+    },
+)
 
 __all__ = [
     "BotTester",

@@ -297,7 +297,9 @@ class BotTester:
 
     def state(self, *, from_: str | None = None, to: str | None = None) -> dict[str, Any]:
         """The conversation state kept for a customer."""
-        return self._running()[0].call(self.bot.store.conversation, None, to or self.number, from_ or self.customer).state
+        return (
+            self._running()[0].call(self.bot.store.conversation, None, to or self.number, from_ or self.customer).state
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         """The current value of a Prometheus sample of this bot (0 when never recorded)."""
@@ -317,7 +319,7 @@ def parse_transcript(text: str) -> list[tuple[str, list[str]]]:
         if line.startswith(BOT_PREFIX.rstrip()):
             if not steps:
                 raise ValueError(f"transcript line {number}: a bot reply before any customer message")
-            steps[-1][1].append(_unshow(line[len(BOT_PREFIX.rstrip()):].removeprefix(" ")))
+            steps[-1][1].append(_unshow(line[len(BOT_PREFIX.rstrip()) :].removeprefix(" ")))
         else:
             steps.append((_unshow(line.removeprefix(YOU_PREFIX)), []))
     return steps

@@ -48,17 +48,17 @@ def parse(config: dict[str, Any]) -> Settings:
     except (ZoneInfoNotFoundError, ValueError):
         zone = None
     if zone is None:
-        problems["timezone"] = f"unknown time zone {name!r}: use an IANA name such as \"America/Chicago\""
+        problems["timezone"] = f'unknown time zone {name!r}: use an IANA name such as "America/Chicago"'
     week: dict[int, tuple[tuple[int, int], ...]] = {}
     hours = config.get("hours", {})
     if not isinstance(hours, dict):
-        problems["hours"] = "must be a table such as { mon = \"09:00-17:00\" }"
+        problems["hours"] = 'must be a table such as { mon = "09:00-17:00" }'
         hours = {}
     for day, ranges in hours.items():
         if day not in DAYS:
             problems[f"hours.{day}"] = f"unknown day (use {', '.join(DAYS)})"
         elif not isinstance(ranges, str):
-            problems[f"hours.{day}"] = "must be a string such as \"09:00-17:00\""
+            problems[f"hours.{day}"] = 'must be a string such as "09:00-17:00"'
         else:
             try:
                 week[DAYS.index(day)] = parse_ranges(ranges)
@@ -67,7 +67,7 @@ def parse(config: dict[str, Any]) -> Settings:
     holidays = set()
     listed = config.get("holidays", [])
     if not isinstance(listed, list):
-        problems["holidays"] = "must be an array of dates such as [\"2026-12-25\"]"
+        problems["holidays"] = 'must be an array of dates such as ["2026-12-25"]'
         listed = []
     for i, value in enumerate(listed):
         try:
@@ -81,7 +81,7 @@ def parse(config: dict[str, Any]) -> Settings:
         problems["window"] = str(exc)
     keywords = config.get("keywords", {})
     if not isinstance(keywords, dict):
-        problems["keywords"] = "must be a table such as { HOURS = \"Mon-Fri 9am-5pm\" }"
+        problems["keywords"] = 'must be a table such as { HOURS = "Mon-Fri 9am-5pm" }'
         keywords = {}
     for word, answer in keywords.items():
         if not normalize_keyword(word):

@@ -43,7 +43,7 @@ def parse_ranges(text: str) -> tuple[Range, ...]:
     for part in text.split(","):
         match = _RANGE.fullmatch(part.strip())
         if not match:
-            raise ValueError(f"{part.strip()!r} is not a time range: write \"HH:MM-HH:MM\", e.g. \"09:00-17:00\"")
+            raise ValueError(f'{part.strip()!r} is not a time range: write "HH:MM-HH:MM", e.g. "09:00-17:00"')
         start, end = _minute(match[1], match[2], part), _minute(match[3], match[4], part)
         if end <= start:
             raise ValueError(f"{part.strip()!r} closes before it opens (for overnight hours, end the day at 24:00"
@@ -70,4 +70,4 @@ def parse_date(value: object) -> date:
             return date.fromisoformat(value.strip())
         except ValueError:
             pass
-    raise ValueError(f"{value!r} is not a date: write YYYY-MM-DD, e.g. \"2026-12-25\"")
+    raise ValueError(f'{value!r} is not a date: write YYYY-MM-DD, e.g. "2026-12-25"')

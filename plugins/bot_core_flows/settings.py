@@ -171,14 +171,14 @@ def _flow(name: str, t: dict[str, Any], problems: dict[str, str]) -> Flow | None
         problems[key(name, unknown)] = f"unknown setting (known: {', '.join(FLOW_KEYS)})"
     trigger = _text(t, "trigger", None, name, problems)
     if trigger is not None and not normalize_keyword(trigger):
-        problems[key(name, "trigger")] = "must be a keyword with letters or digits, e.g. \"JOIN\""
+        problems[key(name, "trigger")] = 'must be a keyword with letters or digits, e.g. "JOIN"'
     exit_word = _text(t, "exit_word", "EXIT", name, problems)
     if exit_word is not None and not normalize_keyword(exit_word):
-        problems[key(name, "exit_word")] = "must be a word with letters or digits, e.g. \"EXIT\""
+        problems[key(name, "exit_word")] = 'must be a word with letters or digits, e.g. "EXIT"'
     steps = []
     raw_steps = t.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
-        problems[key(name, "steps")] = "is required: an array of steps, each { ask = \"...\", save_as = \"...\" }"
+        problems[key(name, "steps")] = 'is required: an array of steps, each { ask = "...", save_as = "..." }'
         raw_steps = []
     saved: set[str] = set()
     for i, raw in enumerate(raw_steps):
@@ -209,7 +209,7 @@ def _flow(name: str, t: dict[str, Any], problems: dict[str, str]) -> Flow | None
 def _step(flow: str, i: int, raw: Any, saved: set[str], problems: dict[str, str]) -> Step | None:
     where = (flow, "steps", i)
     if not isinstance(raw, dict):
-        problems[key(*where)] = "must be a table such as { ask = \"What's your name?\", save_as = \"name\" }"
+        problems[key(*where)] = 'must be a table such as { ask = "What\'s your name?", save_as = "name" }'
         return None
     before = len(problems)
     for unknown in raw.keys() - set(STEP_KEYS):
@@ -221,7 +221,7 @@ def _step(flow: str, i: int, raw: Any, saved: set[str], problems: dict[str, str]
         problems[key(*where, "ask")] = why
     save_as = raw.get("save_as")
     if not (isinstance(save_as, str) and _NAME.fullmatch(save_as)):
-        problems[key(*where, "save_as")] = "is required: a variable name (letters, digits, _), e.g. \"zip\""
+        problems[key(*where, "save_as")] = 'is required: a variable name (letters, digits, _), e.g. "zip"'
     elif save_as in saved:
         problems[key(*where, "save_as")] = f"{save_as!r} is saved by an earlier step already"
     kind = raw.get("type", "text")
@@ -243,7 +243,7 @@ def _step(flow: str, i: int, raw: Any, saved: set[str], problems: dict[str, str]
     if not (isinstance(choices, list) and all(isinstance(c, str) and normalize_keyword(c) for c in choices)) or (
         "choices" in raw and not choices
     ):
-        problems[key(*where, "choices")] = "must be a non-empty array of words, e.g. [\"yes\", \"no\"]"
+        problems[key(*where, "choices")] = 'must be a non-empty array of words, e.g. ["yes", "no"]'
     bounds = {}
     for name in ("min", "max"):
         value = raw.get(name)

@@ -25,7 +25,9 @@ def check_config(config: dict[str, Any]) -> dict[str, str]:
     for key, value in config.items():
         if key not in KEYS:
             problems[key] = f"unknown setting (known: enabled, {', '.join(KEYS)})"
-        elif key == "keywords" and not (isinstance(value, list) and all(isinstance(w, str) and w.strip() for w in value)):
+        elif key == "keywords" and not (
+            isinstance(value, list) and all(isinstance(w, str) and w.strip() for w in value)
+        ):
             problems[key] = 'must be an array of words, e.g. ["AGENT"]'
         elif key == "reply" and not isinstance(value, str):
             problems[key] = "must be a string (empty: no reply)"
