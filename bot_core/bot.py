@@ -45,6 +45,9 @@ from .worker import Sender
 
 log = logging.getLogger("bot_core")
 
+# A store that failed, or did not answer in time (the webhook waits a bounded time).
+STORE_FAILURES: tuple[type[Exception], ...] = (*ERRORS, TimeoutError)
+
 
 class Bot:
     """One running bot. Build it from a :class:`Config`; start and stop it in an event loop."""
@@ -185,7 +188,7 @@ class Bot:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await asyncio.wait_for(self.store.call(self.store.release, self.owner), 2.0)
-        except (*ERRORS, TimeoutError) as exc:
+        except STORE_FAILURES as exc:
             log.warning("cannot give back this process's work (%s); its leases run out instead", exc)
         if not drained:
             log.warning("shutdown grace ran out; unfinished work will resume at the next start")
@@ -270,7 +273,7 @@ class Bot:
         """
         try:
             return await self._accept(webhook)
-        except (*ERRORS, TimeoutError) as exc:
+        except STORE_FAILURES as exc:
             reason = exc if str(exc) else f"no answer from the database within {self.config.bot.store_timeout:g}s"
             log.error("cannot store a webhook (%s); answering 503 so that Telnyx delivers it again", reason)
             raise WebhookError("the bot cannot store this webhook right now; deliver it again later", 503) from None

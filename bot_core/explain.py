@@ -52,9 +52,9 @@ async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str
     with tempfile.TemporaryDirectory(prefix="bot-core-explain-") as directory:
         database = Path(directory) / "explain.db"
         if is_postgres(config.bot.database):
-            _copy_conversation(config.bot.database, database, to, from_)
+            _copy_conversation(str(config.bot.database), database, to, from_)
         else:
-            _copy(config.bot.database, database)
+            _copy(Path(config.bot.database), database)
         trial = sandboxed(dataclasses.replace(config, bot=dataclasses.replace(config.bot, database=database)))
         bot = Bot(trial)
         _quiesce(database, bot.clock())

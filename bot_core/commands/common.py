@@ -81,7 +81,7 @@ def open_store(config: Config, *, create: bool = True) -> Store:
     if not create and not database_exists(config):
         if config.path is None:
             raise click.ClickException(
-                f"no --config given, and no demo database ({config.bot.database.name}) in this folder: "
+                f"no --config given, and no demo database ({Path(config.bot.database).name}) in this folder: "
                 "give --config bot.toml (or set $BOT_CORE_CONFIG)"
             )  # fmt: skip
         raise click.ClickException(f"no database at {config.bot.database} yet: the bot has received nothing "
@@ -94,7 +94,7 @@ def open_store(config: Config, *, create: bool = True) -> Store:
 
 def database_exists(config: Config) -> bool:
     """Whether the config's database is there to read: a SQLite file, or any PostgreSQL URL."""
-    return is_postgres(config.bot.database) or config.bot.database.exists()
+    return is_postgres(config.bot.database) or Path(config.bot.database).exists()
 
 
 def quiet_logging(config: Config) -> None:

@@ -57,8 +57,10 @@ class Inbox:
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
         settings = bot.config.inbox
-        self.reader = reader.Reader(bot.config.bot.database)
-        self.notifier = Notifier(bot.config.bot.database, settings.poll_interval, tick=lambda: handoff.expire(bot))
+        self.reader = reader.Reader(Path(bot.config.bot.database))  # SQLite only (config refuses PostgreSQL)
+        self.notifier = Notifier(
+            Path(bot.config.bot.database), settings.poll_interval, tick=lambda: handoff.expire(bot)
+        )
         self.throttle = Throttle(settings.login_delay)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self._app: Starlette | None = None

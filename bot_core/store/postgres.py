@@ -120,7 +120,7 @@ class PostgresStore(SQLiteStore):
         self._masker = Masker(secrets)
         self._local = threading.local()
         self._closed = threading.Event()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[], object]] = []
         self._listener: threading.Thread | None = None
         # One connection per worker thread, plus reads made from other threads (the event loop's).
         self.pool = ConnectionPool(url, min_size=1, max_size=threads + 4, kwargs={"autocommit": True},
@@ -142,21 +142,23 @@ class PostgresStore(SQLiteStore):
         self._executor.shutdown(wait=True)
         self.pool.close()
 
+    # The SQLite engine's attributes `db` and `conn` are read-only properties here: the engine's
+    # statements run through a per-thread psycopg wrapper with sqlite3.Connection's execute().
     @property
-    def db(self) -> Any:
+    def db(self) -> Any:  # type: ignore[override]
         raise RuntimeError("bot.db is the SQLite database of SQLite-only plugins; this bot runs on PostgreSQL: "
                            "keep a plugin's own data in bot.plugin_store(name)")  # fmt: skip
 
     @property
-    def conn(self) -> _Connection:  # the SQLite engine's statements run on this thread's transaction
-        current = getattr(self._local, "conn", None)
+    def conn(self) -> _Connection:  # type: ignore[override]  # this thread's transaction
+        current: _Connection | None = getattr(self._local, "conn", None)
         if current is None:
             raise RuntimeError("PostgresStore.conn is open only inside store.transaction()")
         return current
 
     def _migrate(self) -> None:
         with self.transaction() as conn:
-            schema = conn.execute("SELECT current_schema()").fetchone()[0]
+            schema = _value(conn.execute("SELECT current_schema()").fetchone())
             if schema is None:
                 raise Unavailable(f"no schema of the search_path exists in {display(self.url)}: create it first")
             crc = zlib.crc32(schema.encode())
@@ -239,7 +241,7 @@ class PostgresStore(SQLiteStore):
 
     # -- wake-ups ----------------------------------------------------------------------------
 
-    def listen(self, wake: Callable[[], None]) -> None:
+    def listen(self, wake: Callable[[], object]) -> None:
         """Call ``wake`` (on a thread of its own) whenever a replica commits new work."""
         self._listeners.append(wake)
         if self._listener is None:
@@ -287,11 +289,10 @@ class PostgresStore(SQLiteStore):
         now = time.time()
         with self.transaction() as conn:
             if rate > 0:
-                number = conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone()[0]
+                number = _value(conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone())
                 conn.execute("INSERT INTO pacing (number, next_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (number,))
-                next_at = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()[
-                    0
-                ]
+                row = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()
+                next_at = float(_value(row))
                 if next_at > now:
                     return next_at - now
                 conn.execute("UPDATE pacing SET next_at = ? WHERE number = ?", (now + 1 / rate, number))
@@ -348,8 +349,15 @@ def replicas_alive(url: str, within: float = HEARTBEAT_WINDOW) -> bool:
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             row = conn.execute("SELECT EXISTS (SELECT 1 FROM heartbeats WHERE at > %s)", (time.time() - within,))
-            return bool(row.fetchone()[0])
+            return bool(_value(row.fetchone()))
     except psycopg.errors.UndefinedTable:  # a database no bot has started on yet
         return False
     except psycopg.OperationalError as exc:
         raise Unavailable(f"cannot connect to PostgreSQL at {display(url)}: {exc}") from None
+
+
+def _value(row: tuple[Any, ...] | None) -> Any:
+    """The first column of a row a query always returns (an aggregate, a row the caller holds)."""
+    if row is None:
+        raise RuntimeError("the query returned no row")
+    return row[0]

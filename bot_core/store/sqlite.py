@@ -76,12 +76,13 @@ class Store:
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time, secrets: Iterable[str] = (),
                  busy_timeout: float = 5.0) -> None:  # fmt: skip
-        self.path = Path(path)
+        path = Path(path)
+        self.path: Path | str = path  # a PostgreSQL engine keeps its URL here
         self.clock = clock
         self.lease_clock: Callable[[], float] = time.time
         # Error texts come from plugins and from Telnyx; whatever they quote, no secret is stored.
         self._masker = Masker(secrets)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = self._connect(busy_timeout)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self._lock = threading.RLock()
@@ -117,7 +118,7 @@ class Store:
                 migration(sqlite_utils.Database(self.conn))
                 self.conn.execute(f"PRAGMA user_version = {number}")
 
-    def listen(self, wake: Callable[[], None]) -> None:
+    def listen(self, wake: Callable[[], object]) -> None:
         """No wake-ups from other processes on SQLite: their work is found by polling."""
 
     # -- threads -----------------------------------------------------------------------------
@@ -780,10 +781,12 @@ class Store:
                              " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                              (row["profile"], our_number, their_number, row["state"], row["created_at"],
                               row["created_at"]))  # fmt: skip
-            for row in optouts:
-                conn.execute("INSERT INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)", row)
-            for row in data:
-                conn.execute("INSERT INTO plugin_data (plugin, key, value, updated_at) VALUES (?, ?, ?, ?)", row)
+            for consent in optouts:
+                conn.execute(
+                    "INSERT INTO optouts (profile, number, opted_out, updated_at) VALUES (?, ?, ?, ?)", consent
+                )
+            for datum in data:
+                conn.execute("INSERT INTO plugin_data (plugin, key, value, updated_at) VALUES (?, ?, ?, ?)", datum)
 
     # -- MDR queries -------------------------------------------------------------------------
 
@@ -851,7 +854,7 @@ class Store:
 
     def opted_out_counts(self, profiles: Iterable[str]) -> dict[str, int]:
         """How many numbers are opted out, per profile: an account-wide opt-out counts for every one."""
-        return {name: self._read_one(
+        return {name: self._aggregate(
             "SELECT count(DISTINCT number) FROM optouts WHERE opted_out = 1 AND profile IN (?, ?)", (name, ACCOUNT)
         )[0] for name in profiles}  # fmt: skip
 

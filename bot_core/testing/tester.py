@@ -98,8 +98,8 @@ def build_config(config: Config | Mapping[str, Any] | str | os.PathLike[str], di
     elif not isinstance(config, Config):
         config = Config.from_dict(config, base_dir=directory)
     database = config.bot.database
-    if not is_postgres(database) and not database.is_relative_to(directory):
-        database = directory / database.name
+    if not is_postgres(database) and not Path(database).is_relative_to(directory):
+        database = directory / Path(database).name
     bot = dataclasses.replace(config.bot, database=database, sandbox=not fake)
     telnyx = dataclasses.replace(config.telnyx, public_key=config.telnyx.public_key or public_key)
     if fake:
