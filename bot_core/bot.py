@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 import sqlite_utils
 
+from . import effects as effects_
 from . import handoff as handoffs
 from .config import Config, NumberState, parse_duration
-from . import effects as effects_
 from .dispatch import Dispatcher
 from .errors import SignatureError, WebhookError
 from .messages import Conversation, InboundMessage, Reply
@@ -37,7 +37,7 @@ from .outbox import draft
 from .phone import alphanumeric_destination_error, normalize_number, sender_kind
 from .plugin_store import PluginStore
 from .plugins import Plugins, call_impl, load_plugins
-from .store import ERRORS, IGNORED, TRANSIENT, CancelEffect, ConsentEffect, SendEffect, Store, TimerEffect, open_store
+from .store import ERRORS, IGNORED, TRANSIENT, CancelEffect, ConsentEffect, SendEffect, TimerEffect, open_store
 from .telnyx import TelnyxClient, make_client
 from .timers import Timer
 from .webhooks import Webhook, verify_v1, verify_v2
@@ -283,10 +283,9 @@ class Bot:
         return future.result()
 
     async def _accept(self, webhook: Webhook) -> dict[str, Any]:
-        if webhook.kind == "message":
+        if webhook.message is not None:  # kind "message"
             return await self._accept_message(webhook.message)
-        if webhook.kind == "status":
-            status = webhook.status
+        if (status := webhook.status) is not None:  # kind "status"
             hook = any(self.plugins.impl("delivery_status", name) for name in self.plugins.names)
             # A V1 status is vouched for by one profile's secret: it may move that profile's MDRs only.
             signer = self.config.profile_for_sender(status.from_number or "") if webhook.version == 1 else None
@@ -442,8 +441,11 @@ class Bot:
             raise ValueError("schedule needs exactly one of at= or delay=")
         if delay is not None:
             due = self.clock() + parse_duration(delay)
+        elif isinstance(at, datetime):
+            due = at.timestamp()
         else:
-            due = at.timestamp() if isinstance(at, datetime) else float(at)
+            assert at is not None, "checked above: one of at= and delay= is given"
+            due = float(at)
         effect = TimerEffect(conversation.id, due, plugin, name, text, payload or {})
         if (effects := effects_.current()) is not None:
             effects.add(effect)

@@ -22,9 +22,9 @@ from .asgi import create_app
 from .bot import Bot
 from .config import Config, parse_duration
 from .errors import BotError
-from .testing.fake_telnyx import SignedWebhook, TelnyxWebhooks
 from .runner import database_in_use
 from .store import BLOCKED, FAILED, HANDLED, PENDING, SENDING, display, open_store
+from .testing.fake_telnyx import SignedWebhook, TelnyxWebhooks
 
 CUSTOMER = "+13125550123"  # the sample customer the simulator and the test harness text from
 BOT_PREFIX = "bot> "

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from .commands.chat import chat_command
-from .commands.conversations import conversations
 from .commands.common import DEMO, config_option, failure, group_config_option, load
+from .commands.conversations import conversations
 from .commands.explain import explain_command
 from .commands.init import init_command
 from .commands.inventory import numbers, plugins_command, profiles

@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot_core.errors import ConfigError
 from bot_core.logs import Secret
 from bot_core.phone import alphanumeric_sender_id_error, normalize_number
 from bot_core.store import is_postgres
 
+T = TypeVar("T")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _REFERENCE = re.compile(r"\$\{([^}]*)(\}?)")
@@ -112,7 +113,7 @@ class _Table:
     file shares and returns the default, so reading goes on and every mistake is found.
     """
 
-    def __init__(self, data: Mapping, key: str, source: str, problems: list[str]) -> None:
+    def __init__(self, data: Mapping[str, Any], key: str, source: str, problems: list[str]) -> None:
         self.data, self.key, self.source, self.problems = data, key, source, problems
         self.seen: set[str] = set()
 
@@ -144,10 +145,11 @@ class _Table:
         return None if empty_is_unset and value == "" else value
 
     def boolean(self, name: str, default: bool) -> bool:
-        return self.get(name, (bool,), "true or false", default)
+        value: bool = self.get(name, (bool,), "true or false", default)
+        return value
 
     def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-        value = self.get(name, (int,), "an integer", default)
+        value: int = self.get(name, (int,), "an integer", default)
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
             self.report(f"must be an integer {bounds}, not {value}", name)
@@ -205,7 +207,7 @@ class _Table:
                                                 f"invalid phone number: {exc}")))  # fmt: skip
         return tuple(dict.fromkeys(numbers))
 
-    def plugin_config(self) -> dict[str, dict]:
+    def plugin_config(self) -> dict[str, dict[str, Any]]:
         return {plugin: dict(table.data) for plugin, table in self.table("plugin_config").subtables().items()}
 
     def done(self) -> None:
@@ -217,7 +219,7 @@ class _Table:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 self.problems.append(str(_error(self.source, "", f"unknown key {name!r} {where}{hint}")))
 
-    def build(self, cls: type, **values: Any) -> Any:
+    def build(self, cls: type[T], **values: Any) -> T:
         """``cls(**values)``, once every key of the table has been read."""
         self.done()
         return cls(**values)
@@ -290,7 +292,7 @@ class Profile:
     secret: str = field(repr=False)
     numbers: tuple[str, ...]
     plugins: tuple[str, ...] | None
-    plugin_config: dict[str, dict]
+    plugin_config: dict[str, dict[str, Any]]
     alphanumeric_sender_id: str | None
     send_rate: float | None
     telnyx_profile_id: str | None
@@ -303,7 +305,7 @@ class NumberSettings:
     number: str
     profile: str | None
     plugins: tuple[str, ...] | None
-    plugin_config: dict[str, dict]
+    plugin_config: dict[str, dict[str, Any]]
     send_rate: float | None
 
 
@@ -316,7 +318,7 @@ class NumberState:
     enabled: bool
     reason: str | None
     plugins: tuple[str, ...] | None
-    plugin_config: dict[str, dict]
+    plugin_config: dict[str, dict[str, Any]]
     send_rate: float | None
     capable: bool = True
 
@@ -340,7 +342,7 @@ class Config:
     environment_values: tuple[str, ...] = field(default=(), repr=False)  # what ${VAR} filled in
 
     @classmethod
-    def from_dict(cls, data: Mapping, *, base_dir: str | os.PathLike = ".", source: str = "<dict>",
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] = ".", source: str = "<dict>",
                   environ: Mapping[str, str] | None = None, problems: list[str] | None = None) -> Config:  # fmt: skip
         """Check ``data`` (parsed bot.toml) and build a Config; ``source`` names it in errors.
 
@@ -452,10 +454,11 @@ class Config:
     def send_rate_for(self, number: str) -> float:
         """Messages per second for ``number``: its own, its profile's, else ``[sending] rate``."""
         state = self.number(number)
-        return _first_set(state.send_rate if state else None, self.sending.rate)
+        rate: float = _first_set(state.send_rate if state else None, self.sending.rate)
+        return rate
 
 
-def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None,
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
                 problems: list[str] | None = None) -> Config:  # fmt: skip
     """Read bot.toml at ``path``; relative paths in it are relative to its folder, not the cwd.
 

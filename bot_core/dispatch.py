@@ -54,7 +54,7 @@ class Dispatcher:
         store, settings = bot.store, bot.config.bot
         extra = {"timer": {"lane": bot.timer_lane}} if bot.timer_lane else {}
 
-        def claims(name: str, claim: Any, work: Any, key: Any, table: str) -> Claims:
+        def claims(name: str, claim: Any, work: Any, key: Any, table: str) -> Claims[Any]:
             more = extra.get(name, {})
             return Claims(name, lambda n: store.call(claim, bot.owner, n, settings.lease, **more), work, key,
                           lambda row_id: store.call(store.release_unit, table, row_id, bot.owner),
@@ -67,7 +67,7 @@ class Dispatcher:
                                                     lambda e: e.id, "delivery_events")  # fmt: skip
 
     @property
-    def loops(self) -> tuple[Claims, ...]:
+    def loops(self) -> tuple[Claims[Any], ...]:
         return (self.inbox, self.timers, self.statuses)
 
     async def stop(self, grace: float) -> bool:
@@ -222,24 +222,25 @@ class Dispatcher:
 
     async def _timer_callback(self, timer: Timer, conversation: Conversation) -> Outcome:
         bot = self.bot
-        impl = bot.plugins.impl("handle_timer", timer.plugin or "")
+        plugin = timer.plugin or ""  # no plugin has the name "": the timer's plugin from here on
+        impl = bot.plugins.impl("handle_timer", plugin)
         if impl is None:
             return Outcome(FAILED, [], error=f"plugin {timer.plugin!r} has no handle_timer hook")
         number = bot.config.number(conversation.our_number)
-        config = number.plugin_config.get(timer.plugin, {}) if number else {}
+        config = number.plugin_config.get(plugin, {}) if number else {}
         before = copy.deepcopy(conversation.state)
         kwargs = {"bot": bot, "timer": timer, "conversation": conversation, "config": config}
         with effects_.collecting(bot.store) as effects:
-            effects.plugin = timer.plugin
+            effects.plugin = plugin
             try:
-                result = await self._call(timer.plugin, impl, kwargs)
+                result = await self._call(plugin, impl, kwargs)
                 replies = _sendable(result) if result is not None else ()
                 json.dumps(conversation.state)
             except Exception as exc:
                 conversation.state = before
-                failure = self._failure(timer.plugin, exc, [timer.plugin], f"timer {timer.id}")
-                return Outcome(FAILED, [timer.plugin], timer.plugin, (), failure.error)
-        return self._limited(Outcome(HANDLED, [timer.plugin], timer.plugin, replies), effects, before, conversation)
+                failure = self._failure(plugin, exc, [plugin], f"timer {timer.id}")
+                return Outcome(FAILED, [plugin], plugin, (), failure.error)
+        return self._limited(Outcome(HANDLED, [plugin], plugin, replies), effects, before, conversation)
 
     # -- delivery statuses -------------------------------------------------------------------
 

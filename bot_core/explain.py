@@ -74,7 +74,8 @@ async def explain(config: Config, *, to: str, from_: str, text: str) -> dict[str
         replies=[{"text": d.text, "encoding": d.encoding, "parts": d.parts, "status": d.status, "error": d.error}
                  for d in drafts],
     )  # fmt: skip
-    return Masker(config.secrets()).mask_data(result)
+    masked: dict[str, Any] = Masker(config.secrets()).mask_data(result)
+    return masked
 
 
 def _trace(bot: Bot, outcome: Outcome) -> list[dict[str, str]]:

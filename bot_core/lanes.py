@@ -109,7 +109,7 @@ class Claims(Generic[T]):
         await asyncio.sleep(self.poll)
         try:
             await self._release(key)
-        except sqlite3.Error:
+        except ERRORS:  # either engine's (this read sqlite3.Error, never imported: a NameError)
             log.warning("cannot give %s work back; its lease runs out instead", self.name)
 
     async def join(self, timeout: float | None = None) -> bool:

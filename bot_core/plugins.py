@@ -69,7 +69,8 @@ class Plugins:
         )
 
     def impl(self, hook: str, plugin: str) -> pluggy.HookImpl | None:
-        for impl in getattr(self.manager.hook, hook).get_hookimpls():
+        impls: list[pluggy.HookImpl] = getattr(self.manager.hook, hook).get_hookimpls()
+        for impl in impls:
             if impl.plugin_name == plugin:
                 return impl
         return None
@@ -124,6 +125,8 @@ class Plugins:
 
     def _unknown(self, config: Config) -> list[str]:
         """A problem for each plugin named in a ``plugins`` list or a ``plugin_config`` table that is not loaded."""
+        # Plugin names: a `plugins` list, or the keys of a `plugin_config` table.
+        where: list[tuple[str, Iterable[str] | None]]
         where = [(f"profiles.{p.name}.plugins", p.plugins) for p in config.profiles.values()]
         where += [(f'numbers."{n.number}".plugins', n.plugins) for n in config.numbers.values()]
         where += [(f"profiles.{p.name}.plugin_config", p.plugin_config) for p in config.profiles.values()]

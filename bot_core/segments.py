@@ -83,7 +83,7 @@ def split_segments(text: str, sender: str | None = None) -> list[str]:
 def _classify(text: str, sender: str | None) -> tuple[str, list[int], tuple[str, ...]]:
     """The encoding of ``text``, the units each character costs in it, and what forced UCS-2."""
     if sender is not None and sender_kind(sender) == "short_code":
-        encoding, accepted, double = ASCII, _ASCII, frozenset()
+        encoding, accepted, double = ASCII, _ASCII, frozenset[str]()
     else:
         encoding, accepted, double = GSM7, _GSM_BASIC | _GSM_EXTENSION, _GSM_EXTENSION
     non_gsm = tuple(dict.fromkeys(c for c in text if c not in accepted))

@@ -181,7 +181,7 @@ class Supervisor:
         # imported (a spawned one imports them again: seconds on a busy machine, each restart).
         # The supervisor runs no thread and holds no connection when it forks. macOS's system
         # libraries are not fork-safe, so elsewhere a worker is spawned.
-        self._context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        self._context = multiprocessing.get_context("fork") if sys.platform == "linux" else multiprocessing.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._due: dict[int, float] = {}  # worker index -> when to start its replacement
         self._backoff: dict[int, float] = {}
@@ -275,7 +275,7 @@ class Supervisor:
         limit = self.config.bot.shutdown_grace + KILL_AFTER
         log.info("%s: stopping %d worker(s), waiting up to %.0f s", reason, len(self._workers), limit)
         for worker in self._workers.values():
-            if worker.process.is_alive():
+            if worker.process.is_alive() and worker.process.pid is not None:  # alive: started, so it has a pid
                 os.kill(worker.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + limit
         running = [w.process for w in self._workers.values()]

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -131,9 +132,9 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
 
@@ -168,14 +169,17 @@ class V2Client(_HttpClient):
         if messaging_profile_id:  # given for an alphanumeric sender ID, where the spec requires it
             payload["messaging_profile_id"] = messaging_profile_id
         body = await self._request("POST", "/messages", self._auth, payload)
-        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        data = body.get("data")
+        if not isinstance(data, dict):
+            data = {}
         recipients = data.get("to") if isinstance(data.get("to"), list) else []
         status = recipients[0].get("status") if recipients and isinstance(recipients[0], dict) else None
         return SendResult(_str(data.get("id")), _str(status) or "queued", data.get("parts"))
 
     async def fetch(self, *, secret: str, telnyx_id: str) -> dict[str, Any]:
         body = await self._request("GET", f"/messages/{telnyx_id}", self._auth)
-        return body.get("data") if isinstance(body.get("data"), dict) else body
+        data = body.get("data")
+        return data if isinstance(data, dict) else body
 
 
 class SandboxClient:

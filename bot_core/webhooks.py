@@ -323,11 +323,11 @@ def _parse_v2(data: dict[str, Any]) -> Webhook:
     if event_type in _STATUS_EVENTS:
         payload = _v2_object(data, "payload", "data.payload")
         recipient = _v2_first_to(payload)
-        sender = payload.get("from")
+        status_sender = payload.get("from")  # optional on a status: not every event carries it
         status = DeliveryStatus(
             telnyx_id=_v2_string(payload, "id", "data.payload.id"),
             status=_v2_string(recipient, "status", "data.payload.to[0].status"),
-            from_number=_lenient_number(sender.get("phone_number")) if isinstance(sender, dict) else None,
+            from_number=_lenient_number(status_sender.get("phone_number")) if isinstance(status_sender, dict) else None,
             to_number=_lenient_number(recipient.get("phone_number")),
             error=_error_text(payload.get("errors")),
         )

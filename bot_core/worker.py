@@ -98,11 +98,11 @@ class Sender:
                 log.warning("send %d: cannot prepare it (%s); trying again in %.1fs", message.id, exc, delay)
                 due = self.clock() + delay
                 continue
-            delay = await self._attempt(message, profile, attempts + 1)
+            retry_in = await self._attempt(message, profile, attempts + 1)
             attempts += 1
-            if delay is None:
+            if retry_in is None:
                 return
-            due = self.clock() + delay
+            due = self.clock() + retry_in
 
     async def _profile(self, message: Outbound) -> Profile | None:
         """The sending profile; None after settling, unsent, a message that must not go out."""
@@ -164,7 +164,8 @@ class Sender:
         try:
             await task
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # the lane itself is cancelled, not just the sleep
+            lane = asyncio.current_task()  # never None here: this coroutine runs in the lane's task
+            if lane is not None and lane.cancelling():  # the lane itself is cancelled, not just the sleep
                 raise
         finally:
             self._sleepers.discard(task)

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from bot_core.cli import cli
-from bot_core.testing import FakeTelnyx
 from bot_core.messages import InboundMessage
-from bot_core.store import OutboundDraft, display, open_store
+from bot_core.store import OutboundDraft, open_store
+from bot_core.testing import FakeTelnyx
 
 from .conftest import server_using, wait_for
 

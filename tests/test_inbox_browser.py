@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bot_core.testing import FakeTelnyx
 from bot_core.inbox import operators
 from bot_core.store import Store
+from bot_core.testing import FakeTelnyx
 
 from .conftest import Server, wait_for
 

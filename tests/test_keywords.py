@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot_core import ConfigError, Config, hookimpl, match_keyword, normalize_keyword
+from bot_core import Config, ConfigError, hookimpl, match_keyword, normalize_keyword
 from bot_core.plugins import load_plugins
 from bot_core.testing import BotTester
 

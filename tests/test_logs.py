@@ -11,8 +11,8 @@ import textwrap
 import httpx
 import pytest
 
-from bot_core.testing import TelnyxWebhooks
 from bot_core.logs import MASK, JsonFormatter, SecretFilter, TextFormatter, setup_logging
+from bot_core.testing import TelnyxWebhooks
 
 SECRET = "s3cr3t-profile-secret"
 API_KEY = "KEY-abcdef-0123"

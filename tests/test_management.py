@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from bot_core.cli import cli
 from bot_core.config import load_config
-from bot_core.testing import FakeTelnyx
 from bot_core.management import Management, ManagementError
+from bot_core.testing import FakeTelnyx
 
 from .conftest import free_port
 

@@ -6,9 +6,8 @@ import json
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-import bot_core_flows
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import bot_core_flows
 from bot_core import ConfigError
 from bot_core.testing import BotTester, FakeClock, FakeTelnyx
 
@@ -56,7 +56,7 @@ def deliveries(bot):
 
 
 def test_the_signup_flow_asks_checks_retries_confirms_and_records(tmp_path):
-    clock = FakeClock(datetime(2026, 3, 2, 16, 0, tzinfo=timezone.utc))
+    clock = FakeClock(datetime(2026, 3, 2, 16, 0, tzinfo=UTC))
     with BotTester(config(), tmp_path=tmp_path, clock=clock) as bot:
         bot.transcript([
             ("JOIN", "What's your name?"),
@@ -315,7 +315,7 @@ def complete_signup(bot, name="Ann"):
 
 
 def test_completed_answers_are_posted_as_json(tmp_path):
-    clock = FakeClock(datetime(2026, 3, 2, 16, 0, tzinfo=timezone.utc))
+    clock = FakeClock(datetime(2026, 3, 2, 16, 0, tzinfo=UTC))
     with Receiver() as receiver, live(posting(receiver.url), tmp_path, clock=clock) as bot:
         complete_signup(bot)
         body, headers = wait_for(lambda: receiver.requests and receiver.requests[0])

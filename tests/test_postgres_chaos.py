@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bot_core.testing import FakeTelnyx
 from bot_core.store import open_store
+from bot_core.testing import FakeTelnyx
 from bot_core.webhooks import sign_v1
 
 from .conftest import Server, rows, wait_for

@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -121,7 +120,7 @@ def test_a_full_run_never_shows_a_secret(tmp_path, environment, version):
         fake.timeout(to=customers[2])
         fake.opt_out("+13125550124")
         assert server.post(good, headers).status_code == 200
-        for i, (text, customer) in enumerate(zip(["config", "leak", "fine"], customers)):
+        for i, (text, customer) in enumerate(zip(["config", "leak", "fine"], customers, strict=True)):
             assert server.post(*inbound(text, f"m-{i + 2}", customer=customer)).status_code == 200
         assert server.post(*inbound("stop me", "m-9", customer="+13125550124")).status_code == 200
         assert server.post(*inbound("sales", "m-10", to="+13125550101", secret=SALES_SECRET)).status_code == 200

@@ -12,6 +12,8 @@ never split across parts.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import regex
 from hypothesis import given
@@ -177,7 +179,7 @@ def test_parts_are_packed_full_and_never_split_a_grapheme_that_fits(text):
     per_part = 153 if encoding == "GSM-7" else 67
     boundaries = {m.end() for m in regex.finditer(r"\X", text)}
     offset = 0
-    for part, following in zip(parts, parts[1:]):
+    for part, following in pairwise(parts):
         offset += len(part)
         next_grapheme = regex.match(r"\X", following)[0]
         assert units(part + next_grapheme, encoding) > per_part

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
-
 CONFIG = """
 [bot]
 database = "bot.db"

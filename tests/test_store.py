@@ -15,8 +15,20 @@ import sqlite_utils
 
 from bot_core.messages import InboundMessage
 from bot_core.store import (
-    FAILED, HANDLED, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, LeaseLost, OutboundDraft, SendEffect,
-    Store, TimerEffect, WorkStore, open_store,
+    FAILED,
+    HANDLED,
+    PENDING,
+    RECEIVED,
+    SENDING,
+    CancelEffect,
+    ConsentEffect,
+    LeaseLost,
+    OutboundDraft,
+    SendEffect,
+    Store,
+    TimerEffect,
+    WorkStore,
+    open_store,
 )  # fmt: skip
 from bot_core.store.schema import MIGRATIONS
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 import types
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -194,25 +194,25 @@ def test_fake_clock_fires_timers_when_advanced(tmp_path):
         bot.schedule(conversation, delay="15m", text="Still there?")
         return "ok"
 
-    clock = FakeClock(datetime(2025, 11, 29, 8, 0, tzinfo=timezone.utc))
+    clock = FakeClock(datetime(2025, 11, 29, 8, 0, tzinfo=UTC))
     with BotTester(config(["remind"]), tmp_path=tmp_path, clock=clock,
                    plugins=[plugin("remind", handle_message=remind)]) as bot:  # fmt: skip
         assert bot.text("hi") == ["ok"]
         assert bot.advance("14m") == []
         assert bot.advance("1m") == ["Still there?"]
-        assert clock() == datetime(2025, 11, 29, 8, 15, tzinfo=timezone.utc).timestamp()
+        assert clock() == datetime(2025, 11, 29, 8, 15, tzinfo=UTC).timestamp()
 
 
 def test_fake_clock_lets_a_plugin_see_business_hours(tmp_path):
     def hours(bot):
-        hour = datetime.fromtimestamp(bot.clock(), timezone.utc).hour
+        hour = datetime.fromtimestamp(bot.clock(), UTC).hour
         return "open" if 9 <= hour < 17 else "closed"
 
     clock = FakeClock(datetime(2025, 11, 29, 8, 0))  # naive: UTC
     with BotTester(config(["hours"]), tmp_path=tmp_path, clock=clock,
                    plugins=[plugin("hours", handle_message=hours)]) as bot:  # fmt: skip
         assert bot.text("?") == ["closed"]
-        clock.set(datetime(2025, 11, 29, 10, 0, tzinfo=timezone.utc))
+        clock.set(datetime(2025, 11, 29, 10, 0, tzinfo=UTC))
         assert bot.text("?") == ["open"]
 
 

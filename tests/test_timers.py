@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import types
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,7 +18,7 @@ from .conftest import rows, wait_for
 pytestmark = pytest.mark.usefixtures("database")
 
 NUMBER, CUSTOMER = "+13125550100", "+13125550123"
-START = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
 def reminder_plugin(calls=None):

@@ -6,12 +6,13 @@ import asyncio
 import sqlite3
 import time
 from email.utils import formatdate
+from itertools import pairwise
 
 import httpx
 import pytest
 
 from bot_core.config import Config
-from bot_core.store import BLOCKED, FAILED, is_postgres
+from bot_core.store import BLOCKED, FAILED
 from bot_core.worker import backoff
 
 from .conftest import rows
@@ -31,7 +32,7 @@ def echo():
 
 
 def gaps(calls) -> list[float]:
-    return [b.at - a.at for a, b in zip(calls, calls[1:])]
+    return [b.at - a.at for a, b in pairwise(calls)]
 
 
 def outbound(run, text: str) -> dict:
@@ -113,7 +114,7 @@ async def test_backoff_grows_exponentially_with_jitter(tmp_path, monkeypatch):
         await run.settle()
     waits = gaps(telnyx.calls)
     assert len(waits) == len(chosen) == 5
-    for attempt, (delay, wait) in enumerate(zip(chosen, waits), 1):
+    for attempt, (delay, wait) in enumerate(zip(chosen, waits, strict=True), 1):
         ceiling = 0.04 * 2 ** (attempt - 1)
         assert ceiling / 2 <= delay <= ceiling, (attempt, chosen)
         assert wait >= delay - 0.005, (attempt, waits, chosen)  # and it did wait that long
@@ -297,7 +298,7 @@ def slots(run, calls) -> dict[str, list[tuple[float, float]]]:
 
 def assert_paced(taken: list[tuple[float, float]], rate: float) -> None:
     # Answered of a slot minus asked of the one before bounds their real distance from above.
-    assert all(later[1] - earlier[0] >= 1 / rate for earlier, later in zip(taken, taken[1:])), taken
+    assert all(later[1] - earlier[0] >= 1 / rate for earlier, later in pairwise(taken)), taken
 
 
 async def test_pacing_spaces_sends_per_number_and_numbers_never_wait_for_each_other(tmp_path):

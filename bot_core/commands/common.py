@@ -7,10 +7,10 @@ import json
 import logging
 import tomllib
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 from click.core import ParameterSource
@@ -19,7 +19,8 @@ from ..config import Config, load_config, parse_duration
 from ..errors import BotError, ConfigError
 from ..logs import setup_logging
 from ..phone import normalize_number
-from ..store import SchemaTooNew, Store, Unavailable, is_postgres, iso, open_store as _open_store
+from ..store import SchemaTooNew, Store, Unavailable, is_postgres, iso
+from ..store import open_store as _open_store
 
 DEMO = "the bundled demo config"
 T = TypeVar("T")
@@ -105,6 +106,10 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
+@overload
+def number_option(value: str, option: str) -> str: ...
+@overload
+def number_option(value: str | None, option: str) -> str | None: ...
 def number_option(value: str | None, option: str) -> str | None:
     """A phone number given on the command line, in E.164, or a usage error naming the option."""
     if value is None:
@@ -120,7 +125,7 @@ def since_option(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        return iso(datetime.now(timezone.utc).timestamp() - parse_duration(value))
+        return iso(datetime.now(UTC).timestamp() - parse_duration(value))
     except ValueError:
         pass
     try:
@@ -128,7 +133,7 @@ def since_option(value: str | None) -> str | None:
     except ValueError:
         raise click.BadParameter(f"{value!r} is neither ISO 8601 (2025-11-29T08:00) nor a duration (2h, 7d)",
                                  param_hint="--since") from None  # fmt: skip
-    return iso((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+    return iso((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
 
 
 def echo_json(value: Any) -> None:
@@ -151,7 +156,7 @@ def echo_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
     cells = [[format.get(c, _cell)(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     for line in [list(columns), *cells]:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 def _cell(value: Any) -> str:

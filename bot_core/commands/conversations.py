@@ -8,8 +8,12 @@ from typing import Any
 import click
 
 from ..store import Store, iso
+
+# Packed by hand (fmt: skip), so isort leaves it alone too.
+# isort: off
 from .common import (clip, config_option, echo_json, echo_json_lines, echo_table, group_config_option, json_option,
                      load, number_option, open_store)  # fmt: skip
+# isort: on
 
 LIST_COLUMNS = ("id", "profile", "our_number", "their_number", "updated_at", "messages", "timers", "state")
 # An argument this short and all digits is a conversation id; anything else is a phone number.

@@ -10,7 +10,7 @@ import click
 from ..chat import CUSTOMER
 from ..errors import ConfigError
 from ..explain import ExplainError, explain
-from .common import config_option, failure, echo_json, json_option, load, number_option, quiet_logging, run
+from .common import config_option, echo_json, failure, json_option, load, number_option, quiet_logging, run
 
 
 @click.command("explain")

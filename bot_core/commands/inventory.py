@@ -10,7 +10,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..logs import Masker
 from ..plugins import Plugins, load_plugins
-from .common import config_option, database_exists, failure, echo_json_lines, echo_table, json_option, load, open_store
+from .common import config_option, database_exists, echo_json_lines, echo_table, failure, json_option, load, open_store
 
 
 def _plugins(config: Config) -> Plugins:
@@ -127,8 +127,9 @@ def plugins_command(config_path: str | None, as_json: bool) -> None:
     using: dict[str, set[str]] = {name: set() for name in plugins.names}
     states = [config.profile_state(name) for name in config.profiles] + config.numbers_state()
     for state in states:
-        for plugin in plugins.active(state) if state.profile else ():
-            using[plugin].add(state.profile)
+        if state.profile:
+            for plugin in plugins.active(state):
+                using[plugin].add(state.profile)
     rows: list[dict[str, Any]] = [
         {"name": n, "source": plugins.sources[n], "hooks": plugins.hooks_of(n), "profiles": sorted(using[n])}
         for n in plugins.names

@@ -12,8 +12,12 @@ from ..errors import SendError, WebhookError
 from ..store import SANDBOX, iso
 from ..telnyx import make_client
 from ..webhooks import parse_webhook
+
+# Packed by hand (fmt: skip), so isort leaves it alone too.
+# isort: off
 from .common import (clip, config_option, echo_json, echo_json_lines, echo_table, json_option, load, number_option,
                      open_store, run, since_option)  # fmt: skip
+# isort: on
 
 LIST_COLUMNS = ("id", "created_at", "direction", "status", "from", "to", "parts", "text")
 # What `show` adds to the columns of the list.
@@ -48,11 +52,10 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
     if ctx.invoked_subcommand is not None:
         return
     config = load(config_path)
-    filters = {"profile": profile, "direction": direction, "status": status,
-               "number": number_option(number, "--number"), "since": since_option(since)}  # fmt: skip
+    number, since = number_option(number, "--number"), since_option(since)
     store = open_store(config, create=False)
     try:
-        rows = store.mdrs(limit=limit, **filters)
+        rows = store.mdrs(limit=limit, profile=profile, direction=direction, status=status, number=number, since=since)
     finally:
         store.close()
     if as_json:

@@ -13,7 +13,7 @@ from ..config import Config, parse_duration
 from ..errors import ConfigError
 from ..runner import database_in_use, queueing, running
 from ..store import BLOCKED, FAILED, PENDING, SANDBOX, SENDING
-from .common import config_option, failure, echo_json, json_option, load, number_option, quiet_logging, run
+from .common import config_option, echo_json, failure, json_option, load, number_option, quiet_logging, run
 
 
 @click.command()
@@ -79,8 +79,13 @@ async def _send(config: Config, request: dict[str, Any], wait: float) -> tuple[d
                                   from_number=request["from_number"], alphanumeric=request["alphanumeric"])  # fmt: skip
             except ValueError as exc:  # Bot.send says why no sender fits
                 raise click.ClickException(str(exc)) from None
+            assert mdr_id is not None, "outside a handler, send() returns the queued MDR's id"
             deadline = time.monotonic() + wait
-            while (row := bot.store.mdr(mdr_id))["status"] in (PENDING, SENDING) and time.monotonic() < deadline:
+            while True:
+                row = bot.store.mdr(mdr_id)
+                assert row is not None, "queued just now, and MDRs are never deleted"
+                if row["status"] not in (PENDING, SENDING) or time.monotonic() >= deadline:
+                    break
                 await asyncio.sleep(0.05)
     except ConfigError as exc:
         raise failure(exc) from None

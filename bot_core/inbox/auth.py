@@ -32,7 +32,8 @@ def session_key(store: Store, configured: str | None) -> str:
     with store.transaction() as conn:
         conn.execute("INSERT OR IGNORE INTO inbox_keys (name, value) VALUES (?, ?)",
                      (_KEY_NAME, secrets.token_urlsafe(32)))  # fmt: skip
-        return conn.execute("SELECT value FROM inbox_keys WHERE name = ?", (_KEY_NAME,)).fetchone()[0]
+        key: str = conn.execute("SELECT value FROM inbox_keys WHERE name = ?", (_KEY_NAME,)).fetchone()[0]
+        return key
 
 
 def csrf_token(request: Request) -> str:

@@ -12,6 +12,7 @@ import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -57,7 +58,7 @@ def remove(conn: sqlite3.Connection, name: str) -> bool:
     return bool(conn.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount)
 
 
-def everyone(conn: sqlite3.Connection) -> list[dict]:
+def everyone(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT name, profiles, created_at FROM operators ORDER BY name").fetchall()
     return [{"name": r[0], "profiles": json.loads(r[1]), "created_at": r[2]} for r in rows]
 

@@ -61,10 +61,10 @@ class Reader:
             self._all.clear()
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
+def _rows(conn: sqlite3.Connection, sql: str, params: dict[str, Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     cursor = conn.execute(sql, params)
     keys = [d[0] for d in cursor.description]
-    return [dict(zip(keys, row)) for row in cursor.fetchall()]
+    return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _visible(operator: Operator, params: dict[str, Any], column: str = "c.profile") -> str:

@@ -116,7 +116,8 @@ class Inbox:
 
     @staticmethod
     def base(request: Request) -> str:
-        return request.scope.get("root_path", "")
+        root_path: str = request.scope.get("root_path", "")
+        return root_path
 
     async def visible(self, request: Request, operator: Operator) -> dict[str, Any]:
         """The conversation in the URL, or 404 when it does not exist or is another profile's."""
@@ -127,7 +128,7 @@ class Inbox:
 
     async def error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        if exc.status_code == 303:
+        if exc.status_code == 303 and exc.headers:  # raised with the location to go to
             return RedirectResponse(exc.headers["location"], 303)
         return self.render(request, "error.html", exc.status_code, message=exc.detail, operator=None)
 

@@ -50,7 +50,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class ConsentEffect:
     source: str
 
 
-Effect = Union[SendEffect, TimerEffect, CancelEffect, ConsentEffect]
+Effect = SendEffect | TimerEffect | CancelEffect | ConsentEffect
 
 
 @runtime_checkable

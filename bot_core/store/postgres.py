@@ -50,6 +50,7 @@ from psycopg_pool import ConnectionPool
 from ..logs import Masker
 from . import SENDING, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
+from .sqlite import Params, Row
 from .sqlite import Store as SQLiteStore
 
 T = TypeVar("T")
@@ -83,14 +84,14 @@ class _Result:
         self._rows = cursor.fetchall() if cursor.description else []
         self.lastrowid = self._rows[0][0] if returns_id and self._rows else None
 
-    def fetchone(self) -> tuple | None:
+    def fetchone(self) -> Row | None:
         return self._rows.pop(0) if self._rows else None
 
-    def fetchall(self) -> list[tuple]:
+    def fetchall(self) -> list[Row]:
         rows, self._rows = self._rows, []
         return rows
 
-    def __iter__(self) -> Iterator[tuple]:
+    def __iter__(self) -> Iterator[Row]:
         return iter(self.fetchall())
 
 
@@ -211,19 +212,19 @@ class PostgresStore(SQLiteStore):
         """The open transaction makes work: notify the replicas when it commits."""
         self._local.notify = True
 
-    def _statement(self, statement: str, params: tuple | dict) -> _Result:  # type: ignore[override]
+    def _statement(self, statement: str, params: Params) -> _Result:  # type: ignore[override]
         with self.transaction() as conn:
             return conn.execute(statement, params)
 
-    def _read(self, statement: str, params: tuple | dict = ()) -> list[tuple]:
+    def _read(self, statement: str, params: Params = ()) -> list[Row]:
         with self._unavailable(), self.pool.connection() as raw:
             return _Connection(raw).execute(statement, params).fetchall()
 
-    def _rows(self, statement: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
+    def _rows(self, statement: str, params: Params = ()) -> list[dict[str, Any]]:
         with self._unavailable(), self.pool.connection() as raw, raw.cursor() as cursor:
             cursor.execute(translate(statement), params)
             keys = [d.name for d in cursor.description or ()]
-            return [dict(zip(keys, row)) for row in cursor.fetchall()]
+            return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
 
     def healthy(self, owner: str = "") -> bool:
         try:
@@ -265,7 +266,7 @@ class PostgresStore(SQLiteStore):
     # -- what differs from SQLite ------------------------------------------------------------
 
     def _claim(self, table: str, select: str, params: dict[str, Any], owner: str, lease: float,
-               returning: str) -> list[tuple]:  # fmt: skip
+               returning: str) -> list[Row]:  # fmt: skip
         now = self.lease_clock()
         params = {**params, "now": now}
         if not self._read(select, params):  # the idle case: no lock, no write

@@ -17,7 +17,7 @@ IN_OUTBOX = f"status IN ('{PENDING}', '{SENDING}')"
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db["mdrs"].create(
+    db.table("mdrs").create(
         {
             "id": int, "direction": str, "profile": str, "from_number": str, "to_number": str,
             "text": str, "media": str, "status": str, "parts": int, "encoding": str,
@@ -34,25 +34,25 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX mdrs_outbox ON mdrs(id) WHERE {IN_OUTBOX}")
     db.execute("CREATE INDEX mdrs_created_at ON mdrs(created_at)")
     db.execute("CREATE INDEX mdrs_conversation ON mdrs(conversation_id)")
-    db["conversations"].create(
+    db.table("conversations").create(
         {"id": int, "profile": str, "our_number": str, "their_number": str, "state": str,
          "created_at": str, "updated_at": str},
         pk="id",
         not_null={"our_number", "their_number", "state"},
     )  # fmt: skip
     db.execute("CREATE UNIQUE INDEX conversations_pair ON conversations(our_number, their_number)")
-    db["optouts"].create(
+    db.table("optouts").create(
         {"profile": str, "number": str, "opted_out": int, "updated_at": str},
         pk=("profile", "number"),
     )
-    db["consent_log"].create(
+    db.table("consent_log").create(
         {"id": int, "profile": str, "number": str, "action": str, "source": str, "at": str}, pk="id"
     )
-    db["delivery_events"].create(
+    db.table("delivery_events").create(
         {"id": int, "telnyx_id": str, "status": str, "error": str, "received_at": str}, pk="id"
     )
     db.execute("CREATE INDEX delivery_events_telnyx_id ON delivery_events(telnyx_id)")
-    db["timers"].create(
+    db.table("timers").create(
         {"id": int, "conversation_id": int, "plugin": str, "name": str, "due_at": float,
          "text": str, "payload": str, "status": str, "created_at": str, "fired_at": str},
         pk="id",
@@ -114,9 +114,9 @@ def _migration_handoff_and_inbox(db: sqlite_utils.Database) -> None:
                f" WHEN NEW.conversation_id IS NOT NULL AND OLD.conversation_id IS NULL BEGIN {latest} END")  # fmt: skip
     db.execute(f"CREATE TRIGGER mdrs_waiting AFTER UPDATE OF status ON mdrs WHEN NEW.status = '{WAITING}'"
                " BEGIN UPDATE conversations SET waiting = 1 WHERE id = NEW.conversation_id; END")  # fmt: skip
-    db["operators"].create({"name": str, "password_hash": str, "profiles": str, "created_at": str}, pk="name",
+    db.table("operators").create({"name": str, "password_hash": str, "profiles": str, "created_at": str}, pk="name",
                            not_null={"password_hash", "profiles", "created_at"})  # fmt: skip
-    db["inbox_keys"].create({"name": str, "value": str}, pk="name")  # the generated session signing key
+    db.table("inbox_keys").create({"name": str, "value": str}, pk="name")  # the generated session signing key
 
 
 def _migration_plugin_data(db: sqlite_utils.Database) -> None:

@@ -19,10 +19,10 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,12 +34,27 @@ from ..logs import Masker
 from ..messages import Conversation, DeliveryStatus, InboundMessage, Media
 from ..timers import Timer
 from . import (
-    ACCOUNT, PENDING, RECEIVED, SENDING, CancelEffect, ConsentEffect, Effect, LeaseLost, Outbound,
-    OutboundDraft, SchemaTooNew, SendEffect, StatusEvent, TimerEffect,
+    ACCOUNT,
+    PENDING,
+    RECEIVED,
+    SENDING,
+    CancelEffect,
+    ConsentEffect,
+    Effect,
+    LeaseLost,
+    Outbound,
+    OutboundDraft,
+    SchemaTooNew,
+    SendEffect,
+    StatusEvent,
+    TimerEffect,
 )  # fmt: skip
 from .schema import IN_OUTBOX, MIGRATIONS
 
 T = TypeVar("T")
+# A row as sqlite3 returns it, and the parameters of a statement (positional or named).
+Row = tuple[Any, ...]
+Params = Sequence[Any] | Mapping[str, Any]
 
 # Telnyx delivery statuses only move forward: a late "sent" never overwrites "delivered".
 _STATUS_RANK = {PENDING: 0, SENDING: 1, "queued": 2, "sending": 3, "sent": 4}
@@ -49,7 +64,7 @@ _UNIT_TABLES = ("mdrs", "timers", "delivery_events")
 
 def iso(ts: float) -> str:
     """A UTC ISO 8601 timestamp that sorts as text."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 class Store:
@@ -74,7 +89,7 @@ class Store:
         self._read_lock = threading.Lock()
         self.db = sqlite_utils.Database(self._connect(busy_timeout))
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="bot-core-store")
-        self._jobs: list[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._jobs: list[tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = []
         self._jobs_lock = threading.Lock()
         self._migrate()
 
@@ -131,7 +146,7 @@ class Store:
         jobs = [job for job in jobs if not job[1].done()]  # done: its caller gave up (a webhook got 503)
         if not jobs:
             return
-        results: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             with self.transaction() as conn:
                 for job, future, _ in jobs:
@@ -170,18 +185,22 @@ class Store:
                     self.conn.execute("ROLLBACK")
                 raise
 
-    def _statement(self, sql: str, params: tuple | dict) -> sqlite3.Cursor:
+    def _statement(self, sql: str, params: Params) -> sqlite3.Cursor:
         """One write that is its own transaction (or joins the open one)."""
         with self._lock:
             return self.conn.execute(sql, params)
 
-    def _read(self, sql: str, params: tuple | dict = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Params = ()) -> list[Row]:
         with self._read_lock:
             return self._reader.execute(sql, params).fetchall()
 
-    def _read_one(self, sql: str, params: tuple | dict = ()) -> tuple | None:
+    def _read_one(self, sql: str, params: Params = ()) -> Row | None:
         rows = self._read(sql, params)
         return rows[0] if rows else None
+
+    def _aggregate(self, sql: str, params: Params = ()) -> Row:
+        """The one row of a query of aggregates only (COUNT, max), which SQLite always returns."""
+        return self._read(sql, params)[0]
 
     def now(self) -> str:
         return iso(self.clock())
@@ -249,7 +268,7 @@ class Store:
         """
         now = self.now()
         conversation_id = conversation.id if conversation else None
-        with self.transaction() as conn:
+        with self.transaction():
             self._finish("mdrs", mdr_id, owner, status=status, claimed_by=claimed_by, error=self.redact(error),
                          conversation_id=conversation_id, updated_at=now)  # fmt: skip
             self._save_state(conversation, now)
@@ -275,7 +294,7 @@ class Store:
     # -- claims ------------------------------------------------------------------------------
 
     def _claim(self, table: str, select: str, params: dict[str, Any], owner: str, lease: float,
-               returning: str) -> list[tuple]:  # fmt: skip
+               returning: str) -> list[Row]:  # fmt: skip
         """Lease the rows ``select`` picks (ids) to ``owner``; returns ``returning`` (id first) of each, by id."""
         now = self.lease_clock()
         params = {**params, "now": now}
@@ -318,7 +337,7 @@ class Store:
         )
         params = {"limit": limit, "due": self.clock(), "our": lane[0] if lane else None, "their": lane[1] if lane else None}
         rows = self._claim("timers", select, params, owner, lease, "id, conversation_id, due_at, plugin, name, text, payload")
-        return [Timer(*row[:6], json.loads(row[6] or "{}")) for row in rows]
+        return [Timer(*row[:6], json.loads(row[6] or "{}")) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
 
     def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]:
         """The first due send of up to ``limit`` (from, to) lanes nobody is sending."""
@@ -331,7 +350,7 @@ class Store:
         rows = self._claim("mdrs", select, {"limit": limit, "due": self.clock()}, owner, lease,
                            "id, profile, from_number, to_number, text, attempts, next_attempt_at, ignore_optout,"
                            " conversation_id, status")  # fmt: skip
-        return [Outbound(*row[:6], row[6] or 0.0, bool(row[7]), row[8], row[9] == SENDING) for row in rows]
+        return [Outbound(*row[:6], row[6] or 0.0, bool(row[7]), row[8], row[9] == SENDING) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
 
     def claim_status_hooks(self, owner: str, limit: int, lease: float) -> list[StatusEvent]:
         """The first delivery status owing a hook call, of up to ``limit`` (from, to) lanes."""
@@ -342,7 +361,7 @@ class Store:
         )
         rows = self._claim("delivery_events", select, {"limit": limit}, owner, lease,
                            "id, telnyx_id, status, from_number, to_number, error, mdr_id")  # fmt: skip
-        return [StatusEvent(*row[:3], row[3] or None, row[4] or None, *row[5:]) for row in rows]
+        return [StatusEvent(*row[:3], row[3] or None, row[4] or None, *row[5:]) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
 
     def renew(self, owner: str, lease: float) -> None:
         """Extend every lease ``owner`` holds: its process is alive and working."""
@@ -378,19 +397,20 @@ class Store:
     def unheld_in_flight(self) -> int:
         """Sends whose request had started when their holder stopped: they may have reached Telnyx."""
         now = self.lease_clock()
-        return self._read_one(
+        count: int = self._aggregate(
             f"SELECT COUNT(*) FROM mdrs WHERE {IN_OUTBOX} AND status = '{SENDING}'"
             " AND (lease_owner IS NULL OR lease_until < ?)", (now,)
         )[0]  # fmt: skip
+        return count
 
     def backlog(self) -> dict[str, int]:
         """Units not finished yet, by kind (timers not counted: they wait for their time)."""
-        row = self._read_one(
+        row = self._aggregate(
             f"SELECT (SELECT COUNT(*) FROM mdrs WHERE status = '{RECEIVED}'),"
             f" (SELECT COUNT(*) FROM mdrs WHERE {IN_OUTBOX}),"
             " (SELECT COUNT(*) FROM delivery_events WHERE hook = 'pending')"
         )  # fmt: skip
-        return dict(zip(("messages", "sends", "delivery status hook calls"), row))
+        return dict(zip(("messages", "sends", "delivery status hook calls"), row, strict=True))
 
     def outstanding(self) -> int:
         """How many units are not finished yet (see :meth:`backlog`)."""
@@ -418,8 +438,9 @@ class Store:
             "INSERT INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
             " VALUES (?, ?, ?, '{}', ?, ?) ON CONFLICT DO NOTHING", (profile, our_number, their_number, now, now),
         )  # fmt: skip
-        return self.conn.execute("SELECT id FROM conversations WHERE our_number = ? AND their_number = ?",
-                                 (our_number, their_number)).fetchone()[0]  # fmt: skip
+        conversation_id: int = self.conn.execute("SELECT id FROM conversations WHERE our_number = ? AND their_number = ?",
+                                                 (our_number, their_number)).fetchone()[0]  # fmt: skip
+        return conversation_id
 
     def conversation_by_id(self, conversation_id: int) -> Conversation | None:
         row = self._read_one(
@@ -482,6 +503,7 @@ class Store:
              draft.error, draft.encoding, draft.parts, conversation_id, in_reply_to,
              int(draft.ignore_optout), self.clock(), now, now),
         )  # fmt: skip
+        assert cursor.lastrowid is not None, "set by the INSERT"
         return cursor.lastrowid
 
     def pending_outbound(self) -> list[Outbound]:
@@ -490,7 +512,7 @@ class Store:
             "SELECT id, profile, from_number, to_number, text, attempts, next_attempt_at,"
             f" ignore_optout, conversation_id FROM mdrs WHERE {IN_OUTBOX} AND status = '{PENDING}' ORDER BY id"
         )
-        return [Outbound(*row[:7], bool(row[7]), row[8]) for row in rows]
+        return [Outbound(*row[:7], bool(row[7]), row[8]) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
 
     def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float:
         """Mark a send in flight (its HTTP request starts now) and take its number's pacing slot;
@@ -502,7 +524,8 @@ class Store:
                 number = conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone()[0]
                 row = conn.execute("SELECT next_at FROM pacing WHERE number = ?", (number,)).fetchone()
                 if row and row[0] > now:
-                    return row[0] - now
+                    wait: float = row[0] - now
+                    return wait
                 conn.execute("INSERT OR REPLACE INTO pacing (number, next_at) VALUES (?, ?)", (number, now + 1 / rate))
             self._update(mdr_id, owner, status=SENDING)
         return 0.0
@@ -597,7 +620,7 @@ class Store:
     def is_opted_out(self, profile: str | None, number: str) -> bool:
         """Whether ``number`` opted out of ``profile``, or of the whole account (``profile`` None),
         which covers every profile, as Telnyx's account-wide opt-outs do."""
-        row = self._read_one(
+        row = self._aggregate(
             "SELECT max(opted_out) FROM optouts WHERE profile IN (?, ?) AND number = ?",
             (ACCOUNT if profile is None else profile, ACCOUNT, number),
         )
@@ -647,7 +670,9 @@ class Store:
                   name: str | None = None, text: str | None = None,
                   payload: dict[str, Any] | None = None) -> int:  # fmt: skip
         effect = TimerEffect(conversation_id, due_at, plugin, name, text, payload or {})
-        return self.apply([effect])[0]
+        timer_id = self.apply([effect])[0]
+        assert timer_id is not None, "a timer effect always makes a timer"
+        return timer_id
 
     def due_timers(self, now: float, *, lane: tuple[str, str] | None = None) -> list[Timer]:
         """Pending timers due by ``now``, oldest first (of the conversation ``lane`` only, when given)."""
@@ -657,7 +682,7 @@ class Store:
             + (" AND c.our_number = ? AND c.their_number = ?" if lane else "") + " ORDER BY t.due_at, t.id",
             (now, *(lane or ())),
         )  # fmt: skip
-        return [Timer(*row[:6], json.loads(row[6])) for row in rows]
+        return [Timer(*row[:6], json.loads(row[6])) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
 
     def timers(self, conversation_id: int) -> list[Timer]:
         """A conversation's pending timers."""
@@ -666,7 +691,7 @@ class Store:
             " WHERE status = 'pending' AND conversation_id = ? ORDER BY due_at, id",
             (conversation_id,),
         )
-        return [Timer(*row[:6], json.loads(row[6])) for row in rows]
+        return [Timer(*row[:6], json.loads(row[6])) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
 
     def cancel_timers(self, conversation_id: int, *, plugin: str | None = None, name: str | None = None) -> int:
         """Cancel a conversation's pending timers, those of one plugin or name if given."""
@@ -763,7 +788,7 @@ class Store:
         number: str | None = None,
         since: str | None = None,
         conversation_id: int | None = None,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """MDRs newest first, as dicts keyed like ``bot-core messages --json``.
 
         Each filter given narrows the list: ``number`` matches either end, ``since`` is an ISO
@@ -787,14 +812,14 @@ class Store:
                   "limit": limit}  # fmt: skip
         return self._rows(sql, params)
 
-    def _rows(self, sql: str, params: dict | tuple = ()) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         """Rows as dicts. Not sqlite-utils' query(): its SAVEPOINT would open a transaction."""
         with self._read_lock:
             cursor = self._reader.execute(sql, params)
             keys = [d[0] for d in cursor.description]
-            return [dict(zip(keys, row)) for row in cursor.fetchall()]
+            return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
 
-    def mdr(self, mdr_id: int) -> dict | None:
+    def mdr(self, mdr_id: int) -> dict[str, Any] | None:
         rows = self.mdrs(limit=1, mdr_id=mdr_id)
         return rows[0] if rows else None
 
@@ -823,7 +848,7 @@ class Store:
 
     def conversation_rows(self, *, limit: int | None = 50, conversation_id: int | None = None,
                           profile: str | None = None, number: str | None = None, our_number: str | None = None,
-                          their_number: str | None = None) -> list[dict]:  # fmt: skip
+                          their_number: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
         """Conversations, most recently active first, with their state (decoded), message and
         pending timer counts, as ``bot-core conversations --json`` prints them.
 
@@ -872,7 +897,7 @@ def schema_version(path: Path) -> tuple[int, int]:
         conn.close()
 
 
-def _inbound(row: tuple) -> InboundMessage:
+def _inbound(row: Row) -> InboundMessage:
     media = tuple(Media(**m) for m in json.loads(row[6])) if row[6] else ()
     return InboundMessage(
         id=row[1], text=row[2], from_number=row[3], to_number=row[4], profile=row[5],
@@ -880,7 +905,7 @@ def _inbound(row: tuple) -> InboundMessage:
     )  # fmt: skip
 
 
-def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, result, exc in results:
         if future.done():  # its waiter gave up
             continue

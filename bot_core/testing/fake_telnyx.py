@@ -29,7 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -134,7 +134,7 @@ class TelnyxWebhooks:
                 "meta": {"attempt": 1}}  # fmt: skip
 
     def _now(self) -> str:
-        return datetime.fromtimestamp(self.clock(), timezone.utc).isoformat(timespec="milliseconds")
+        return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -433,7 +433,8 @@ class FakeTelnyx:
         self._stopping = True
         if self._server is not None:
             self._server.should_exit = True
-            self._thread.join(10)
+            if self._thread is not None:
+                self._thread.join(10)
             self._server = None
 
     def __enter__(self) -> FakeTelnyx:

@@ -34,7 +34,9 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -46,10 +48,10 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ..bot import Bot
 from ..chat import BOT_PREFIX, CUSTOMER, YOU_PREFIX, Exchange, Session, show, webhooks_for
 from ..config import Config, load_config, parse_duration
-from .fake_telnyx import FakeTelnyx, SignedWebhook
 from ..plugins import load_plugins
 from ..store import is_postgres
 from ..webhooks import sign_v1
+from .fake_telnyx import FakeTelnyx, SignedWebhook
 
 __all__ = [
     "BotTester",
@@ -83,11 +85,11 @@ class FakeClock:
 
 def _epoch(when: datetime | float) -> float:
     if isinstance(when, datetime):
-        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     return float(when)
 
 
-def build_config(config: Config | Mapping[str, Any] | str | os.PathLike, directory: Path, *, fake: bool,
+def build_config(config: Config | Mapping[str, Any] | str | os.PathLike[str], directory: Path, *, fake: bool,
                  public_key: str | None = None) -> Config:  # fmt: skip
     """The config to test with: its database in ``directory``, sending sandboxed or to a fake,
     V2 webhooks checked with ``public_key`` unless the config has its own."""
@@ -115,17 +117,20 @@ class BotTester:
 
     def __init__(
         self,
-        config: Config | Mapping[str, Any] | str | os.PathLike,
+        config: Config | Mapping[str, Any] | str | os.PathLike[str],
         *,
-        tmp_path: str | os.PathLike | None = None,
+        tmp_path: str | os.PathLike[str] | None = None,
         plugins: Iterable[ModuleType | object] = (),
         installed: Sequence[str] = (),
         clock: FakeClock | None = None,
         telnyx: FakeTelnyx | None = None,
         customer: str = CUSTOMER,
     ) -> None:
-        self._tmp = None if tmp_path is not None else tempfile.TemporaryDirectory()
-        directory = Path(tmp_path if tmp_path is not None else self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if tmp_path is None:
+            self._tmp = tempfile.TemporaryDirectory()
+            tmp_path = self._tmp.name
+        directory = Path(tmp_path)
         self.clock = clock or FakeClock()
         self.telnyx = telnyx
         self.customer = customer
@@ -142,7 +147,7 @@ class BotTester:
             registry.add(getattr(plugin, "__name__", type(plugin).__name__).rsplit(".", 1)[-1], plugin, "test")
         registry.check(self.config)
         self.bot = self._new_bot(registry)
-        self._portal_cm = None
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self.portal: BlockingPortal | None = None
         self.session: Session | None = None
 
@@ -151,39 +156,48 @@ class BotTester:
         return Bot(self.config, plugins=registry, clock=self.clock, transport=transport)
 
     def __enter__(self) -> BotTester:
-        self._portal_cm = start_blocking_portal()
-        self.portal = self._portal_cm.__enter__()
+        self._portal_cm = portal_cm = start_blocking_portal()
+        self.portal = portal_cm.__enter__()
         try:
             self._start()
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            portal_cm.__exit__(None, None, None)
             if self._tmp is not None:
                 self._tmp.cleanup()
             raise
         return self
 
+    def _running(self) -> tuple[BlockingPortal, Session]:
+        """The portal to the bot's event loop and the session texting it, once started."""
+        if self.portal is None or self.session is None:
+            raise RuntimeError("the BotTester is not started: use it in a `with` block")
+        return self.portal, self.session
+
     def _start(self, seen: int | None = 0) -> None:
+        assert self.portal is not None, "started by __enter__"
         self.portal.call(self.bot.start)
         # Built on the event loop's thread, where its HTTP client will be used and closed.
         self.session = self.portal.call(lambda: Session(self.bot, self.webhooks, seen=seen))
 
     def _stop(self) -> None:
+        portal, session = self._running()
         try:
-            self.portal.call(self.session.aclose)
+            portal.call(session.aclose)
         finally:
-            self.portal.call(self.bot.stop)
+            portal.call(self.bot.stop)
 
     def __exit__(self, *exc: object) -> None:
         try:
             self._stop()
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            if self._portal_cm is not None:
+                self._portal_cm.__exit__(None, None, None)
             if self._tmp is not None:
                 self._tmp.cleanup()
 
     def restart(self) -> None:
         """Stop and start the bot on the same database, as a process restart would."""
-        seen = self.session.seen
+        seen = self._running()[1].seen
         self._stop()
         self.bot = self._new_bot(self.bot.plugins)
         self._start(seen)
@@ -203,8 +217,9 @@ class BotTester:
     def exchange(self, text: str, *, from_: str | None = None, to: str | None = None, message_id: str | None = None,
                  version: int = 1, media: Sequence[Mapping[str, Any]] = ()) -> Exchange:  # fmt: skip
         """Like :meth:`text`, returning the inbound MDR and every outbound MDR, blocked ones too."""
-        return self.portal.call(lambda: self.session.text(
-            text, from_=from_ or self.customer, to=to or self.number, version=version, id=message_id, media=media))
+        portal, session = self._running()
+        return portal.call(partial(session.text, text, from_=from_ or self.customer, to=to or self.number,
+                                   version=version, id=message_id, media=media))  # fmt: skip
 
     def deliver(self, *webhooks: SignedWebhook) -> list[httpx.Response]:
         """Post webhooks in the order given, then let the bot settle; repeat one to duplicate it.
@@ -212,13 +227,14 @@ class BotTester:
         Build them with ``bot.webhooks.message(...)``, ``bot.webhooks.status(...)``, or
         :meth:`report`'s sibling ``FakeTelnyx.report``.
         """
-        responses = self.portal.call(lambda: self.session.deliver(*webhooks))
-        self.portal.call(self.session.settle)
+        portal, session = self._running()
+        responses = portal.call(partial(session.deliver, *webhooks))
+        portal.call(session.settle)
         return responses
 
     def report(self, mdr_id: int, status: str, *, error: str | None = None, version: int = 1) -> httpx.Response:
         """Deliver a signed delivery status webhook for the outbound MDR ``mdr_id``."""
-        row = self.portal.call(self.bot.store.mdr, mdr_id)
+        row = self._running()[0].call(self.bot.store.mdr, mdr_id)
         if row is None or row["direction"] != "outbound" or not row["telnyx_id"]:
             raise ValueError(f"MDR {mdr_id} is not an outbound message with a Telnyx id")
         webhook = self.webhooks.status(row["telnyx_id"], status, from_=row["from"], to=row["to"], error=error,
@@ -230,11 +246,13 @@ class BotTester:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         if headers is None:
             headers = {"x-telnyx-signature": self.sign(body)}
-        return self.portal.call(lambda: self.session.post(body, headers))
+        portal, session = self._running()
+        return portal.call(session.post, body, headers)
 
     def get(self, path: str) -> httpx.Response:
         """GET a path of the bot's app, e.g. ``/metrics`` or ``/healthz``."""
-        return self.portal.call(lambda: self.session.get(path))
+        portal, session = self._running()
+        return portal.call(session.get, path)
 
     def sign(self, body: bytes, number: str | None = None) -> str:
         """The V1 signature header for ``body``, keyed with ``number``'s profile secret."""
@@ -249,7 +267,8 @@ class BotTester:
 
     def replies(self) -> list[str]:
         """Messages sent since the last call (blocked and failed ones are not sent)."""
-        return Exchange(None, self.portal.call(self.session.sent)).replies
+        portal, session = self._running()
+        return Exchange(None, portal.call(session.sent)).replies
 
     def transcript(self, steps: Steps | str, **kwargs: Any) -> None:
         """Check a conversation: each (customer text, expected replies) in order.
@@ -273,12 +292,12 @@ class BotTester:
         """Every MDR, oldest first (``direction="outbound"`` etc. filter by column)."""
         # On the bot's event loop thread: the store's one connection must not be used from two
         # threads at once (a transaction of the bot's could otherwise end inside this read).
-        rows = list(reversed(self.portal.call(lambda: self.bot.store.mdrs(limit=None))))
+        rows = list(reversed(self._running()[0].call(partial(self.bot.store.mdrs, limit=None))))
         return [r for r in rows if all(r.get(k) == v for k, v in filters.items())]
 
     def state(self, *, from_: str | None = None, to: str | None = None) -> dict[str, Any]:
         """The conversation state kept for a customer."""
-        return self.portal.call(self.bot.store.conversation, None, to or self.number, from_ or self.customer).state
+        return self._running()[0].call(self.bot.store.conversation, None, to or self.number, from_ or self.customer).state
 
     def metric(self, name: str, **labels: str) -> float:
         """The current value of a Prometheus sample of this bot (0 when never recorded)."""
