@@ -311,3 +311,19 @@ def test_config_refuses_a_short_secret_key(tmp_path):
 
     with pytest.raises(ConfigError, match="inbox.secret_key: must be at least 32 characters"):
         inbox_config(tmp_path, secret_key="short")
+
+
+def test_config_refuses_the_inbox_on_a_postgresql_database(tmp_path):
+    """The inbox's pages read SQLite connections of their own (bot_core/inbox/reader.py): on a
+    PostgreSQL database the config says so, instead of the pages failing at the first request."""
+    from bot_core import Config, ConfigError
+
+    data = {
+        "bot": {"database": "postgresql://postgres@127.0.0.1:5432/postgres"},
+        "inbox": {"enabled": True},
+        "profiles": {"main": {"secret": SECRET, "numbers": [OURS], "plugins": ["optout"]}},
+    }
+    with pytest.raises(ConfigError, match=r"inbox\.enabled: the inbox runs on a SQLite database only"):
+        Config.from_dict(data, base_dir=tmp_path)
+    data["inbox"]["enabled"] = False
+    assert Config.from_dict(data, base_dir=tmp_path).inbox.enabled is False
