@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import psycopg
 import pytest
@@ -62,7 +64,39 @@ def reply(text: str = "hello") -> OutboundDraft:
 def test_the_database_is_in_wal_mode_with_a_busy_timeout(sqlite_store):
     store = sqlite_store
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    assert store.busy_timeout >= 5
+
+
+def test_a_write_takes_the_lock_soon_after_another_process_lets_go(tmp_path):
+    """The store's own wait, not SQLite's busy handler (whose sleeps grow to 100 ms): the write
+    lands within a few ms of the release, and fails as locked once busy_timeout is over."""
+    store = Store(tmp_path / "bot.db", busy_timeout=0.3)
+    other = sqlite3.connect(tmp_path / "bot.db", isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            inbound(store, "refused")
+        released = []
+        timer = threading.Timer(0.15, lambda: (released.append(time.monotonic()), other.execute("ROLLBACK")))
+        timer.start()
+        assert inbound(store, "waited").mdr_id is not None
+        assert time.monotonic() - released[0] < 0.05
+        timer.join()
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_lane_whose_messages_all_came_late_is_claimed_past_the_window(store, monkeypatch):
+    """Claims look among the oldest units first; a conversation behind a long held one is not starved."""
+    monkeypatch.setattr("bot_core.store.sqlite._WINDOW", 2)
+    for i in range(6):
+        store.add_inbound(InboundMessage(f"a{i}", "hi", THEIRS, OURS, "main"))
+    late = store.add_inbound(InboundMessage("b0", "hi", "+13125550177", OURS, "main"))
+    (first,) = store.claim_inbound("x", 1, 60)
+    assert first.id == "a0"
+    assert [m.mdr_id for m in store.claim_inbound("y", 1, 60)] == [late]  # a1..a2 fill the window: not heads
+    assert store.claim_inbound("y", 5, 60) == []
 
 
 def test_an_inbound_message_is_stored_once_per_telnyx_id(store):
