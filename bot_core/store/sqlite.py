@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -342,7 +342,8 @@ class Store:
 
     def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]:
         """The next received message of up to ``limit`` conversations nobody is working on."""
-        rows = self._claim_heads("mdrs", _INBOX_HEADS, {"limit": limit}, owner, lease, _INBOUND_COLUMNS)
+        heads = _lane_heads(f"status = '{RECEIVED}'", ("to_number", "from_number"), _TIMER_HELD)
+        rows = self._claim_heads("mdrs", heads, {"limit": limit}, owner, lease, _INBOUND_COLUMNS)
         return [_inbound(row) for row in rows]
 
     def claim_timers(self, owner: str, limit: int, lease: float, *, lane: tuple[str, str] | None = None) -> list[Timer]:
@@ -371,7 +372,8 @@ class Store:
 
     def claim_sends(self, owner: str, limit: int, lease: float) -> list[Outbound]:
         """The first due send of up to ``limit`` (from, to) lanes nobody is sending."""
-        rows = self._claim_heads("mdrs", _OUTBOX_HEADS, {"limit": limit, "due": self.clock()}, owner, lease,
+        heads = _lane_heads(IN_OUTBOX, ("from_number", "to_number"), "COALESCE(m.next_attempt_at, 0) <= :due")
+        rows = self._claim_heads("mdrs", heads, {"limit": limit, "due": self.clock()}, owner, lease,
                                  "id, profile, from_number, to_number, text, attempts, next_attempt_at, ignore_optout,"
                                  " conversation_id, status")  # fmt: skip
         return [Outbound(*row[:6], row[6] or 0.0, bool(row[7]), row[8], row[9] == SENDING) for row in rows]  # type: ignore[call-arg]  # mypy lets *row[:n] fill every field
@@ -917,6 +919,7 @@ class Store:
 _WINDOW = 256  # the oldest units a claim looks at first, past ``limit``: those other claims hold, mostly
 
 
+@cache
 def _lane_heads(where: str, lane: tuple[str, str], ready: str) -> tuple[str, str, str]:
     """The selects of :meth:`Store._claim_heads` for the units of ``mdrs`` matching ``where``,
     in lanes of the columns ``lane``, claimable when ``ready`` (on ``m``) holds: the heads
@@ -939,13 +942,11 @@ def _lane_heads(where: str, lane: tuple[str, str], ready: str) -> tuple[str, str
 
 
 # A conversation's message waits while one of its timers is held (see claim_timers).
-_INBOX_HEADS = _lane_heads(
-    f"status = '{RECEIVED}'", ("to_number", "from_number"),
+_TIMER_HELD = (
     "NOT EXISTS (SELECT 1 FROM timers t JOIN conversations c ON c.id = t.conversation_id"
     " WHERE t.lease_owner IS NOT NULL AND t.status = 'pending' AND t.lease_until >= :now"
-    " AND c.our_number = m.to_number AND c.their_number = m.from_number)",
-)  # fmt: skip
-_OUTBOX_HEADS = _lane_heads(IN_OUTBOX, ("from_number", "to_number"), "COALESCE(m.next_attempt_at, 0) <= :due")
+    " AND c.our_number = m.to_number AND c.their_number = m.from_number)"
+)
 _CONVERSATION_SQL = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
 _INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at, other_recipients"
 
