@@ -3,6 +3,7 @@ SQLite's WAL, partial indexes and two processes at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 
 import psycopg
 import pytest
@@ -333,3 +335,31 @@ def test_an_error_quoting_a_secret_in_repr_or_json_form_is_masked(tmp_path):
         assert error == 'failed: "[secret]" "[secret]"'  # repr picks double quotes for a text with a ''
     finally:
         store.close()
+
+
+def test_a_failing_job_of_a_group_commit_fails_alone(sqlite_store):
+    """Jobs queued together share one transaction; one that raises is undone and gets its
+    error, the others commit, and the job is not run twice."""
+    store = sqlite_store
+    calls = []
+
+    def half_then_fail() -> None:
+        calls.append(1)
+        store.add_inbound(InboundMessage("undone", "hi", THEIRS, OURS, "main"))
+        raise LeaseLost("taken over")
+
+    async def queue() -> list[object]:
+        started, go = threading.Event(), threading.Event()
+        busy = store.submit(lambda: (started.set(), go.wait(5)))  # the writer thread is busy: the next queue up
+        await asyncio.to_thread(started.wait, 5)
+        jobs = [store.submit(partial(store.add_inbound, InboundMessage(f"m{i}", "hi", THEIRS, OURS, "main")))
+                for i in range(3)]  # fmt: skip
+        jobs.insert(1, store.submit(half_then_fail))
+        go.set()
+        await busy
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(queue())
+    assert isinstance(results[1], LeaseLost) and calls == [1]
+    assert all(isinstance(r, int) for r in results[:1] + results[2:])
+    assert [m.id for m in store.pending_inbound()] == ["m0", "m1", "m2"]
