@@ -344,15 +344,17 @@ class Store:
     def _claim_heads(self, table: str, heads: tuple[str, str, str], params: dict[str, Any], owner: str,
                      lease: float, returning: str) -> list[Row]:  # fmt: skip
         """Lease lane heads (:func:`_lane_heads`): first among the oldest units only, where a
-        claim costs a few index lookups per unit it passes and stops at ``limit``; the scan of
-        every lane follows only when those held fewer than ``limit`` and more units wait past
-        them, so a lane whose units all came later is never starved by a few long ones."""
+        claim costs an index lookup per unit it passes and stops at ``limit``; the scan of every
+        lane follows only when those held fewer than a few heads and more units wait past them,
+        so a lane whose units all came later is never starved by a few long ones (and more
+        heads than a few are found by the next claim, as the oldest units finish)."""
         walk, grouped, beyond = heads
-        window = params["limit"] + _WINDOW
+        enough = min(params["limit"], _ENOUGH)
+        window = enough + _WINDOW
         rows = self._claim(table, walk, {**params, "window": window}, owner, lease, returning)
-        missing = params["limit"] - len(rows)
-        if missing > 0 and self._read(beyond, {"window": window}):
-            rows += self._claim(table, grouped, {**params, "limit": missing}, owner, lease, returning)
+        if len(rows) < enough and self._read(beyond, {"window": window}):
+            rows += self._claim(table, grouped, {**params, "limit": params["limit"] - len(rows)}, owner, lease,
+                                returning)  # fmt: skip
         return sorted(rows)
 
     def claim_inbound(self, owner: str, limit: int, lease: float) -> list[InboundMessage]:
@@ -931,7 +933,8 @@ class Store:
             return self._cancel_timers(conversation_id, None, None)
 
 
-_WINDOW = 256  # the oldest units a claim looks at first, past ``limit``: those other claims hold, mostly
+_ENOUGH = 32  # heads among the oldest units that spare a claim the scan of every lane
+_WINDOW = 256  # how many oldest units a claim looks at, past _ENOUGH: those other claims hold, mostly
 
 
 @cache
