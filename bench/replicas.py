@@ -139,6 +139,9 @@ def _run(report: Any, setup: SetUp, waiting: list[SetUp], fake: Fake, generator:
     arrivals: dict[str, float] = {}
     for at, body in fake.take():  # a reply Telnyx received twice counts once, at its first arrival
         arrivals.setdefault(body, at)
+    if not arrivals:
+        report.line(setup.label, "no reply arrived")
+        return
     started = min(r.started for r in results)
     elapsed = max(arrivals.values()) - started
     rate = len(arrivals) / elapsed
@@ -148,7 +151,7 @@ def _run(report: Any, setup: SetUp, waiting: list[SetUp], fake: Fake, generator:
     report.figures[f"replicas-{tag}"] = rate
     report.line(setup.label, f"{rate:8.0f} replies/s   ack p99 {p99 * 1000:7.1f} ms   ({len(arrivals)} in"
                              f" {elapsed:.1f} s)" + (f"   ({bad} not 200!)" if bad else ""))  # fmt: skip
-    report.line("", used.bounds(setup))
+    report.line("", used.bounds(setup, len(arrivals)))
 
 
 def _stop_quietly(server: Process) -> None:
@@ -181,8 +184,9 @@ class Snapshot:
                         self.generator - before.generator, self.fake - before.fake, self.postgres - before.postgres,
                         self.idle - before.idle, self.machine - before.machine)  # fmt: skip
 
-    def bounds(self, setup: SetUp) -> str:
-        """The cores each process kept busy on average during the burst, and what that says bounds it."""
+    def bounds(self, setup: SetUp, replies: int) -> str:
+        """The cores each process kept busy on average during the burst, the CPU a reply cost the
+        servers (and PostgreSQL), and what that says bounds the figure."""
         cores = [s / self.wall for s in self.servers.values()]
         postgres = self.postgres if setup.engine == "postgres" else 0.0  # else another's, if any
         ours = sum(self.servers.values()) + self.generator + self.fake + postgres + self.idle
@@ -191,7 +195,7 @@ class Snapshot:
         parts = [f"server{'s' * (len(cores) > 1)} {'+'.join(f'{c:.2f}' for c in cores if c >= 0.005)}",
                  f"load generator {self.generator / self.wall:.2f}", f"fake Telnyx {self.fake / self.wall:.2f}"]  # fmt: skip
         if setup.engine == "postgres":
-            parts.append(f"PostgreSQL (all its clients') {postgres / self.wall:.2f}")
+            parts.append(f"PostgreSQL (all clients) {postgres / self.wall:.2f}")
         parts += [f"idle servers {self.idle / self.wall:.2f}", f"other processes {other:.2f}"]
         if busy >= 0.9 * CORES:
             verdict = f"CPU: the machine's {CORES} cores are full" + (
@@ -202,7 +206,10 @@ class Snapshot:
         else:
             verdict = ("waits, not CPU: the SQLite write lock" if setup.engine == "sqlite"
                        else "waits, not CPU: round trips to PostgreSQL and its claim lock")  # fmt: skip
-        return f"cores busy {busy:.2f} of {CORES}: {', '.join(parts)}\n  {'':<44} bound: {verdict}"
+        cost = f"CPU a reply: servers {sum(self.servers.values()) / replies * 1000:.2f} ms" + (
+            f", PostgreSQL {postgres / replies * 1000:.2f} ms" if postgres else "")  # fmt: skip
+        indent = f"\n  {'':<44} "
+        return f"cores busy {busy:.2f} of {CORES}: {', '.join(parts)}{indent}{cost}{indent}bound: {verdict}"
 
 
 def _postgres_cpu() -> float:
