@@ -1,4 +1,5 @@
-"""Handoff to a person: the gate in the dispatcher, the keyword plugin, bot.handoff, handing back."""
+"""Handoff to a person: the gate in the dispatcher, the keyword plugin, bot.handoff, handing back.
+On both engines (``database``: a SQLite file, or a PostgreSQL schema of the test's own)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from bot_core.testing import BotTester
 
 NUMBER = "+13125550100"
 CUSTOMER = "+13125550123"
+pytestmark = pytest.mark.usefixtures("database")
 
 
 def config(handoff: dict | None = None, inbox: dict | None = None, watch: bool = False) -> dict:
     plugin_config = {"handoff": handoff if handoff is not None else {"keywords": ["AGENT"]}}
     return {
+        "bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
         "inbox": inbox or {},
         "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["handoff", "parrot"] + ["watcher"] * watch,
                               "plugin_config": plugin_config}},
