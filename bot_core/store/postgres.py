@@ -48,7 +48,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..logs import Masker
-from . import SENDING, SchemaTooNew, Unavailable, display
+from . import SENDING, LeaseLost, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
 from .sqlite import Params, Row
 from .sqlite import Store as SQLiteStore
@@ -179,6 +179,8 @@ class PostgresStore(SQLiteStore):
             conn.execute("UPDATE bot_core_schema SET version = ?", (len(POSTGRES_MIGRATIONS),))
         # One channel per schema: bots on other schemas of the same database are not woken.
         self.channel = f"bot_core_{crc:08x}"
+        self._notify = f'NOTIFY "{self.channel}"'  # a name of hex digits: nothing to quote
+        self._notify_commit = f"{self._notify}; COMMIT"  # one round trip (simple query: no parameters)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -192,17 +194,26 @@ class PostgresStore(SQLiteStore):
 
     @contextmanager
     def transaction(self) -> Iterator[_Connection]:  # type: ignore[override]
-        """One transaction on a pooled connection; nested use (same thread) joins the outer one."""
+        """One transaction on a pooled connection; nested use (same thread) joins the outer one.
+
+        BEGIN and COMMIT are plain statements rather than psycopg's ``transaction()`` (whose
+        savepoint bookkeeping nothing here uses), so that a transaction that made work sends its
+        NOTIFY and its COMMIT in one round trip."""
         current = getattr(self._local, "conn", None)
         if current is not None:
             yield current
             return
-        with self._unavailable(), self.pool.connection() as raw, raw.transaction():
+        with self._unavailable(), self.pool.connection() as raw:
+            raw.execute("BEGIN")
             self._local.conn, self._local.notify = _Connection(raw), False
             try:
                 yield self._local.conn
-                if self._local.notify:  # delivered at commit, to every listening replica
-                    raw.execute("SELECT pg_notify(%s, '')", (self.channel,))
+                # delivered at commit, to every listening replica
+                raw.execute(self._notify_commit if self._local.notify else "COMMIT")
+            except BaseException:
+                if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not raw.closed:
+                    raw.execute("ROLLBACK")
+                raise
             finally:
                 self._local.conn = None
 
@@ -216,9 +227,19 @@ class PostgresStore(SQLiteStore):
         """The open transaction makes work: notify the replicas when it commits."""
         self._local.notify = True
 
+    def _notify_now(self) -> None:
+        """Wake the replicas for work committed already."""
+        with self._unavailable(), self.pool.connection() as raw:
+            raw.execute(self._notify)
+
     def _statement(self, statement: str, params: Params) -> _Result:  # type: ignore[override]
-        with self.transaction() as conn:
-            return conn.execute(statement, params)
+        """One write: in the open transaction, else alone in autocommit (one statement is atomic
+        by itself: no BEGIN and COMMIT round trips)."""
+        current: _Connection | None = getattr(self._local, "conn", None)
+        if current is not None:
+            return current.execute(statement, params)
+        with self._unavailable(), self.pool.connection() as raw:
+            return _Connection(raw).execute(statement, params)
 
     def _read(self, statement: str, params: Params = ()) -> list[Row]:
         with self._unavailable(), self.pool.connection() as raw:
@@ -287,24 +308,62 @@ class PostgresStore(SQLiteStore):
 
     def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float:
         now = time.time()
+        if rate <= 0:  # one statement: autocommit, no BEGIN and COMMIT round trips
+            self._update(mdr_id, owner, status=SENDING)
+            return 0.0
         with self.transaction() as conn:
-            if rate > 0:
-                number = _value(conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone())
-                conn.execute("INSERT INTO pacing (number, next_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (number,))
-                row = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()
-                next_at = float(_value(row))
-                if next_at > now:
-                    return next_at - now
-                conn.execute("UPDATE pacing SET next_at = ? WHERE number = ?", (now + 1 / rate, number))
+            number = _value(conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone())
+            conn.execute("INSERT INTO pacing (number, next_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (number,))
+            row = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()
+            next_at = float(_value(row))
+            if next_at > now:
+                return next_at - now
+            conn.execute("UPDATE pacing SET next_at = ? WHERE number = ?", (now + 1 / rate, number))
             self._update(mdr_id, owner, status=SENDING)
         return 0.0
+
+    def mark_sent(self, mdr_id: int, telnyx_id: str | None, status: str, attempts: int | None = None,
+                  owner: str | None = None) -> None:  # fmt: skip
+        """SQLite's mark_sent in one statement (autocommit) that also says whether a status of
+        this message arrived before it (rare: Telnyx answers the send first); only then a second
+        transaction applies those statuses, which only move the MDR forward. A status committed
+        after this statement finds the MDR by ``telnyx_id`` and applies itself."""
+        fields: dict[str, Any] = {"status": status, "telnyx_id": telnyx_id, "error": None}
+        if attempts is not None:
+            fields["attempts"] = attempts
+        if not telnyx_id or getattr(self._local, "conn", None) is not None:
+            super().mark_sent(mdr_id, telnyx_id, status, attempts, owner)
+            return
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        statement = (f"UPDATE mdrs SET {columns}, updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?"
+                     + (" AND lease_owner = ?" if owner is not None else "")
+                     + " RETURNING EXISTS (SELECT 1 FROM delivery_events e WHERE e.telnyx_id = mdrs.telnyx_id"
+                     " AND (e.profile IS NULL OR e.profile = mdrs.profile))")  # fmt: skip
+        params = [*fields.values(), self.now(), mdr_id, *([owner] if owner is not None else [])]
+        row = self._statement(statement, params).fetchone()
+        if row is None:
+            raise LeaseLost(f"mdrs row {mdr_id} is no longer held by {owner}")
+        if row[0]:
+            with self.transaction() as conn:
+                early = conn.execute(
+                    "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
+                    " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
+                ).fetchall()  # fmt: skip
+                for event_status, error in early:
+                    self._advance_status(mdr_id, event_status, error)
 
     # Transactions that make claimable work notify the other replicas.
 
     def add_inbound(self, *args: Any, **kwargs: Any) -> int | None:
-        with self.transaction():
+        """One INSERT in autocommit, then a NOTIFY if it stored a new message (a duplicate
+        wakes nobody): two round trips, not BEGIN, INSERT, NOTIFY and COMMIT."""
+        if getattr(self._local, "conn", None) is not None:  # joins an open transaction
             self._wakes()
             return super().add_inbound(*args, **kwargs)
+        mdr_id = super().add_inbound(*args, **kwargs)
+        if mdr_id is not None:
+            self._notify_now()
+        return mdr_id
 
     def apply_status(self, *args: Any, **kwargs: Any) -> int | None:
         with self.transaction():
