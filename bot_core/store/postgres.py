@@ -22,8 +22,9 @@ written in the subset both engines share (``INSERT ... ON CONFLICT``, ``RETURNIN
   migrate once; ``bot_core_schema`` holds the version, and a database newer than this code is
   refused (:class:`~bot_core.store.SchemaTooNew`);
 - **wake-ups**: a transaction that makes new work ``NOTIFY``-s the database's channel at commit;
-  :meth:`listen` wakes this replica's loops on every notification (a dedicated connection on a
-  thread), and the loops still poll, so a lost notification or listener only delays work.
+  :meth:`listen` wakes this replica's loops on every notification of another process (a
+  dedicated connection on a thread; its own work has woken its loops already), and the loops
+  still poll, so a lost notification or listener only delays work.
 
 Opt-outs, conversation state and leases are rows like any other: every replica reads them from
 the database, so an opt-out taken by one replica holds on all of them at once. Leases run on
@@ -36,6 +37,7 @@ import asyncio
 import re
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +64,7 @@ _CLAIM_LOCK = _MIGRATION_LOCK + 1
 _ID_INSERT = re.compile(r"\s*INSERT INTO (mdrs|timers|conversations|consent_log|delivery_events)\b")
 HEARTBEAT_WINDOW = 15.0  # seconds: three heartbeats of a started bot (Bot._heartbeat)
 _ALIAS = re.compile(r"(?:FROM|JOIN) (?:mdrs|timers|delivery_events) ([a-z])\b")
+_OPEN = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -122,6 +125,7 @@ class PostgresStore(SQLiteStore):
         self._closed = threading.Event()
         self._listeners: list[Callable[[], object]] = []
         self._listener: threading.Thread | None = None
+        self._token = uuid.uuid4().hex
         # One connection per worker thread, plus reads made from other threads (the event loop's).
         self.pool = ConnectionPool(url, min_size=1, max_size=threads + 4, kwargs={"autocommit": True},
                                    open=False, timeout=connect_timeout, name="bot-core")  # fmt: skip
@@ -179,7 +183,9 @@ class PostgresStore(SQLiteStore):
             conn.execute("UPDATE bot_core_schema SET version = ?", (len(POSTGRES_MIGRATIONS),))
         # One channel per schema: bots on other schemas of the same database are not woken.
         self.channel = f"bot_core_{crc:08x}"
-        self._notify = f'NOTIFY "{self.channel}"'  # a name of hex digits: nothing to quote
+        # The payload names this store, whose listener skips its own notifications: the work
+        # they announce has woken this process's loops already (as on SQLite), not once more.
+        self._notify = f"NOTIFY \"{self.channel}\", '{self._token}'"  # hex digits: nothing to quote
         self._notify_commit = f"{self._notify}; COMMIT"  # one round trip (simple query: no parameters)
 
     # -- connections -------------------------------------------------------------------------
@@ -199,19 +205,28 @@ class PostgresStore(SQLiteStore):
         BEGIN and COMMIT are plain statements rather than psycopg's ``transaction()`` (whose
         savepoint bookkeeping nothing here uses), so that a transaction that made work sends its
         NOTIFY and its COMMIT in one round trip."""
+        with self._transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, first: str = "") -> Iterator[_Connection]:
+        """:meth:`transaction`, whose ``first`` statements (no parameters) run before any other:
+        in the round trip of its BEGIN, or at once in the open transaction it joins."""
         current = getattr(self._local, "conn", None)
         if current is not None:
+            if first:
+                current.raw.execute(first)
             yield current
             return
         with self._unavailable(), self.pool.connection() as raw:
-            raw.execute("BEGIN")
+            raw.execute(f"BEGIN; {first}" if first else "BEGIN")
             self._local.conn, self._local.notify = _Connection(raw), False
             try:
                 yield self._local.conn
                 # delivered at commit, to every listening replica
                 raw.execute(self._notify_commit if self._local.notify else "COMMIT")
             except BaseException:
-                if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not raw.closed:
+                if raw.info.transaction_status in _OPEN:  # not on a lost connection: the pool drops it
                     raw.execute("ROLLBACK")
                 raise
             finally:
@@ -276,8 +291,9 @@ class PostgresStore(SQLiteStore):
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     self._notify_listeners()  # work committed while (re)connecting
                     while not self._closed.is_set():
-                        for _ in conn.notifies(timeout=0.25):
-                            self._notify_listeners()
+                        for notification in conn.notifies(timeout=0.25):
+                            if notification.payload != self._token:  # another process's work
+                                self._notify_listeners()
             except psycopg.Error:
                 self._closed.wait(1.0)  # the loops poll meanwhile
 
@@ -297,8 +313,9 @@ class PostgresStore(SQLiteStore):
         if not self._read(select, params):  # the idle case: no lock, no write
             return []
         alias = _ALIAS.search(select).group(1)  # type: ignore[union-attr]  # the table the claim leases
-        with self.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_CLAIM_LOCK, self._lock_key))
+        # The lock comes with BEGIN (one round trip), in a statement before the claim's own: the
+        # claim's snapshot then sees every claim that held the lock before it.
+        with self._transaction(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK}, {self._lock_key})") as conn:
             rows = conn.execute(
                 f"UPDATE {table} SET lease_owner = :owner, lease_until = :until"
                 f" WHERE id IN ({select} FOR UPDATE OF {alias} SKIP LOCKED) RETURNING {returning}",
