@@ -34,6 +34,7 @@ each host's wall clock: keep replicas' clocks in sync (NTP), well within the lea
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -50,6 +51,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..logs import Masker
+from ..messages import Conversation
 from . import SENDING, LeaseLost, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
 from .sqlite import Params, Row
@@ -322,6 +324,24 @@ class PostgresStore(SQLiteStore):
                 {**params, "owner": owner, "until": now + lease},
             ).fetchall()
         return sorted(rows)
+
+    def conversation(self, profile: str | None, our_number: str, their_number: str) -> Conversation:
+        """SQLite's ``conversation``, created in one statement (autocommit) that returns the new
+        row: one round trip, not five (BEGIN, INSERT, two SELECTs, COMMIT)."""
+        found = self.find_conversation(our_number, their_number)
+        if found is not None:
+            return found
+        now = self.now()
+        row = self._statement(
+            "INSERT INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
+            " VALUES (?, ?, ?, '{}', ?, ?) ON CONFLICT DO NOTHING RETURNING id, profile, state",
+            (profile, our_number, their_number, now, now),
+        ).fetchone()  # fmt: skip
+        if row is None:  # another replica created it meanwhile (or the open transaction did)
+            row = self._statement("SELECT id, profile, state FROM conversations WHERE our_number = ?"
+                                  " AND their_number = ?", (our_number, their_number)).fetchone()  # fmt: skip
+            assert row is not None, "the INSERT conflicted with it"
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2]))
 
     def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float:
         now = time.time()
