@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import sqlite_utils
 
-from bot_core.messages import InboundMessage
+from bot_core.messages import DeliveryStatus, InboundMessage
 from bot_core.store import (
     FAILED,
     HANDLED,
@@ -299,3 +299,30 @@ def test_an_error_quoting_a_secret_in_repr_or_json_form_is_masked(tmp_path):
         assert error == 'failed: "[secret]" "[secret]"'  # repr picks double quotes for a text with a ''
     finally:
         store.close()
+
+
+def test_marking_a_send_sent_ends_its_lease_and_applies_a_status_that_came_first(store):
+    message = inbound(store)
+    early, plain = store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply("a")]) + [
+        store.add_outbound(OutboundDraft("main", OURS, "+13125550999", "b"))
+    ]
+    assert sorted(s.id for s in store.claim_sends("sender", 10, 60)) == [early, plain]
+    store.apply_status(DeliveryStatus("tx-early", "delivered", OURS, THEIRS))  # before Telnyx's answer to the send
+    with pytest.raises(LeaseLost):
+        store.mark_sent(early, "tx-early", "queued", owner="other")
+    store.mark_sent(early, "tx-early", "queued", owner="sender")
+    store.mark_sent(plain, "tx-plain", "queued", attempts=2, owner="sender")
+    assert [(store.mdr_columns(i)["status"], store.mdr_columns(i)["lease_owner"]) for i in (early, plain)] == [
+        ("delivered", None),
+        ("queued", None),
+    ]
+    assert store.mdr_columns(plain)["attempts"] == 2
+
+
+def test_a_conversation_is_created_once_and_found_after(store):
+    first = store.conversation("main", OURS, THEIRS)
+    assert (first.profile, first.our_number, first.their_number, first.state) == ("main", OURS, THEIRS, {})
+    with store.transaction():  # created in the open transaction, then asked for again within it
+        other = store.conversation("main", OURS, "+13125550999")
+        assert store.conversation("main", OURS, "+13125550999").id == other.id
+    assert store.conversation("main", OURS, THEIRS).id == first.id != other.id
