@@ -112,6 +112,28 @@ def test_a_replica_is_woken_when_another_one_commits_work(postgres_url):
         writer.close()
 
 
+def test_a_notification_names_the_replica_that_made_the_work(postgres_url):
+    """So that a replica's listener skips its own: that work has woken its loops already."""
+    first, second = open_store(postgres_url), open_store(postgres_url)
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as spy:
+            spy.execute(f'LISTEN "{first.channel}"')
+            first.add_inbound(InboundMessage("own-1", "hi", "+13125550123", OURS, "main"))
+            first.add_inbound(InboundMessage("own-1", "hi", "+13125550123", OURS, "main"))  # a duplicate: no work
+            second.add_inbound(InboundMessage("other-1", "hi", "+13125550124", OURS, "main"))
+            payloads = [n.payload for n in spy.notifies(timeout=10, stop_after=2)]
+        assert payloads[0] != payloads[1] and "" not in payloads
+        woken = threading.Event()
+        first.listen(woken.set)
+        assert woken.wait(10)  # once when it starts listening
+        woken.clear()
+        second.add_inbound(InboundMessage("other-2", "hi", "+13125550124", OURS, "main"))
+        assert woken.wait(10)  # another replica's work wakes it
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_database_newer_than_the_code_is_refused_and_check_reports_it(database_url, tmp_path):
     open_store(database_url).close()
     if is_postgres(database_url):

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import sqlite_utils
 
-from bot_core.messages import InboundMessage
+from bot_core.messages import DeliveryStatus, InboundMessage
 from bot_core.store import (
     FAILED,
     HANDLED,
@@ -363,3 +363,30 @@ def test_a_failing_job_of_a_group_commit_fails_alone(sqlite_store):
     assert isinstance(results[1], LeaseLost) and calls == [1]
     assert all(isinstance(r, int) for r in results[:1] + results[2:])
     assert [m.id for m in store.pending_inbound()] == ["m0", "m1", "m2"]
+
+
+def test_marking_a_send_sent_ends_its_lease_and_applies_a_status_that_came_first(store):
+    message = inbound(store)
+    early, plain = store.finish_inbound(message.mdr_id, status=HANDLED, replies=[reply("a")]) + [
+        store.add_outbound(OutboundDraft("main", OURS, "+13125550999", "b"))
+    ]
+    assert sorted(s.id for s in store.claim_sends("sender", 10, 60)) == [early, plain]
+    store.apply_status(DeliveryStatus("tx-early", "delivered", OURS, THEIRS))  # before Telnyx's answer to the send
+    with pytest.raises(LeaseLost):
+        store.mark_sent(early, "tx-early", "queued", owner="other")
+    store.mark_sent(early, "tx-early", "queued", owner="sender")
+    store.mark_sent(plain, "tx-plain", "queued", attempts=2, owner="sender")
+    assert [(store.mdr_columns(i)["status"], store.mdr_columns(i)["lease_owner"]) for i in (early, plain)] == [
+        ("delivered", None),
+        ("queued", None),
+    ]
+    assert store.mdr_columns(plain)["attempts"] == 2
+
+
+def test_a_conversation_is_created_once_and_found_after(store):
+    first = store.conversation("main", OURS, THEIRS)
+    assert (first.profile, first.our_number, first.their_number, first.state) == ("main", OURS, THEIRS, {})
+    with store.transaction():  # created in the open transaction, then asked for again within it
+        other = store.conversation("main", OURS, "+13125550999")
+        assert store.conversation("main", OURS, "+13125550999").id == other.id
+    assert store.conversation("main", OURS, THEIRS).id == first.id != other.id

@@ -22,8 +22,9 @@ written in the subset both engines share (``INSERT ... ON CONFLICT``, ``RETURNIN
   migrate once; ``bot_core_schema`` holds the version, and a database newer than this code is
   refused (:class:`~bot_core.store.SchemaTooNew`);
 - **wake-ups**: a transaction that makes new work ``NOTIFY``-s the database's channel at commit;
-  :meth:`listen` wakes this replica's loops on every notification (a dedicated connection on a
-  thread), and the loops still poll, so a lost notification or listener only delays work.
+  :meth:`listen` wakes this replica's loops on every notification of another process (a
+  dedicated connection on a thread; its own work has woken its loops already), and the loops
+  still poll, so a lost notification or listener only delays work.
 
 Opt-outs, conversation state and leases are rows like any other: every replica reads them from
 the database, so an opt-out taken by one replica holds on all of them at once. Leases run on
@@ -33,9 +34,11 @@ each host's wall clock: keep replicas' clocks in sync (NTP), well within the lea
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +51,8 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..logs import Masker
-from . import SENDING, SchemaTooNew, Unavailable, display
+from ..messages import Conversation
+from . import SENDING, LeaseLost, SchemaTooNew, Unavailable, display
 from .schema import POSTGRES_MIGRATIONS
 from .sqlite import Params, Row
 from .sqlite import Store as SQLiteStore
@@ -62,6 +66,7 @@ _CLAIM_LOCK = _MIGRATION_LOCK + 1
 _ID_INSERT = re.compile(r"\s*INSERT INTO (mdrs|timers|conversations|consent_log|delivery_events)\b")
 HEARTBEAT_WINDOW = 15.0  # seconds: three heartbeats of a started bot (Bot._heartbeat)
 _ALIAS = re.compile(r"(?:FROM|JOIN) (?:mdrs|timers|delivery_events) ([a-z])\b")
+_OPEN = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -122,6 +127,7 @@ class PostgresStore(SQLiteStore):
         self._closed = threading.Event()
         self._listeners: list[Callable[[], object]] = []
         self._listener: threading.Thread | None = None
+        self._token = uuid.uuid4().hex
         # One connection per worker thread, plus reads made from other threads (the event loop's).
         self.pool = ConnectionPool(url, min_size=1, max_size=threads + 4, kwargs={"autocommit": True},
                                    open=False, timeout=connect_timeout, name="bot-core")  # fmt: skip
@@ -179,6 +185,10 @@ class PostgresStore(SQLiteStore):
             conn.execute("UPDATE bot_core_schema SET version = ?", (len(POSTGRES_MIGRATIONS),))
         # One channel per schema: bots on other schemas of the same database are not woken.
         self.channel = f"bot_core_{crc:08x}"
+        # The payload names this store, whose listener skips its own notifications: the work
+        # they announce has woken this process's loops already (as on SQLite), not once more.
+        self._notify = f"NOTIFY \"{self.channel}\", '{self._token}'"  # hex digits: nothing to quote
+        self._notify_commit = f"{self._notify}; COMMIT"  # one round trip (simple query: no parameters)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -192,17 +202,35 @@ class PostgresStore(SQLiteStore):
 
     @contextmanager
     def transaction(self) -> Iterator[_Connection]:  # type: ignore[override]
-        """One transaction on a pooled connection; nested use (same thread) joins the outer one."""
+        """One transaction on a pooled connection; nested use (same thread) joins the outer one.
+
+        BEGIN and COMMIT are plain statements rather than psycopg's ``transaction()`` (whose
+        savepoint bookkeeping nothing here uses), so that a transaction that made work sends its
+        NOTIFY and its COMMIT in one round trip."""
+        with self._transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, first: str = "") -> Iterator[_Connection]:
+        """:meth:`transaction`, whose ``first`` statements (no parameters) run before any other:
+        in the round trip of its BEGIN, or at once in the open transaction it joins."""
         current = getattr(self._local, "conn", None)
         if current is not None:
+            if first:
+                current.raw.execute(first)
             yield current
             return
-        with self._unavailable(), self.pool.connection() as raw, raw.transaction():
+        with self._unavailable(), self.pool.connection() as raw:
+            raw.execute(f"BEGIN; {first}" if first else "BEGIN")
             self._local.conn, self._local.notify = _Connection(raw), False
             try:
                 yield self._local.conn
-                if self._local.notify:  # delivered at commit, to every listening replica
-                    raw.execute("SELECT pg_notify(%s, '')", (self.channel,))
+                # delivered at commit, to every listening replica
+                raw.execute(self._notify_commit if self._local.notify else "COMMIT")
+            except BaseException:
+                if raw.info.transaction_status in _OPEN:  # not on a lost connection: the pool drops it
+                    raw.execute("ROLLBACK")
+                raise
             finally:
                 self._local.conn = None
 
@@ -216,9 +244,19 @@ class PostgresStore(SQLiteStore):
         """The open transaction makes work: notify the replicas when it commits."""
         self._local.notify = True
 
+    def _notify_now(self) -> None:
+        """Wake the replicas for work committed already."""
+        with self._unavailable(), self.pool.connection() as raw:
+            raw.execute(self._notify)
+
     def _statement(self, statement: str, params: Params) -> _Result:  # type: ignore[override]
-        with self.transaction() as conn:
-            return conn.execute(statement, params)
+        """One write: in the open transaction, else alone in autocommit (one statement is atomic
+        by itself: no BEGIN and COMMIT round trips)."""
+        current: _Connection | None = getattr(self._local, "conn", None)
+        if current is not None:
+            return current.execute(statement, params)
+        with self._unavailable(), self.pool.connection() as raw:
+            return _Connection(raw).execute(statement, params)
 
     def _read(self, statement: str, params: Params = ()) -> list[Row]:
         with self._unavailable(), self.pool.connection() as raw:
@@ -255,8 +293,9 @@ class PostgresStore(SQLiteStore):
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     self._notify_listeners()  # work committed while (re)connecting
                     while not self._closed.is_set():
-                        for _ in conn.notifies(timeout=0.25):
-                            self._notify_listeners()
+                        for notification in conn.notifies(timeout=0.25):
+                            if notification.payload != self._token:  # another process's work
+                                self._notify_listeners()
             except psycopg.Error:
                 self._closed.wait(1.0)  # the loops poll meanwhile
 
@@ -276,8 +315,9 @@ class PostgresStore(SQLiteStore):
         if not self._read(select, params):  # the idle case: no lock, no write
             return []
         alias = _ALIAS.search(select).group(1)  # type: ignore[union-attr]  # the table the claim leases
-        with self.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (_CLAIM_LOCK, self._lock_key))
+        # The lock comes with BEGIN (one round trip), in a statement before the claim's own: the
+        # claim's snapshot then sees every claim that held the lock before it.
+        with self._transaction(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK}, {self._lock_key})") as conn:
             rows = conn.execute(
                 f"UPDATE {table} SET lease_owner = :owner, lease_until = :until"
                 f" WHERE id IN ({select} FOR UPDATE OF {alias} SKIP LOCKED) RETURNING {returning}",
@@ -285,26 +325,82 @@ class PostgresStore(SQLiteStore):
             ).fetchall()
         return sorted(rows)
 
+    def conversation(self, profile: str | None, our_number: str, their_number: str) -> Conversation:
+        """SQLite's ``conversation``, created in one statement (autocommit) that returns the new
+        row: one round trip, not five (BEGIN, INSERT, two SELECTs, COMMIT)."""
+        found = self.find_conversation(our_number, their_number)
+        if found is not None:
+            return found
+        now = self.now()
+        row = self._statement(
+            "INSERT INTO conversations (profile, our_number, their_number, state, created_at, updated_at)"
+            " VALUES (?, ?, ?, '{}', ?, ?) ON CONFLICT DO NOTHING RETURNING id, profile, state",
+            (profile, our_number, their_number, now, now),
+        ).fetchone()  # fmt: skip
+        if row is None:  # another replica created it meanwhile (or the open transaction did)
+            row = self._statement("SELECT id, profile, state FROM conversations WHERE our_number = ?"
+                                  " AND their_number = ?", (our_number, their_number)).fetchone()  # fmt: skip
+            assert row is not None, "the INSERT conflicted with it"
+        return Conversation(row[0], row[1], our_number, their_number, json.loads(row[2]))
+
     def start_send(self, mdr_id: int, owner: str | None = None, *, rate: float = 0.0) -> float:
         now = time.time()
+        if rate <= 0:  # one statement: autocommit, no BEGIN and COMMIT round trips
+            self._update(mdr_id, owner, status=SENDING)
+            return 0.0
         with self.transaction() as conn:
-            if rate > 0:
-                number = _value(conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone())
-                conn.execute("INSERT INTO pacing (number, next_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (number,))
-                row = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()
-                next_at = float(_value(row))
-                if next_at > now:
-                    return next_at - now
-                conn.execute("UPDATE pacing SET next_at = ? WHERE number = ?", (now + 1 / rate, number))
+            number = _value(conn.execute("SELECT from_number FROM mdrs WHERE id = ?", (mdr_id,)).fetchone())
+            conn.execute("INSERT INTO pacing (number, next_at) VALUES (?, 0) ON CONFLICT DO NOTHING", (number,))
+            row = conn.execute("SELECT next_at FROM pacing WHERE number = ? FOR UPDATE", (number,)).fetchone()
+            next_at = float(_value(row))
+            if next_at > now:
+                return next_at - now
+            conn.execute("UPDATE pacing SET next_at = ? WHERE number = ?", (now + 1 / rate, number))
             self._update(mdr_id, owner, status=SENDING)
         return 0.0
+
+    def mark_sent(self, mdr_id: int, telnyx_id: str | None, status: str, attempts: int | None = None,
+                  owner: str | None = None) -> None:  # fmt: skip
+        """SQLite's mark_sent in one statement (autocommit) that also says whether a status of
+        this message arrived before it (rare: Telnyx answers the send first); only then a second
+        transaction applies those statuses, which only move the MDR forward. A status committed
+        after this statement finds the MDR by ``telnyx_id`` and applies itself."""
+        fields: dict[str, Any] = {"status": status, "telnyx_id": telnyx_id, "error": None}
+        if attempts is not None:
+            fields["attempts"] = attempts
+        if not telnyx_id or getattr(self._local, "conn", None) is not None:
+            super().mark_sent(mdr_id, telnyx_id, status, attempts, owner)
+            return
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        statement = (f"UPDATE mdrs SET {columns}, updated_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?"
+                     + (" AND lease_owner = ?" if owner is not None else "")
+                     + " RETURNING EXISTS (SELECT 1 FROM delivery_events e WHERE e.telnyx_id = mdrs.telnyx_id"
+                     " AND (e.profile IS NULL OR e.profile = mdrs.profile))")  # fmt: skip
+        params = [*fields.values(), self.now(), mdr_id, *([owner] if owner is not None else [])]
+        row = self._statement(statement, params).fetchone()
+        if row is None:
+            raise LeaseLost(f"mdrs row {mdr_id} is no longer held by {owner}")
+        if row[0]:
+            with self.transaction() as conn:
+                early = conn.execute(
+                    "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
+                    " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
+                ).fetchall()  # fmt: skip
+                for event_status, error in early:
+                    self._advance_status(mdr_id, event_status, error)
 
     # Transactions that make claimable work notify the other replicas.
 
     def add_inbound(self, *args: Any, **kwargs: Any) -> int | None:
-        with self.transaction():
+        """One INSERT in autocommit, then a NOTIFY if it stored a new message (a duplicate
+        wakes nobody): two round trips, not BEGIN, INSERT, NOTIFY and COMMIT."""
+        if getattr(self._local, "conn", None) is not None:  # joins an open transaction
             self._wakes()
             return super().add_inbound(*args, **kwargs)
+        mdr_id = super().add_inbound(*args, **kwargs)
+        if mdr_id is not None:
+            self._notify_now()
+        return mdr_id
 
     def apply_status(self, *args: Any, **kwargs: Any) -> int | None:
         with self.transaction():
