@@ -25,7 +25,7 @@ from .lanes import Claims
 from .messages import Conversation, DeliveryStatus, InboundMessage, Reply
 from .outbox import as_replies, draft
 from .plugins import call_impl
-from .store import FAILED, HANDLED, IGNORED, Effect, SendEffect, StatusEvent
+from .store import FAILED, HANDLED, IGNORED, Context, Effect, SendEffect, StatusEvent
 from .timers import Timer
 
 if TYPE_CHECKING:
@@ -99,16 +99,23 @@ class Dispatcher:
             )
             await bot.stored(store.finish_inbound, message.mdr_id, status=IGNORED, error=reason, owner=bot.owner)
             return
-        conversation = store.find_conversation(message.to_number, message.from_number) or await bot.stored(
-            store.conversation, number.profile, message.to_number, message.from_number
-        )  # the first message
-        outcome = await self.consult(message, conversation)
-        await self._commit(message.mdr_id, conversation, outcome, message_id=message.id)
+        # One read (off the event loop on PostgreSQL): the conversation, its handler, the opt-outs.
+        found = await store.read(store.conversation_context, message.to_number, message.from_number)
+        if found is None:  # the first message
+            await bot.stored(store.conversation, number.profile, message.to_number, message.from_number)
+            found = await store.read(store.conversation_context, message.to_number, message.from_number)
+            assert found is not None, "created just now; conversations are never deleted while in use"
+        conversation, context = found
+        outcome = await self.consult(message, conversation, context)
+        await self._commit(message.mdr_id, conversation, outcome, message_id=message.id, consent=context.consent)
 
-    async def consult(self, message: InboundMessage, conversation: Conversation) -> Outcome:
+    async def consult(self, message: InboundMessage, conversation: Conversation,
+                      context: Context | None = None) -> Outcome:  # fmt: skip
         """Ask the profile's plugins in order; the first non-None answer claims the message.
 
         While a person has the conversation only ``optout`` is asked (see handoff.gate).
+        ``context``: read with the conversation, so that the gate and the plugins' opt-out
+        checks read nothing more (without it, they read what they need).
 
         On failure ``conversation.state`` is put back as it was, the plugins' effects are
         dropped, and the fallback reply (if any) is the only reply.
@@ -116,9 +123,10 @@ class Dispatcher:
         bot = self.bot
         number = bot.config.number(message.to_number)
         assert number is not None
-        active, unclaimed = await handoff.gate(bot, conversation, bot.plugins.active(number))
+        current = handoff.Handler.of(context) if context else None
+        active, unclaimed = await handoff.gate(bot, conversation, bot.plugins.active(number), current)
         before = copy.deepcopy(conversation.state)
-        with effects_.collecting(bot.store) as effects:
+        with effects_.collecting(bot.store, context.consent if context else None) as effects:
             for name in active:
                 impl = bot.plugins.impl("handle_message", name)
                 if impl is None:
@@ -182,9 +190,10 @@ class Dispatcher:
         return Outcome(FAILED, active, name, (Reply(fallback),) if fallback else (), reason)
 
     async def _commit(self, mdr_id: int | None, conversation: Conversation, outcome: Outcome, timer: Timer | None = None,
-                      message_id: str | None = None) -> None:  # fmt: skip
+                      message_id: str | None = None,
+                      consent: dict[tuple[str | None, str], bool] | None = None) -> None:  # fmt: skip
         bot, store = self.bot, self.bot.store
-        effects = effects_.Effects(store)
+        effects = effects_.Effects(store, consent)
         for effect in outcome.effects:
             effects.add(effect)
         drafts = [
@@ -224,18 +233,19 @@ class Dispatcher:
 
     async def _fire(self, timer: Timer) -> None:
         bot = self.bot
-        conversation = bot.store.conversation_by_id(timer.conversation_id)
-        if conversation is None:
+        found = await bot.store.read(bot.store.conversation_context, conversation_id=timer.conversation_id)
+        if found is None:
             await bot.stored(bot.store.finish_timer, timer.id, None, [], error="conversation no longer exists",
                              owner=bot.owner)  # fmt: skip
             return
+        conversation, context = found
         if timer.text is not None:
             outcome = Outcome(HANDLED, [], None, (Reply(timer.text),))
         else:
-            outcome = await self._timer_callback(timer, conversation)
-        await self._commit(None, conversation, outcome, timer)
+            outcome = await self._timer_callback(timer, conversation, context)
+        await self._commit(None, conversation, outcome, timer, consent=context.consent)
 
-    async def _timer_callback(self, timer: Timer, conversation: Conversation) -> Outcome:
+    async def _timer_callback(self, timer: Timer, conversation: Conversation, context: Context) -> Outcome:
         bot = self.bot
         plugin = timer.plugin or ""  # no plugin has the name "": the timer's plugin from here on
         impl = bot.plugins.impl("handle_timer", plugin)
@@ -245,7 +255,7 @@ class Dispatcher:
         config = number.plugin_config.get(plugin, {}) if number else {}
         before = copy.deepcopy(conversation.state)
         kwargs = {"bot": bot, "timer": timer, "conversation": conversation, "config": config}
-        with effects_.collecting(bot.store) as effects:
+        with effects_.collecting(bot.store, context.consent) as effects:
             effects.plugin = plugin
             try:
                 result = await self._call(plugin, impl, kwargs)

@@ -25,8 +25,12 @@ _current: ContextVar[Effects | None] = ContextVar("bot_core_effects", default=No
 class Effects:
     """Effects made so far by the plugins called for one unit, in the order they were made."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, consent: dict[tuple[str | None, str], bool] | None = None) -> None:
         self.store = store
+        # Stored opt-out records read for this unit, (profile, number) -> opted out (profile None:
+        # account-wide): read once per unit, usually with its conversation (store.Context). The
+        # sender checks again before each send, so an opt-out stored meanwhile still blocks it.
+        self.consent = dict(consent or {})
         self.items: list[tuple[str | None, Effect]] = []
         self.plugin: str | None = None  # the plugin being called
         self.open = True
@@ -46,7 +50,11 @@ class Effects:
         for _, effect in reversed(self.items):
             if isinstance(effect, ConsentEffect) and (effect.profile, effect.number) == (profile, number):
                 return effect.opted_out
-        return self.store.consent_record(profile, number)
+        if (profile, number) not in self.consent:
+            own, account = self.store.consent_records(profile, number)  # both in one read
+            self.consent[(None, number)] = account
+            self.consent[(profile, number)] = own
+        return self.consent[(profile, number)]
 
     def opted_out(self, profile: str | None, number: str) -> bool:
         """Opt-out state as this unit will leave it: its own consent changes over the stored ones
@@ -61,10 +69,10 @@ def current() -> Effects | None:
 
 
 @contextmanager
-def collecting(store: Store) -> Iterator[Effects]:
+def collecting(store: Store, consent: dict[tuple[str | None, str], bool] | None = None) -> Iterator[Effects]:
     """Collect the effects of plugin calls made inside the block; closed when it ends, so a task
-    a plugin left running writes its later effects directly."""
-    effects = Effects(store)
+    a plugin left running writes its later effects directly. ``consent``: see :class:`Effects`."""
+    effects = Effects(store, consent)
     token = _current.set(effects)
     try:
         yield effects

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .messages import Conversation
 from .plugins import ALWAYS_FIRST
-from .store import UNHANDLED, WAITING
+from .store import UNHANDLED, WAITING, Context
 
 if TYPE_CHECKING:
     from .bot import Bot
@@ -35,6 +35,13 @@ class Handler:
     reason: str | None = None
     since: float | None = None  # the handoff, or the last operator activity after it
 
+    @classmethod
+    def of(cls, context: Context) -> Handler:
+        """The handler that ``context`` (read with the conversation) names."""
+        if not context.with_person:
+            return cls(False)
+        return cls(True, context.operator, context.handoff_reason, context.handoff_at)
+
 
 def handler(bot: Bot, conversation_id: int) -> Handler:
     row = bot.store._read_one(
@@ -43,17 +50,21 @@ def handler(bot: Bot, conversation_id: int) -> Handler:
     return Handler(bool(row[0]), *row[1:]) if row and row[0] else Handler(False)
 
 
-async def gate(bot: Bot, conversation: Conversation, active: list[str]) -> tuple[list[str], str]:
+async def gate(bot: Bot, conversation: Conversation, active: list[str],
+               current: Handler | None = None) -> tuple[list[str], str]:  # fmt: skip
     """The plugins a message of ``conversation`` may reach, and its status if none claims it.
 
-    One read per message: a handoff idle past ``handback_after`` ends here, at once, rather than
-    at the next sweep of :func:`expire` (the heartbeat's, every few seconds)."""
-    current = handler(bot, conversation.id)
+    ``current``: the handler read with the conversation (else one read here). A handoff idle
+    past ``handback_after`` ends here, at once, rather than at the next sweep of :func:`expire`
+    (the heartbeat's, every few seconds)."""
+    if current is None:
+        current = handler(bot, conversation.id)
     if not current.with_person:
         return active, UNHANDLED
     after = bot.config.inbox.handback_after
     if after and current.since is not None and current.since < bot.clock() - after:
-        hand_back(bot, conversation, f"no operator reply for {after:g} s")
+        if await bot.stored(_release, bot, conversation.id):  # off the event loop
+            _announce(bot, conversation, BOT, f"no operator reply for {after:g} s", None)
         return active, UNHANDLED
     return [name for name in active if name in ALWAYS_FIRST], WAITING
 
@@ -61,31 +72,34 @@ async def gate(bot: Bot, conversation: Conversation, active: list[str]) -> tuple
 def hand_over(bot: Bot, conversation: Conversation, reason: str, operator: str | None = None) -> bool:
     """Give ``conversation`` to a person (``operator`` when one takes it); False if a person
     already had it and nothing changed. A plugin's handoff leaves it waiting for someone."""
-    now = bot.clock()
-    current = handler(bot, conversation.id)
-    if current.with_person and (operator is None or current.operator == operator):
-        return False
-    with bot.store.transaction() as conn:
-        conn.execute(
-            "UPDATE conversations SET with_person = 1, operator = ?, handoff_reason = ?, handoff_at = ?,"
-            " waiting = ?, updated_at = ? WHERE id = ?",
-            (operator, reason, now, int(operator is None), bot.store.now(), conversation.id),
-        )
-    _announce(bot, conversation, PERSON, reason, operator)
-    return True
+    # One statement, the check in its WHERE (one round trip on PostgreSQL, where this runs on the
+    # event loop when a plugin calls bot.handoff): a person who has it already keeps it, unless
+    # ``operator`` takes it from whoever else had it.
+    changed = bot.store._statement(
+        "UPDATE conversations SET with_person = 1, operator = ?, handoff_reason = ?, handoff_at = ?, waiting = ?,"
+        " updated_at = ? WHERE id = ? AND (with_person = 0 OR (? = 1 AND COALESCE(operator, '') <> ?))",
+        (operator, reason, bot.clock(), int(operator is None), bot.store.now(), conversation.id,
+         int(operator is not None), operator or ""),
+    ).rowcount  # fmt: skip
+    if changed:
+        _announce(bot, conversation, PERSON, reason, operator)
+    return bool(changed)
 
 
 def hand_back(bot: Bot, conversation: Conversation, reason: str, operator: str | None = None) -> bool:
     """Give ``conversation`` back to the bot; False if the bot already had it."""
-    with bot.store.transaction() as conn:
-        changed = conn.execute(
-            "UPDATE conversations SET with_person = 0, operator = NULL, handoff_reason = NULL, handoff_at = NULL,"
-            " waiting = 0, updated_at = ? WHERE id = ? AND with_person = 1",
-            (bot.store.now(), conversation.id),
-        ).rowcount
+    changed = _release(bot, conversation.id)
     if changed:
         _announce(bot, conversation, BOT, reason, operator)
-    return bool(changed)
+    return changed
+
+
+def _release(bot: Bot, conversation_id: int) -> bool:
+    """The write of :func:`hand_back` (one statement); False if the bot already had it."""
+    return bool(bot.store._statement(
+        "UPDATE conversations SET with_person = 0, operator = NULL, handoff_reason = NULL, handoff_at = NULL,"
+        " waiting = 0, updated_at = ? WHERE id = ? AND with_person = 1", (bot.store.now(), conversation_id),
+    ).rowcount)  # fmt: skip
 
 
 def touch(bot: Bot, conversation_id: int, operator: str) -> None:

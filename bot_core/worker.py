@@ -106,7 +106,8 @@ class Sender:
 
     async def _profile(self, message: Outbound) -> Profile | None:
         """The sending profile; None after settling, unsent, a message that must not go out."""
-        if not message.ignore_optout and self.store.is_opted_out(message.profile, message.to_number):
+        opted_out = self.store.is_opted_out  # checked again at each send: an opt-out stored since blocks it
+        if not message.ignore_optout and await self.store.read(opted_out, message.profile, message.to_number):
             await self._final(message, BLOCKED, "recipient opted out")
             return None
         profile = self.config.profile_for_sender(message.from_number)

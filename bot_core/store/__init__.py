@@ -206,6 +206,20 @@ class ConsentEffect:
 Effect = SendEffect | TimerEffect | CancelEffect | ConsentEffect
 
 
+@dataclass(frozen=True)
+class Context:
+    """What handling a unit reads with its conversation, in the same query (one round trip on
+    PostgreSQL): who has the conversation (see ``handoff.gate``) and the stored opt-out records
+    of its customer, keyed ``(profile, number)`` with None for the account-wide one (see
+    ``effects.Effects.record``)."""
+
+    with_person: bool
+    operator: str | None
+    handoff_reason: str | None
+    handoff_at: float | None
+    consent: dict[tuple[str | None, str], bool]
+
+
 @runtime_checkable
 class WorkStore(Protocol):
     """The claim and lease layer every engine implements (the rest of the store is plain CRUD).
@@ -259,7 +273,7 @@ def open_store(database: str | Path, **kwargs: Any) -> Store:
 __all__ = [
     "ACCOUNT", "BLOCKED", "FAILED", "HANDLED", "IGNORED", "PENDING", "RECEIVED", "SANDBOX", "SENDING", "UNHANDLED",
     "WAITING",
-    "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Effect", "LeaseLost", "Outbound", "OutboundDraft",
+    "ERRORS", "TRANSIENT", "CancelEffect", "ConsentEffect", "Context", "Effect", "LeaseLost", "Outbound", "OutboundDraft",
     "SchemaTooNew", "SendEffect", "StatusEvent", "Store", "TimerEffect", "Unavailable", "WorkStore", "display",
     "is_postgres", "iso", "open_store", "schema_version",
 ]  # fmt: skip

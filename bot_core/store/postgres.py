@@ -240,6 +240,10 @@ class PostgresStore(SQLiteStore):
         Cancel the future to give up waiting: a job not started yet is then skipped."""
         return asyncio.wrap_future(self._executor.submit(job))
 
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A read for a unit being handled, on a pool thread: a round trip blocks no other lane."""
+        return await self.call(fn, *args, **kwargs)
+
     def _wakes(self) -> None:
         """The open transaction makes work: notify the replicas when it commits."""
         self._local.notify = True
