@@ -6,7 +6,9 @@ each thread taking a connection from a ``psycopg_pool.ConnectionPool`` for its t
 An async contract (psycopg's ``AsyncConnection``) would have forked every caller in two, or
 pushed SQLite behind the same thread hop anyway; the thread pool costs a thread switch per
 call (microseconds against a network round trip) and keeps one contract and one set of callers
-for both engines. The CLI and tests call the same methods directly, as they do on SQLite.
+for both engines. The CLI and tests call the same methods directly, as they do on SQLite. Reads
+made while handling a unit go through ``await store.read(fn, ...)``: inline on SQLite (a local
+reader, faster than the thread hop), on the thread pool here, so no round trip blocks the loop.
 
 The engine inherits the contract's logic and SQL from :mod:`.sqlite`: its statements are
 written in the subset both engines share (``INSERT ... ON CONFLICT``, ``RETURNING``), and
