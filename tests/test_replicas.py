@@ -149,8 +149,11 @@ def test_an_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_pat
     config = tmp_path / "bot.toml"
     url = "postgresql://bot:hunter2-secret@127.0.0.1:1/bot"  # nothing listens on port 1
     config.write_text(f'[bot]\ndatabase = "{url}"\n\n[profiles.main]\nsecret = "s"\nnumbers = ["{OURS}"]\n')
-    for command in ("check", "messages", "serve"):
-        result = subprocess.run([sys.executable, "-m", "bot_core", command, "--config", str(config)],
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert result.returncode == 1 and "127.0.0.1:1/bot" in result.stderr, result.stderr
-        assert "hunter2" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    # Each waits out the pool's connect timeout (PostgreSQL may be starting): all three at once.
+    processes = [subprocess.Popen([sys.executable, "-m", "bot_core", command, "--config", str(config)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for command in ("check", "messages", "serve")]  # fmt: skip
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1 and "127.0.0.1:1/bot" in stderr, stderr
+        assert "hunter2" not in stdout + stderr and "Traceback" not in stderr
