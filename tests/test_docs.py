@@ -273,7 +273,9 @@ def _run(command: str, cwd: Path, env: dict, shell: bool) -> subprocess.Complete
     done = subprocess.CompletedProcess(command, 0, "", "")
     for args, stdin in steps:
         step = bot_core(*args, input=stdin, cwd=str(cwd), env={**ENVIRON, "NO_COLOR": "1", "BOT_CORE_CONFIG": None})
-        done.returncode, done.stdout, done.stderr = step.returncode, done.stdout + step.stdout, done.stderr + step.stderr
+        done.stdout += step.stdout
+        done.stderr += step.stderr
+        done.returncode = step.returncode
         if step.returncode:
             break
     return done

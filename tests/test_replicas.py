@@ -20,6 +20,7 @@ from bot_core.store import HANDLED, SchemaTooNew, is_postgres, open_store
 from bot_core.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 
 from .conftest import rows
+from .inprocess import bot_core
 
 OURS = "+13125550100"
 
@@ -125,19 +126,16 @@ def test_a_database_newer_than_the_code_is_refused_and_check_reports_it(database
         open_store(database_url)
     config = tmp_path / "bot.toml"
     config.write_text(f'[bot]\ndatabase = "{database_url}"\n\n[profiles.main]\nsecret = "s"\nnumbers = ["{OURS}"]\n')
-    check = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(config)],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    check = bot_core("check", "--config", str(config))
     assert check.returncode == 1 and "migrated by a newer bot-core" in check.stderr
-    send = subprocess.run([sys.executable, "-m", "bot_core", "messages", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    send = bot_core("messages", "--config", str(config))
     assert send.returncode == 1 and "upgrade bot-core" in send.stderr and "Traceback" not in send.stderr
 
 
 def test_check_reads_the_database_without_creating_it(database_url, tmp_path):
     config = tmp_path / "bot.toml"
     config.write_text(f'[bot]\ndatabase = "{database_url}"\n\n[profiles.main]\nsecret = "s"\nnumbers = ["{OURS}"]\n')
-    check = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(config)],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    check = bot_core("check", "--config", str(config))
     assert check.returncode == 0, check.stderr
     assert is_postgres(database_url) or not Path(database_url).exists()
     if is_postgres(database_url):
