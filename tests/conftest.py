@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -34,14 +35,29 @@ SAMPLES = Path(__file__).parent / "samples"
 POSTGRES = os.environ.get("BOT_CORE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+_CHILDREN_WRITE_NO_BYTECODE = "BOT_CORE_TEST_DONTWRITEBYTECODE"  # the setting the xdist workers hand back
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Compile bot-core and its bundled plugins once, before the workers start: the tests start
-    hundreds of `bot-core` processes, and with PYTHONDONTWRITEBYTECODE=1 each would compile every
-    module it imports again (a tenth of a second of CPU each). Only .pyc files are written."""
-    if not hasattr(session.config, "workerinput"):  # the xdist controller, or a run without xdist
-        root = Path(__file__).resolve().parent.parent
-        for folder in ("bot_core", "plugins"):
-            compileall.compile_dir(root / folder, quiet=1)
+    """Compile bot-core and its bundled plugins once, before the workers start, and let the workers
+    cache what they compile in a folder of their own: with PYTHONDONTWRITEBYTECODE=1 every one of
+    the hundreds of `bot-core` processes, and every worker (pytest's assertion rewriting of the
+    tests and of bot-core, a pytest plugin's package), would compile the same modules again, a few
+    seconds of CPU per worker. Only .pyc files are written; nothing a test looks at changes."""
+    if hasattr(session.config, "workerinput"):
+        return
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("bot_core", "plugins"):
+        compileall.compile_dir(root / folder, quiet=1)
+    if session.config.getoption("numprocesses", None) and os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        # The workers start with this environment; each hands the setting back to its own children.
+        os.environ[_CHILDREN_WRITE_NO_BYTECODE] = os.environ.pop("PYTHONDONTWRITEBYTECODE")
+        os.environ["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / f"bot-core-tests-pycache-{os.getuid()}")
+
+
+if _CHILDREN_WRITE_NO_BYTECODE in os.environ and os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: see above
+    os.environ["PYTHONDONTWRITEBYTECODE"] = os.environ.pop(_CHILDREN_WRITE_NO_BYTECODE)
+    del os.environ["PYTHONPYCACHEPREFIX"]
 
 
 def sample(name: str) -> dict:
