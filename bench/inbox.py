@@ -3,12 +3,15 @@ cost the webhook path. Prints; asserts nothing.
 
     python bench/inbox.py                                   # 100,000 conversations, 1,000,000 MDRs
     python bench/inbox.py --conversations 10000 --mdrs 100000 --messages 2000   # quicker
+    python bench/inbox.py --postgres postgresql://postgres@127.0.0.1:5432/postgres --rounds 0   # list, on PostgreSQL
 
 1. Builds a database with ``--conversations`` conversations and ``--mdrs`` MDRs (bench/seed.py;
    1% of the conversations wait for a person), starts ``bot-core serve`` on it with the inbox on,
    signs in and times ``GET /inbox/`` over loopback: the whole list page (session check, query,
    template), for an operator who sees every profile and one limited to one profile, the "Needs
    a human" filter, the next page, and a conversation page.
+   With ``--postgres URL``, the database built is copied into a schema of its own on that server
+   (dropped at the end) and the bot serves from there; the list query's plan is printed.
 2. Sends webhooks at a fixed rate and reports the acknowledgement p50/p99 with no inbox open
    and with ten inboxes open, each on the event stream and fetching the list again on every
    change, as inbox.js does in a browser; runs alternate, after a warm-up run.
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import multiprocessing
 import re
+import secrets
 import shutil
 import sqlite3
 import statistics
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -44,10 +49,10 @@ PASSWORD = "bench password"
 BROWSERS = 10
 
 
-def config_text(fake_url: str) -> str:
+def config_text(fake_url: str, database: str) -> str:
     return f"""
 [bot]
-database = "bot.db"
+database = "{database}"
 shutdown_grace = "1s"
 
 [telnyx]
@@ -79,6 +84,62 @@ def build(database: Path, conversations: int, mdrs: int) -> None:
     with sqlite3.connect(database) as conn:
         conn.execute("ANALYZE")
     print(f"built {conversations:,} conversations and {mdrs:,} MDRs in {time.perf_counter() - started:.0f} s")
+
+
+def copy_to_postgres(database: Path, url: str) -> tuple[str, str]:
+    """The built SQLite database copied into a new schema at ``url``: (that schema, a URL naming it)."""
+    import psycopg
+
+    from bot_core.store import open_store
+
+    started = time.perf_counter()
+    schema = f"bench_inbox_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    schema_url = f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}', safe='')}"
+    open_store(schema_url).close()  # migrated: the tables, indexes and triggers
+    source = sqlite3.connect(database)
+    with psycopg.connect(schema_url) as conn:
+        # MDRs first: their trigger finds no conversation yet, whose copied columns already say it all.
+        for table in ("mdrs", "conversations", "operators"):
+            cursor = source.execute(f"SELECT * FROM {table}")
+            columns = ", ".join(d[0] for d in cursor.description)
+            with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in cursor:
+                    copy.write_row(row)
+        for table in ("mdrs", "conversations"):
+            conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))")
+    with psycopg.connect(schema_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    source.close()
+    print(f"copied to PostgreSQL schema {schema} in {time.perf_counter() - started:.0f} s")
+    return schema, schema_url
+
+
+def explain(url: str) -> None:
+    """The plans of the list queries on PostgreSQL: they must read indexes, not scan the tables."""
+    import psycopg
+
+    from bot_core.store.postgres import PostgresStore
+
+    store = PostgresStore(url)
+    statements: list[tuple[str, str, dict[str, object]]] = []
+    store._inbox_rows = lambda sql, params=(): statements.append(("", sql, dict(params))) or []  # type: ignore[method-assign]
+    for label, kwargs in (("list", {}), ("Needs a human", {"waiting": True}), ("one profile", {"profiles": ["bench"]}),
+                          ("whole number", {"number": customer(4242)}), ("part of a number", {"number_part": "4242"}),
+                          ("text", {"text": "hello 99999"})):  # fmt: skip
+        profiles = kwargs.pop("profiles", [])
+        store.inbox_conversations(profiles, limit=50, **kwargs)  # type: ignore[arg-type]
+        statements[-1] = (label, *statements[-1][1:])
+    store.close()
+    from bot_core.store.postgres import translate
+
+    with psycopg.connect(url) as conn:
+        for label, sql, params in statements:
+            plan = conn.execute("EXPLAIN (ANALYZE, COSTS OFF) " + translate(sql), params).fetchall()
+            print(f"\n   EXPLAIN ANALYZE, {label}:")
+            for (line,) in plan:
+                print("     " + line)
 
 
 def sign_in(client: httpx.Client, name: str) -> None:
@@ -203,23 +264,37 @@ def main() -> None:
     parser.add_argument("--mdrs", type=int, default=1_000_000)
     parser.add_argument("--messages", type=int, default=3000, help="webhooks per run of figure 2")
     parser.add_argument("--rate", type=float, default=100.0, help="webhooks per second in figure 2")
-    parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (none open, ten open) in figure 2")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="pairs of runs (none open, ten open) in figure 2; 0 skips it")  # fmt: skip
+    parser.add_argument("--postgres", metavar="URL", help="serve from a copy of the database on this PostgreSQL")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bot-core-inbox-bench-"))
     fake = Fake()
+    schema = None
     try:
         build(folder / "bot.db", args.conversations, args.mdrs)
+        database = "bot.db"
+        if args.postgres:
+            schema, database = copy_to_postgres(folder / "bot.db", args.postgres)
         config = folder / "bot.toml"
-        config.write_text(config_text(fake.url))
+        config.write_text(config_text(fake.url, database))
         server = start_server(config, folder / "server.log")
         try:
             figure_1(server.url)
-            figure_2(server.url, args.messages, args.rate, args.rounds)
+            if args.rounds:
+                figure_2(server.url, args.messages, args.rate, args.rounds)
         finally:
             server.stop()
+        if args.postgres:
+            explain(database)
     finally:
         fake.stop()
         shutil.rmtree(folder, ignore_errors=True)
+        if schema is not None:
+            import psycopg
+
+            with psycopg.connect(args.postgres, autocommit=True) as admin:
+                admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 if __name__ == "__main__":

@@ -255,7 +255,7 @@ def main() -> None:
     parser.add_argument("--only", default="12346", help="figures to run, e.g. 12")
     parser.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2],
                         help="serve --workers values for figure 2, comma-separated")  # fmt: skip
-    parser.add_argument("--replica-messages", type=int, default=4000, help="webhooks in a burst of figure 6")
+    parser.add_argument("--replica-messages", type=int, default=2000, help="webhooks in a burst of figure 6")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bot-core-bench-"))

@@ -1,4 +1,4 @@
-"""The processes a benchmark run needs: the real server, the bare floor, and a fake Telnyx.
+"""The processes a benchmark run needs: the real server, the bare floor, a fake Telnyx and a load generator.
 
 Each runs in a process of its own so that its CPU time is its own and the server under test
 gets a core, as it would in production.
@@ -6,15 +6,19 @@ gets a core, as it would in production.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import socket
-import subprocess
 import sys
 import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-import httpx
+from load import Plan, Result
+
+from bot_core.testing.server import ServerProcess, serve_argv
 
 BARE_APP = Path(__file__).with_name("bare.py")
 
@@ -25,46 +29,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Process:
-    """A server process on a loopback port, with its log in a file."""
-
-    def __init__(self, argv: list[str], log: Path, health: str) -> None:
-        self.log = log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        with log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                [*argv, "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{argv} exited:\n{log.read_text()}")
-            try:
-                if httpx.get(self.url + health, timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{argv} did not start:\n{log.read_text()}")
+class Process(ServerProcess):
+    """A server process on a loopback port (bot_core.testing.server), with its CPU time and memory."""
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process and its workers have used so far (Linux /proc).
 
         A worker that exited counts too (its parent's cutime/cstime once reaped).
         """
-        own = _stat(self.popen.pid)
-        total = sum(int(f) for f in own[11:15])  # utime, stime, cutime, cstime
-        for pid in _children(self.popen.pid):
-            fields = _stat(pid)
-            total += int(fields[11]) + int(fields[12]) if fields else 0
-        return total / os.sysconf("SC_CLK_TCK")
+        assert self.process is not None
+        return sum(cpu_seconds(pid, reaped=pid == self.process.pid) for pid in self.pids())
+
+    def pids(self) -> list[int]:
+        """The process and its workers (``serve --workers``)."""
+        assert self.process is not None
+        return [self.process.pid, *_children(self.process.pid)]
 
     def peak_rss_mb(self) -> float:
         """The peak resident memory of the process, plus its workers' (``serve --workers``)."""
         total = 0.0
-        for pid in [self.popen.pid, *_children(self.popen.pid)]:
+        for pid in self.pids():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except FileNotFoundError:
@@ -72,13 +56,12 @@ class Process:
             total += sum(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
         return total
 
-    def stop(self) -> None:
-        self.popen.terminate()
-        try:
-            self.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU time ``pid`` has used so far (Linux /proc), with its reaped children's if
+    ``reaped``; 0 once it is gone."""
+    fields = _stat(pid)
+    return sum(int(f) for f in fields[11 : 15 if reaped else 13]) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def _stat(pid: int) -> list[str]:
@@ -97,15 +80,16 @@ def _children(pid: int) -> list[int]:
 
 def start_server(config: Path, log: Path, workers: int = 1) -> Process:
     """``bot-core serve``, exactly as a user runs it."""
-    argv = [sys.executable, "-m", "bot_core", "serve", "--config", str(config), "--workers", str(workers)]
-    return Process(argv, log, "/healthz")
+    return Process(serve_argv(config, "--workers", str(workers)), log, name="bot-core serve").start()
 
 
 def start_bare(database: Path, log: Path) -> Process:
-    return Process([sys.executable, str(BARE_APP), "--database", str(database)], log, "/healthz")
+    # bare.py logs nothing, so it gets a port picked beforehand.
+    return Process([sys.executable, str(BARE_APP), "--database", str(database)], log, port=free_port(),
+                   name="the bare floor").start()  # fmt: skip
 
 
-def _fake_main(pipe) -> None:
+def _fake_main(pipe: Connection) -> None:
     from bot_core.testing import FakeTelnyx
 
     fake = FakeTelnyx()
@@ -119,15 +103,26 @@ def _fake_main(pipe) -> None:
     fake.stop()
 
 
-class Fake:
+class _Child:
+    """``target(pipe)`` in a fresh process, taking commands over the pipe until "stop"."""
+
+    def __init__(self, target: Callable[[Connection], None]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self.process = context.Process(target=target, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+    def stop(self) -> None:
+        self._pipe.send("stop")
+        self.process.join(10)
+
+
+class Fake(_Child):
     """bot_core.testing.FakeTelnyx serving in a process of its own."""
 
     def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pipe, child = context.Pipe()
-        self.process = context.Process(target=_fake_main, args=(child,), daemon=True)
-        self.process.start()
-        child.close()
+        super().__init__(_fake_main)
         self.url: str = self._pipe.recv()
 
     def count(self) -> int:
@@ -147,6 +142,28 @@ class Fake:
             time.sleep(0.02)
         return False
 
-    def stop(self) -> None:
-        self._pipe.send("stop")
-        self.process.join(10)
+
+def _generator_main(pipe: Connection) -> None:
+    from load import _run
+
+    async def together(plans: list[Plan]) -> list[Result]:
+        return list(await asyncio.gather(*(_run(plan) for plan in plans)))
+
+    while (plans := pipe.recv()) != "stop":
+        pipe.send(asyncio.run(together(plans)))
+
+
+class LoadGenerator(_Child):
+    """bench/load.py's generator in one process kept for a whole figure: started once rather than
+    per burst, and one process (one core at most) driving every server of a set-up at once."""
+
+    def __init__(self) -> None:
+        super().__init__(_generator_main)
+
+    def run(self, plans: list[Plan]) -> list[Result]:
+        """Send every plan at once (each on its own connections); what each measured."""
+        self._pipe.send(plans)
+        try:
+            return self._pipe.recv()
+        except EOFError:
+            raise RuntimeError("the load generator died; see its output above") from None

@@ -153,6 +153,7 @@ class Bot:
                 await self.store.call(self.store.healthy, self.owner)  # alive: see database_in_use
                 if await self.store.call(self._take_over_dead):
                     self._wake_all()
+                handoffs.expire(self)  # on the loop: the handoff hook's calls start here
             except ERRORS as exc:
                 log.warning("cannot renew the leases of this process (%s); trying again", exc)
 

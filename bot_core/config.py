@@ -379,7 +379,7 @@ class Config:
                 plugin_config=table.plugin_config(),
                 send_rate=table.rate("send_rate"),
             )
-        inbox = _inbox(root.table("inbox"), postgres=is_postgres(bot.database))
+        inbox = _inbox(root.table("inbox"))
         root.done()
         _check_v2_alphanumeric(telnyx, bot.sandbox, profiles, source, found)
         profiles = _assign(profiles, numbers, source, found)
@@ -563,7 +563,7 @@ def _sending(t: _Table) -> SendingSettings:
     return settings
 
 
-def _inbox(t: _Table, *, postgres: bool) -> InboxSettings:
+def _inbox(t: _Table) -> InboxSettings:
     secret_key = t.string("secret_key", empty_is_unset=True)
     if secret_key is not None and len(secret_key) < 32:
         t.report("must be at least 32 characters (`python -c 'import secrets; print(secrets.token_urlsafe())'`)",
@@ -574,9 +574,6 @@ def _inbox(t: _Table, *, postgres: bool) -> InboxSettings:
         t.report("must be more than 0", "poll_interval")
         poll_interval = 0.5
     enabled = t.boolean("enabled", False)
-    if enabled and postgres:  # its pages read their own SQLite connections (bot_core/inbox/reader.py)
-        t.report("the inbox runs on a SQLite database only, for now: this bot's database is PostgreSQL", "enabled")
-        enabled = False
     return t.build(
         InboxSettings,
         enabled=enabled,

@@ -44,9 +44,16 @@ def handler(bot: Bot, conversation_id: int) -> Handler:
 
 
 async def gate(bot: Bot, conversation: Conversation, active: list[str]) -> tuple[list[str], str]:
-    """The plugins a message of ``conversation`` may reach, and its status if none claims it."""
-    expire(bot)
-    if not handler(bot, conversation.id).with_person:
+    """The plugins a message of ``conversation`` may reach, and its status if none claims it.
+
+    One read per message: a handoff idle past ``handback_after`` ends here, at once, rather than
+    at the next sweep of :func:`expire` (the heartbeat's, every few seconds)."""
+    current = handler(bot, conversation.id)
+    if not current.with_person:
+        return active, UNHANDLED
+    after = bot.config.inbox.handback_after
+    if after and current.since is not None and current.since < bot.clock() - after:
+        hand_back(bot, conversation, f"no operator reply for {after:g} s")
         return active, UNHANDLED
     return [name for name in active if name in ALWAYS_FIRST], WAITING
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 import compileall
 import json
 import os
-import re
-import secrets
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,13 +15,14 @@ from contextlib import closing, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
 
 from bot_core.store import PENDING, RECEIVED, SENDING, is_postgres, open_store
 from bot_core.testing import FakeTelnyx
+from bot_core.testing.postgres import schema_of_its_own, unreachable
+from bot_core.testing.server import Serve, healthy  # noqa: F401  (tests import healthy from here)
 
 pytest_plugins = ["pytester"]  # test_testing runs pytest on a plugin author's tests
 
@@ -70,49 +67,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-_LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")  # uvicorn's own line, port 0 resolved
-
-
-class Server:
-    """`bot-core serve` as a child process on a loopback port.
-
-    It binds port 0 and the port the system gave it is read from its log: a port picked free
-    beforehand could be taken by another test's socket before the server binds it."""
-
-    def __init__(self, config: Path, log: Path, *args: str) -> None:
-        self.config = config
-        self.log_path = log
-        self.args = args  # more `serve` options, e.g. "--workers", "2"
-        self.port = 0
-        self.url = ""
-        self.process: subprocess.Popen | None = None
-
-    def start(
-        self, timeout: float = 60
-    ) -> Server:  # a loaded machine needs many seconds; only a failure waits this long
-        seen = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot_core", "serve", "--config", str(self.config), "--port", "0", *self.args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bot-core serve exited with {self.process.returncode}:\n{self.log}")
-            if running := _LISTENING.search(self.log_path.read_bytes()[seen:].decode(errors="replace")):
-                self.port = int(running[1])
-                self.url = f"http://127.0.0.1:{self.port}"
-                if healthy(self.url):
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"bot-core serve did not become healthy:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+class Server(Serve):
+    """`bot-core serve` as a child process on a loopback port (see bot_core.testing.server)."""
 
     def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         return httpx.post(
@@ -135,17 +91,6 @@ class Server:
         with closing(sqlite3.connect(self.config.parent / database)) as conn:
             busy = f"SELECT 1 FROM mdrs WHERE status IN ('{RECEIVED}', '{PENDING}', '{SENDING}') LIMIT 1"
             return conn.execute(busy).fetchone() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture
@@ -173,14 +118,6 @@ def server_factory(tmp_path: Path) -> Iterator:
             server.stop(signal.SIGKILL)
 
 
-def healthy(url: str) -> bool:
-    """Whether a bot-core server answers its health check."""
-    try:
-        return httpx.get(url + "/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def wait_for(predicate, timeout: float = 10, interval: float = 0.02):
     """Poll until ``predicate()`` is truthy; return its value or fail."""
     deadline = time.monotonic() + timeout
@@ -195,20 +132,7 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.02):
 @cache
 def _postgres_error() -> str | None:
     """Why the test PostgreSQL does not answer, or None when it does."""
-    import psycopg
-
-    try:
-        psycopg.connect(POSTGRES, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0]
-    return None
-
-
-def _admin(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        conn.execute(statement)
+    return unreachable(POSTGRES)
 
 
 @pytest.fixture
@@ -224,11 +148,8 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    schema = f"test_{secrets.token_hex(6)}"
-    _admin(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in POSTGRES else "?"
-    yield f"{POSTGRES}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
-    _admin(f"DROP SCHEMA {schema} CASCADE")
+    with schema_of_its_own(POSTGRES) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

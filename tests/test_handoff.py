@@ -1,7 +1,9 @@
-"""Handoff to a person: the gate in the dispatcher, the keyword plugin, bot.handoff, handing back."""
+"""Handoff to a person: the gate in the dispatcher, the keyword plugin, bot.handoff, handing back.
+On both engines (``database``: a SQLite file, or a PostgreSQL schema of the test's own)."""
 
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
@@ -12,11 +14,13 @@ from bot_core.testing import BotTester
 
 NUMBER = "+13125550100"
 CUSTOMER = "+13125550123"
+pytestmark = pytest.mark.usefixtures("database")
 
 
 def config(handoff: dict | None = None, inbox: dict | None = None, watch: bool = False) -> dict:
     plugin_config = {"handoff": handoff if handoff is not None else {"keywords": ["AGENT"]}}
     return {
+        "bot": {"database": "${BOT_CORE_DATABASE:-bot.db}"},
         "inbox": inbox or {},
         "profiles": {"main": {"secret": "s", "numbers": [NUMBER], "plugins": ["handoff", "parrot"] + ["watcher"] * watch,
                               "plugin_config": plugin_config}},
@@ -93,6 +97,24 @@ def test_a_handoff_nobody_answers_returns_to_the_bot_after_handback_after(tmp_pa
         assert bot.text("hello?") == []
         bot.clock.advance("2m")
         assert bot.text("hello??") == ["bot: hello??"]
+        assert calls[-1] == (CUSTOMER, "bot", "no operator reply for 600 s", None)
+
+
+def test_an_idle_handoff_returns_to_the_bot_without_a_new_message(tmp_path):
+    """The heartbeat sweeps handoffs idle past handback_after: no inbound message or open inbox needed."""
+    watcher, calls = recorder()
+    cfg = config(inbox={"handback_after": "10m"}, watch=True)
+    cfg["bot"]["lease"] = "1s"  # the heartbeat runs every lease/4
+    with BotTester(cfg, tmp_path=tmp_path, plugins=[watcher, parrot]) as bot:
+        bot.text("AGENT")
+        assert conversation_row(bot)["with_person"] == 1
+        bot.clock.advance("11m")
+        bot.portal.call(bot.bot.idle, 5)
+        deadline = time.monotonic() + 10
+        while conversation_row(bot)["with_person"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert conversation_row(bot)["with_person"] == 0
+        bot.portal.call(bot.bot.idle, 5)
         assert calls[-1] == (CUSTOMER, "bot", "no operator reply for 600 s", None)
 
 

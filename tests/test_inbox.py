@@ -1,4 +1,6 @@
-"""The operator inbox without a browser: sign-in, sessions, CSRF, permissions, replies, the change feed."""
+"""The operator inbox without a browser: sign-in, sessions, CSRF, permissions, replies, the change feed.
+
+The pages run on both engines (``both_engines``: a SQLite file, or a PostgreSQL schema of the test's own)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from bot_core import handoff
 from bot_core.inbox import operators, reader
 from bot_core.inbox.auth import SESSION_COOKIE, Throttle
 
@@ -16,6 +19,7 @@ from .harness import OURS, SECRET, THEIRS, Running, make_config, plugin
 
 OTHER_NUMBER = "+13125550177"  # profile "other"
 PASSWORD = "correct horse battery"
+both_engines = pytest.mark.usefixtures("database")  # $BOT_CORE_DATABASE, which inbox_config names
 parrot = plugin("parrot", handle_message=lambda message: f"bot: {message.text}")
 
 
@@ -29,7 +33,7 @@ def inbox_config(tmp_path, **settings):
 
     return Config.from_dict(
         {
-            "bot": {"database": "bot.db", "public_url": settings.pop("public_url", "http://bot")},
+            "bot": {"database": "${BOT_CORE_DATABASE:-bot.db}", "public_url": settings.pop("public_url", "http://bot")},
             "telnyx": {"api_base": "http://telnyx.test"},
             "sending": {"backoff_initial": "10ms", "backoff_max": "50ms"},
             "inbox": {"enabled": True, "login_delay": "50ms", "poll_interval": "20ms", **settings},
@@ -68,6 +72,7 @@ async def conversation_id(run: Running, their: str = THEIRS, ours: str = OURS) -
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_every_page_needs_a_sign_in_and_the_webhook_stays_open(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         await run.text("hello")
@@ -85,12 +90,14 @@ async def test_every_page_needs_a_sign_in_and_the_webhook_stays_open(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_the_inbox_is_off_unless_enabled(tmp_path):
     async with Running(make_config(tmp_path, ["parrot"]), None, parrot) as run:
         assert (await run.http.get("/inbox/login")).status_code == 404
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_a_sign_in_sets_a_signed_httponly_samesite_secure_cookie(tmp_path):
     async with Running(inbox_config(tmp_path, public_url="https://bot.example.com"), None, parrot) as run:
         run.http.base_url = "https://bot"  # a Secure cookie comes back only over https
@@ -104,6 +111,7 @@ async def test_a_sign_in_sets_a_signed_httponly_samesite_secure_cookie(tmp_path)
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_without_https_the_cookie_is_not_secure(tmp_path):
     async with Running(inbox_config(tmp_path, public_url="http://localhost:8000"), None, parrot) as run:
         add_operator(run, "alice")
@@ -112,6 +120,7 @@ async def test_without_https_the_cookie_is_not_secure(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_a_post_without_the_csrf_token_is_refused(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         await run.text("hello")
@@ -130,6 +139,7 @@ async def test_a_post_without_the_csrf_token_is_refused(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_wrong_passwords_are_refused_and_slowed_down(tmp_path):
     async with Running(inbox_config(tmp_path, login_delay="2s"), None, parrot) as run:
         add_operator(run, "alice")
@@ -165,6 +175,7 @@ def test_the_lock_doubles_with_each_failure_and_a_success_clears_the_name():
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_an_operator_sees_only_the_profiles_granted_also_by_url(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         await run.text("for main")
@@ -185,6 +196,7 @@ async def test_an_operator_sees_only_the_profiles_granted_also_by_url(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_the_list_pages_through_older_conversations(tmp_path, monkeypatch):
     monkeypatch.setattr(reader, "PAGE", 2)
     async with Running(inbox_config(tmp_path), None, parrot) as run:
@@ -203,6 +215,7 @@ async def test_the_list_pages_through_older_conversations(tmp_path, monkeypatch)
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_an_operator_with_no_profiles_named_sees_them_all(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         await run.text("for main")
@@ -220,6 +233,7 @@ async def test_an_operator_with_no_profiles_named_sees_them_all(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_an_operator_reply_goes_out_from_the_number_texted_naming_the_operator(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         await run.text("I need help")
@@ -246,6 +260,7 @@ async def test_an_operator_reply_goes_out_from_the_number_texted_naming_the_oper
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_no_reply_to_a_customer_who_opted_out(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         await run.text("hello")
@@ -261,6 +276,7 @@ async def test_no_reply_to_a_customer_who_opted_out(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_removing_an_operator_ends_their_session(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         http = await signed_in(run, "dave")
@@ -271,6 +287,7 @@ async def test_removing_an_operator_ends_their_session(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_sessions_survive_a_restart_with_the_generated_key(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         http = await signed_in(run, "erin")
@@ -281,6 +298,7 @@ async def test_sessions_survive_a_restart_with_the_generated_key(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_a_configured_secret_key_signs_the_sessions(tmp_path):
     key = "k" * 40
     async with Running(inbox_config(tmp_path, secret_key=key), None, parrot) as run:
@@ -289,6 +307,7 @@ async def test_a_configured_secret_key_signs_the_sessions(tmp_path):
 
 
 @pytest.mark.anyio
+@both_engines
 async def test_the_change_feed_names_changed_conversations_to_those_who_may_see_them(tmp_path):
     async with Running(inbox_config(tmp_path), None, parrot) as run:
         inbox = next(r.app for r in run.http._transport.app.routes if getattr(r, "path", "") == "/inbox")
@@ -313,17 +332,25 @@ def test_config_refuses_a_short_secret_key(tmp_path):
         inbox_config(tmp_path, secret_key="short")
 
 
-def test_config_refuses_the_inbox_on_a_postgresql_database(tmp_path):
-    """The inbox's pages read SQLite connections of their own (bot_core/inbox/reader.py): on a
-    PostgreSQL database the config says so, instead of the pages failing at the first request."""
-    from bot_core import Config, ConfigError
-
-    data = {
-        "bot": {"database": "postgresql://postgres@127.0.0.1:5432/postgres"},
-        "inbox": {"enabled": True},
-        "profiles": {"main": {"secret": SECRET, "numbers": [OURS], "plugins": ["optout"]}},
-    }
-    with pytest.raises(ConfigError, match=r"inbox\.enabled: the inbox runs on a SQLite database only"):
-        Config.from_dict(data, base_dir=tmp_path)
-    data["inbox"]["enabled"] = False
-    assert Config.from_dict(data, base_dir=tmp_path).inbox.enabled is False
+@pytest.mark.anyio
+@both_engines
+async def test_a_change_made_by_one_replica_reaches_an_inbox_open_on_another(tmp_path):
+    """Two bots on one database (replicas; on SQLite, processes of one host): the inbox of one
+    hears of writes only the other made, a webhook it took and a handoff, from the database."""
+    async with (
+        Running(inbox_config(tmp_path), None, parrot) as one,
+        Running(inbox_config(tmp_path), None, parrot) as two,
+    ):
+        inbox = next(r.app for r in two.http._transport.app.routes if getattr(r, "path", "") == "/inbox")
+        watching = inbox.notifier.subscribe(operators.Operator("all"))
+        await one.text("hello")
+        await one.settle()
+        cid = await conversation_id(one)
+        assert cid in await asyncio.wait_for(watching.queue.get(), 10)
+        # A conversation only replica one writes (no work unit another replica could take), handed over.
+        fresh = one.bot.store.conversation("main", OURS, "+13125550188")
+        assert handoff.hand_over(one.bot, fresh, "test", operator="alice")
+        seen: list[int] = []
+        while fresh.id not in seen:
+            seen += await asyncio.wait_for(watching.queue.get(), 10)
+        inbox.notifier.unsubscribe(watching)

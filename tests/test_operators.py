@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from bot_core.cli import cli
 from bot_core.inbox import operators
+from bot_core.store import Store
 
 from .inprocess import bot_core
 
@@ -49,9 +50,13 @@ def test_add_prompts_twice_and_stores_only_an_argon2_hash(tmp_path):
     hashed, profiles = conn.execute("SELECT password_hash, profiles FROM operators WHERE name = 'alice'").fetchone()
     assert hashed.startswith("$argon2id$") and PASSWORD not in hashed
     assert json.loads(profiles) == ["support"]
-    assert operators.authenticate(conn, "alice", PASSWORD) == operators.Operator("alice", ("support",))
-    assert operators.authenticate(conn, "alice", "wrong") is None
-    assert operators.authenticate(conn, "nobody", PASSWORD) is None
+    store = Store(tmp_path / "bot.db")  # the inbox reads operators through the store
+    try:
+        assert operators.authenticate(store, "alice", PASSWORD) == operators.Operator("alice", ("support",))
+        assert operators.authenticate(store, "alice", "wrong") is None
+        assert operators.authenticate(store, "nobody", PASSWORD) is None
+    finally:
+        store.close()
 
 
 def test_password_stdin_list_and_remove(tmp_path):

@@ -62,7 +62,7 @@ def list_(config_path: str | None, as_json: bool) -> None:
     """List operators and the profiles each may see (never their password hashes)."""
     store = open_store(load(config_path))
     try:
-        rows = ops.everyone(store.conn)
+        rows = ops.everyone(store)
     finally:
         store.close()
     if as_json:

@@ -30,7 +30,7 @@ def session_key(store: Store, configured: str | None) -> str:
     if configured:
         return configured
     with store.transaction() as conn:
-        conn.execute("INSERT OR IGNORE INTO inbox_keys (name, value) VALUES (?, ?)",
+        conn.execute("INSERT INTO inbox_keys (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
                      (_KEY_NAME, secrets.token_urlsafe(32)))  # fmt: skip
         key: str = conn.execute("SELECT value FROM inbox_keys WHERE name = ?", (_KEY_NAME,)).fetchone()[0]
         return key

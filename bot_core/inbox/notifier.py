@@ -1,27 +1,31 @@
-"""Live updates: one poller finds changed conversations and fans them out to every open page.
+"""Live updates: one poller per process finds changed conversations and fans them out to every
+open page of that process.
 
-However many browsers have the inbox open, the database sees one cheap query per interval,
-and none at all while nothing was committed (``PRAGMA data_version``) or nobody is watching.
+It reads the database, not the process's own events, so a change committed by any process or
+replica (a message webhooked to another replica of a PostgreSQL database, an operator's reply
+there) reaches every open page. However many browsers have the inbox open, the database sees
+one cheap query per interval from each process: two index range scans on ``updated_at``,
+skipped on SQLite while nothing was committed (``PRAGMA data_version``), and none at all while
+nobody is watching.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import anyio.to_thread
 
+from ..store import Store
 from .operators import Operator
-from .reader import connect
 
 log = logging.getLogger("bot_core.inbox")
 
 # Rows are found by updated_at, stamped before their transaction commits: looking this far back
 # catches a row committed late by a slower writer (another process), and ``_seen`` drops repeats.
+# Replicas stamp rows by their own clocks: keep them in sync (NTP), well within this.
 LOOKBACK = timedelta(seconds=2)
 
 
@@ -34,15 +38,15 @@ class Subscription:
 
 
 class Notifier:
-    """Polls for changes while someone is subscribed; ``tick`` runs on the loop at every poll."""
+    """Polls for changes while someone is subscribed; ``tick`` runs on the loop at every poll.
+    ``store`` gives the bot's store, which exists once the bot has started (after the app is made)."""
 
-    def __init__(self, path: Path, interval: float, tick: Callable[[], object] = lambda: None) -> None:
-        self.path = path
+    def __init__(self, store: Callable[[], Store], interval: float, tick: Callable[[], object] = lambda: None) -> None:
+        self.store = store
         self.interval = interval
         self.tick = tick
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
-        self._conn: sqlite3.Connection | None = None
         self._version: int | None = None
         self._cursor = ""
         self._seen: dict[tuple[str, int], str] = {}
@@ -64,9 +68,6 @@ class Notifier:
         self._subscriptions.clear()
         if self._task is not None:
             self._task.cancel()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     async def _run(self) -> None:
         while self._subscriptions:
@@ -84,23 +85,14 @@ class Notifier:
 
     def _changes(self) -> dict[int, str | None]:
         """Conversations whose messages or hands changed since the last call: id -> profile."""
-        if self._conn is None:
-            self._conn = connect(self.path)
-        conn = self._conn
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._version:
+        store = self.store()
+        version = store.inbox_version()
+        if version is not None and version == self._version:
             return {}
         self._version = version
         if not self._cursor:  # the first poll: start from now
-            latest = conn.execute("SELECT MAX(updated_at) FROM mdrs").fetchone()[0]
-            self._cursor = latest or ""
-        since = _back(self._cursor)
-        rows = conn.execute(
-            "SELECT 'm', m.id, m.updated_at, c.id, c.profile FROM mdrs m JOIN conversations c"
-            " ON c.id = m.conversation_id WHERE m.updated_at >= ?"
-            " UNION ALL SELECT 'c', id, updated_at, id, profile FROM conversations WHERE updated_at >= ?",
-            (since, since),
-        ).fetchall()
+            self._cursor = store.inbox_latest_change()
+        rows = store.inbox_changes(_back(self._cursor))
         changed: dict[int, str | None] = {}
         for kind, row_id, updated_at, conversation_id, profile in rows:
             if self._seen.get((kind, row_id)) != updated_at:

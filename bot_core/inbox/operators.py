@@ -1,7 +1,7 @@
 """Operators: the people who use the inbox, their Argon2 password hashes and granted profiles.
 
-Functions take a sqlite3 connection so the CLI (through the Store) and the inbox's own read
-connection (in a worker thread) share one set of queries.
+Writes take a connection of ``store.transaction()`` (either engine); reads go through the store's
+``inbox_operators``, which blocks: the inbox calls them in a worker thread.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from ..store import iso
+from ..store import Store, iso
 
 # argon2-cffi's defaults follow RFC 9106's second recommended option (Argon2id, 64 MiB).
 _hasher = PasswordHasher()
@@ -45,27 +44,27 @@ def check_new(name: str, password: str) -> str | None:
     return None
 
 
-def add(conn: sqlite3.Connection, name: str, password: str, profiles: Iterable[str], now: float) -> bool:
-    """Store a new operator; False if the name is taken."""
+def add(conn: Any, name: str, password: str, profiles: Iterable[str], now: float) -> bool:
+    """Store a new operator (``conn``: a store transaction's); False if the name is taken."""
     cursor = conn.execute(
-        "INSERT OR IGNORE INTO operators (name, password_hash, profiles, created_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO operators (name, password_hash, profiles, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (name, _hasher.hash(password), json.dumps(sorted(set(profiles))), iso(now)),
     )
     return bool(cursor.rowcount)
 
 
-def remove(conn: sqlite3.Connection, name: str) -> bool:
+def remove(conn: Any, name: str) -> bool:
     return bool(conn.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount)
 
 
-def everyone(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = conn.execute("SELECT name, profiles, created_at FROM operators ORDER BY name").fetchall()
-    return [{"name": r[0], "profiles": json.loads(r[1]), "created_at": r[2]} for r in rows]
+def everyone(store: Store) -> list[dict[str, Any]]:
+    return [{"name": r["name"], "profiles": json.loads(r["profiles"]), "created_at": r["created_at"]}
+            for r in store.inbox_operators()]  # fmt: skip
 
 
-def find(conn: sqlite3.Connection, name: str) -> Operator | None:
-    row = conn.execute("SELECT name, profiles FROM operators WHERE name = ?", (name,)).fetchone()
-    return Operator(row[0], tuple(json.loads(row[1]))) if row else None
+def find(store: Store, name: str) -> Operator | None:
+    rows = store.inbox_operators(name)
+    return Operator(name, tuple(json.loads(rows[0]["profiles"]))) if rows else None
 
 
 @functools.cache
@@ -76,11 +75,11 @@ def _dummy_hash() -> str:
     return _hasher.hash("no such operator")
 
 
-def authenticate(conn: sqlite3.Connection, name: str, password: str) -> Operator | None:
+def authenticate(store: Store, name: str, password: str) -> Operator | None:
     """The operator if ``password`` is theirs. Slow on purpose (Argon2): call it off the event loop."""
-    row = conn.execute("SELECT password_hash, profiles FROM operators WHERE name = ?", (name,)).fetchone()
+    rows = store.inbox_operators(name)
     try:
-        _hasher.verify(row[0] if row else _dummy_hash(), password)
+        _hasher.verify(rows[0]["password_hash"] if rows else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
-    return Operator(name, tuple(json.loads(row[1]))) if row else None
+    return Operator(name, tuple(json.loads(rows[0]["profiles"]))) if rows else None

@@ -2,7 +2,7 @@
 
 Pages are rendered on the server; ``?partial=1`` renders just the live region, which
 ``static/inbox.js`` fetches again when the event stream names a conversation on the page. Reads
-run in worker threads (:mod:`.reader`); the few writes (take over, hand back, reply) are single
+are the store's (either engine) and run in worker threads (:func:`.reader.run`); the few writes (take over, hand back, reply) are single
 short statements on the bot's own connection, like a plugin's ``bot.send``.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -57,10 +56,7 @@ class Inbox:
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
         settings = bot.config.inbox
-        self.reader = reader.Reader(Path(bot.config.bot.database))  # SQLite only (config refuses PostgreSQL)
-        self.notifier = Notifier(
-            Path(bot.config.bot.database), settings.poll_interval, tick=lambda: handoff.expire(bot)
-        )
+        self.notifier = Notifier(lambda: bot.store, settings.poll_interval, tick=lambda: handoff.expire(bot))
         self.throttle = Throttle(settings.login_delay)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self._app: Starlette | None = None
@@ -72,7 +68,6 @@ class Inbox:
 
     def close(self) -> None:
         self.notifier.close()
-        self.reader.close()
 
     def _build(self) -> Starlette:
         config = self.bot.config
@@ -104,7 +99,7 @@ class Inbox:
 
     async def operator(self, request: Request) -> Operator | None:
         name = request.session.get("operator")
-        return await self.reader.run(operators.find, name) if name else None
+        return await reader.run(operators.find, self.bot.store, name) if name else None
 
     async def require(self, request: Request) -> Operator:
         """The signed-in operator; otherwise a page goes to the login page and an action is refused."""
@@ -123,7 +118,7 @@ class Inbox:
 
     async def visible(self, request: Request, operator: Operator) -> dict[str, Any]:
         """The conversation in the URL, or 404 when it does not exist or is another profile's."""
-        found = await self.reader.run(reader.conversation, operator, request.path_params["id"])
+        found = await reader.run(reader.conversation, self.bot.store, operator, request.path_params["id"])
         if found is None:
             raise HTTPException(404, "No such conversation.")
         return found
@@ -153,7 +148,7 @@ class Inbox:
         if wait:
             return self.render(request, "login.html", 429, next=target, operator=None, username=name,
                                error=f"Too many failed sign-ins. Try again in {wait:.0f} s.")  # fmt: skip
-        found = await self.reader.run(operators.authenticate, name, password)
+        found = await reader.run(operators.authenticate, self.bot.store, name, password)
         if found is None:
             wait = self.throttle.failed(*keys)
             log.warning("inbox sign-in refused for %r from %s", name, client)
@@ -177,8 +172,8 @@ class Inbox:
         operator = await self.require(request)
         params = request.query_params
         waiting, query, before = params.get("waiting") == "1", params.get("q", ""), params.get("before")
-        rows = await self.reader.run(partial(reader.conversations, waiting=waiting, query=query, before=before),
-                                     operator)  # fmt: skip
+        rows = await reader.run(reader.conversations, self.bot.store, operator, waiting=waiting, query=query,
+                                before=before)  # fmt: skip
         older = None
         if len(rows) == reader.PAGE:
             kept = {k: v for k, v in params.items() if k not in ("partial", "before")}

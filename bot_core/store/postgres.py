@@ -330,6 +330,18 @@ class PostgresStore(SQLiteStore):
         self._wakes()
         return super()._apply(*args, **kwargs)
 
+    # -- the operator inbox's reads: the SQLite engine's SQL, on the pool ----------------------
+
+    _INBOX_LIKE = "ILIKE"  # SQLite's LIKE ignores case; PostgreSQL's does not
+
+    def _inbox_rows(self, statement: str, params: Params = ()) -> list[dict[str, Any]]:
+        return self._rows(statement, params)
+
+    def inbox_version(self) -> None:
+        """No commit counter is shared across replicas: the change feed runs its query (two
+        index range scans, usually empty) at every poll while someone watches."""
+        return None
+
 
 def schema_version(url: str) -> tuple[int, int]:
     """(the database's schema version, the newest this code knows), read only: 0 before the first start."""

@@ -92,6 +92,7 @@ class Store:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="bot-core-store")
         self._jobs: list[tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]] = []
         self._jobs_lock = threading.Lock()
+        self._inbox_readers = _InboxReaders(path)
         self._migrate()
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
@@ -107,6 +108,7 @@ class Store:
         self._executor.shutdown(wait=True, cancel_futures=True)
         for conn in (self.conn, self._reader, self.db.conn):
             conn.close()
+        self._inbox_readers.close()
 
     def _migrate(self) -> None:
         with self.transaction():
@@ -895,6 +897,93 @@ class Store:
                          (self.now(), conversation_id))  # fmt: skip
             return self._cancel_timers(conversation_id, None, None)
 
+    # -- the operator inbox's reads (bot_core/inbox) --------------------------------------------
+    # A page query takes milliseconds: the inbox calls these from worker threads (never the event
+    # loop), and on SQLite each thread reads on a read-only connection of its own, so neither the
+    # event loop's reads (the shared reader connection) nor another operator's page waits for it.
+    # The SQL is shared with the PostgreSQL engine, which runs it on its pool.
+
+    _INBOX_LIKE = "LIKE"  # a case-insensitive LIKE: SQLite's is (for ASCII); PostgreSQL's is ILIKE
+
+    def _inbox_rows(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        return self._inbox_readers.rows(sql, params)
+
+    def inbox_conversations(self, profiles: Sequence[str], *, limit: int, waiting: bool = False,
+                            before: tuple[str, int] | None = None, number: str | None = None,
+                            number_part: str | None = None, text: str | None = None,
+                            searched: int = 200_000) -> list[dict[str, Any]]:  # fmt: skip
+        """A page of conversations of ``profiles`` (all when empty), latest message first, with
+        that message. ``before``: (last_message_at, id) of the previous page's last row;
+        ``number``: a whole E.164 number (one index entry); ``number_part``: digits anywhere in
+        it; ``text``: in one of the latest ``searched`` messages (a bounded scan)."""
+        params: dict[str, Any] = {"limit": limit}
+        where = "c.last_message_at IS NOT NULL" + _profiles_in(profiles, params)
+        if waiting:
+            where += " AND c.waiting = 1"  # verbatim: the partial index conversations_waiting
+        if before is not None:  # ties in a millisecond stay in order
+            where += " AND (c.last_message_at < :at OR (c.last_message_at = :at AND c.id < :id))"
+            params.update(at=before[0], id=before[1])
+        if number is not None:
+            where += " AND c.their_number = :number"
+            params["number"] = number
+        if number_part is not None:
+            # As a subquery SQLite scans the compact their_number index, not the table in date order.
+            where += " AND c.id IN (SELECT id FROM conversations WHERE their_number LIKE :part ESCAPE '\\')"
+            params["part"] = _like(number_part)
+        if text is not None:
+            where += (" AND c.id IN (SELECT conversation_id FROM mdrs WHERE id > (SELECT MAX(id) FROM mdrs) - :window"
+                      f" AND text {self._INBOX_LIKE} :text ESCAPE '\\')")  # fmt: skip
+            params.update(text=_like(text), window=searched)
+        return self._inbox_rows(
+            "SELECT c.id, c.profile, c.our_number, c.their_number, c.with_person, c.operator AS handler,"
+            " c.waiting, c.last_message_at, m.direction, m.text, m.status, m.operator"
+            " FROM conversations c LEFT JOIN mdrs m ON m.id = c.last_mdr_id"
+            f" WHERE {where} ORDER BY c.last_message_at DESC, c.id DESC LIMIT :limit", params)  # fmt: skip
+
+    def inbox_conversation(self, profiles: Sequence[str], conversation_id: int, *,
+                           messages: int) -> dict[str, Any] | None:  # fmt: skip
+        """One conversation with its latest ``messages`` (oldest first), or None when it does not
+        exist or is not of ``profiles`` (all when empty)."""
+        params: dict[str, Any] = {"id": conversation_id, "account": ACCOUNT}
+        rows = self._inbox_rows(
+            "SELECT c.id, c.profile, c.our_number, c.their_number, c.with_person, c.operator AS handler,"
+            " c.handoff_reason, c.waiting, COALESCE((SELECT MAX(opted_out) FROM optouts WHERE number = c.their_number"
+            " AND profile IN (c.profile, :account)), 0) AS opted_out FROM conversations c"  # or account-wide
+            f" WHERE c.id = :id{_profiles_in(profiles, params)}", params)  # fmt: skip
+        if not rows:
+            return None
+        thread = self._inbox_rows(
+            "SELECT id, direction, text, status, error, operator, created_at FROM mdrs WHERE conversation_id = ?"
+            " ORDER BY id DESC LIMIT ?", (conversation_id, messages))  # fmt: skip
+        return {**rows[0], "messages": thread[::-1]}
+
+    def inbox_operators(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Operators (``name``'s alone if given) with their password hashes and profiles (JSON)."""
+        where, params = ("WHERE name = ?", (name,)) if name is not None else ("", ())
+        return self._inbox_rows(f"SELECT name, password_hash, profiles, created_at FROM operators {where} ORDER BY name",
+                                params)  # fmt: skip
+
+    def inbox_version(self) -> int | None:
+        """A number that changes whenever the database commits (SQLite's ``data_version``), so the
+        change feed skips its query while nothing happened; None where no such number exists."""
+        return self._inbox_readers.version()
+
+    def inbox_latest_change(self) -> str:
+        """Where the change feed starts: the latest ``updated_at`` of an MDR ('' for none)."""
+        rows = self._inbox_rows("SELECT MAX(updated_at) AS at FROM mdrs")
+        return rows[0]["at"] or ""
+
+    def inbox_changes(self, since: str) -> list[Row]:
+        """(kind 'm' or 'c', row id, updated_at, conversation id, profile) of the MDRs and
+        conversations written at or after ``since`` (two index range scans)."""
+        rows = self._inbox_rows(
+            "SELECT 'm' AS kind, m.id, m.updated_at, c.id AS conversation_id, c.profile FROM mdrs m JOIN conversations c"
+            " ON c.id = m.conversation_id WHERE m.updated_at >= :since"
+            " UNION ALL SELECT 'c', id, updated_at, id, profile FROM conversations WHERE updated_at >= :since",
+            {"since": since},
+        )  # fmt: skip
+        return [tuple(row.values()) for row in rows]
+
 
 _CONVERSATION_SQL = "SELECT id, profile, state FROM conversations WHERE our_number = ? AND their_number = ?"
 _INBOUND_COLUMNS = "id, telnyx_id, text, from_number, to_number, profile, media, created_at, other_recipients"
@@ -917,6 +1006,62 @@ def _inbound(row: Row) -> InboundMessage:
         id=row[1], text=row[2], from_number=row[3], to_number=row[4], profile=row[5],
         media=media, mdr_id=row[0], received_at=row[7], other_recipients=tuple(json.loads(row[8] or "[]")),
     )  # fmt: skip
+
+
+def _profiles_in(profiles: Sequence[str], params: dict[str, Any]) -> str:
+    """A WHERE term limiting conversations ``c`` to ``profiles`` (empty: every profile)."""
+    if not profiles:
+        return ""
+    names = []
+    for i, profile in enumerate(profiles):
+        params[f"p{i}"] = profile
+        names.append(f":p{i}")
+    return f" AND c.profile IN ({', '.join(names)})"
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its own ``%``, ``_`` and ``\\`` taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class _InboxReaders:
+    """The inbox's read-only connections: one per worker thread, and one for the change feed,
+    whose ``data_version`` must come from the same connection every time to mean anything."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._feed: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA query_only = ON")
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def rows(self, sql: str, params: Params) -> list[dict[str, Any]]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        cursor = conn.execute(sql, params)
+        keys = [d[0] for d in cursor.description]
+        return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
+
+    def version(self) -> int:
+        if self._feed is None:  # the change feed polls from one task at a time
+            self._feed = self._connect()
+        version: int = self._feed.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
