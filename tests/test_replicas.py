@@ -148,9 +148,10 @@ def test_an_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_pat
     url = "postgresql://bot:hunter2-secret@127.0.0.1:1/bot"  # nothing listens on port 1
     config.write_text(f'[bot]\ndatabase = "{url}"\n\n[profiles.main]\nsecret = "s"\nnumbers = ["{OURS}"]\n')
     # Each waits out the pool's connect timeout (PostgreSQL may be starting): all three at once.
-    processes = [subprocess.Popen([sys.executable, "-m", "bot_core", command, "--config", str(config)],
+    # serve on a port of the system's choosing: another test's server may hold the default one.
+    processes = [subprocess.Popen([sys.executable, "-m", "bot_core", *command, "--config", str(config)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for command in ("check", "messages", "serve")]  # fmt: skip
+                 for command in (["check"], ["messages"], ["serve", "--port", "0"])]  # fmt: skip
     for process in processes:
         stdout, stderr = process.communicate(timeout=60)
         assert process.returncode == 1 and "127.0.0.1:1/bot" in stderr, stderr
