@@ -33,6 +33,14 @@ POSTGRES = os.environ.get("BOT_CORE_TEST_POSTGRES", "postgresql://postgres@127.0
 
 
 _CHILDREN_WRITE_NO_BYTECODE = "BOT_CORE_TEST_DONTWRITEBYTECODE"  # the setting the xdist workers hand back
+PYCACHE = Path(tempfile.gettempdir()) / f"bot-core-tests-pycache-{os.getuid()}"  # outside every tree
+
+
+def bytecode_cached(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a child `python -m pytest` that keeps what it compiles in PYCACHE: pytest rewrites
+    the asserts of bot-core's modules (a pytest plugin's package) in each run, two seconds of CPU
+    when nothing may be cached. Only .pyc files are written, and not next to any source."""
+    return {**{k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -49,7 +57,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if session.config.getoption("numprocesses", None) and os.environ.get("PYTHONDONTWRITEBYTECODE"):
         # The workers start with this environment; each hands the setting back to its own children.
         os.environ[_CHILDREN_WRITE_NO_BYTECODE] = os.environ.pop("PYTHONDONTWRITEBYTECODE")
-        os.environ["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / f"bot-core-tests-pycache-{os.getuid()}")
+        os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
 
 
 if _CHILDREN_WRITE_NO_BYTECODE in os.environ and os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: see above

@@ -25,7 +25,7 @@ from bot_core.errors import ConfigError
 from bot_core.plugins import load_plugins
 from bot_core.webhooks import parse_webhook
 
-from .conftest import free_port, healthy, wait_for
+from .conftest import bytecode_cached, free_port, healthy, wait_for
 from .inprocess import bot_core
 
 pytest_plugins = ["pytester"]
@@ -183,8 +183,8 @@ RUNNABLE = [page for page in PAGES if any(b.page == page and b.directive.startsw
 @pytest.mark.parametrize("page", RUNNABLE, ids=[str(page.relative_to(ROOT)) for page in RUNNABLE])
 def test_commands_of_page_run(page: Path, tmp_path: Path) -> None:
     """The page's console and sh blocks, in order, in one folder (so a command sees the ones before)."""
-    env = {**os.environ, **ENVIRON, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    env = bytecode_cached({**os.environ, **ENVIRON, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1",
+                           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})  # fmt: skip
     env.pop("BOT_CORE_CONFIG", None)
     _write_files(page, tmp_path)
     for block in blocks(page):

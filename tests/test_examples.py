@@ -19,7 +19,7 @@ import pytest
 from bot_core.store import PENDING, SENDING
 from bot_core.testing import BotTester, FakeClock
 
-from .conftest import free_port, healthy, wait_for
+from .conftest import bytecode_cached, free_port, healthy, wait_for
 from .inprocess import bot_core
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -138,6 +138,6 @@ def test_custom_plugin_tests_pass_with_bot_cores_harness(tmp_path):
     example = copy_example("custom-plugin", tmp_path)
     env = install(example, tmp_path / "site")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=example,
-                         capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+                         capture_output=True, text=True, env=bytecode_cached(env), timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "5 passed" in out.stdout
