@@ -3,11 +3,15 @@ SQLite's WAL, partial indexes and two processes at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from functools import partial
 
 import psycopg
 import pytest
@@ -62,7 +66,39 @@ def reply(text: str = "hello") -> OutboundDraft:
 def test_the_database_is_in_wal_mode_with_a_busy_timeout(sqlite_store):
     store = sqlite_store
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    assert store.busy_timeout >= 5
+
+
+def test_a_write_takes_the_lock_soon_after_another_process_lets_go(tmp_path):
+    """The store's own wait, not SQLite's busy handler (whose sleeps grow to 100 ms): the write
+    lands within a few ms of the release, and fails as locked once busy_timeout is over."""
+    store = Store(tmp_path / "bot.db", busy_timeout=0.3)
+    other = sqlite3.connect(tmp_path / "bot.db", isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            inbound(store, "refused")
+        released = []
+        timer = threading.Timer(0.15, lambda: (released.append(time.monotonic()), other.execute("ROLLBACK")))
+        timer.start()
+        assert inbound(store, "waited").mdr_id is not None
+        assert time.monotonic() - released[0] < 0.05
+        timer.join()
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_lane_whose_messages_all_came_late_is_claimed_past_the_window(store, monkeypatch):
+    """Claims look among the oldest units first; a conversation behind a long held one is not starved."""
+    monkeypatch.setattr("bot_core.store.sqlite._WINDOW", 2)
+    for i in range(6):
+        store.add_inbound(InboundMessage(f"a{i}", "hi", THEIRS, OURS, "main"))
+    late = store.add_inbound(InboundMessage("b0", "hi", "+13125550177", OURS, "main"))
+    (first,) = store.claim_inbound("x", 1, 60)
+    assert first.id == "a0"
+    assert [m.mdr_id for m in store.claim_inbound("y", 1, 60)] == [late]  # a1..a2 fill the window: not heads
+    assert store.claim_inbound("y", 5, 60) == []
 
 
 def test_an_inbound_message_is_stored_once_per_telnyx_id(store):
@@ -299,3 +335,31 @@ def test_an_error_quoting_a_secret_in_repr_or_json_form_is_masked(tmp_path):
         assert error == 'failed: "[secret]" "[secret]"'  # repr picks double quotes for a text with a ''
     finally:
         store.close()
+
+
+def test_a_failing_job_of_a_group_commit_fails_alone(sqlite_store):
+    """Jobs queued together share one transaction; one that raises is undone and gets its
+    error, the others commit, and the job is not run twice."""
+    store = sqlite_store
+    calls = []
+
+    def half_then_fail() -> None:
+        calls.append(1)
+        store.add_inbound(InboundMessage("undone", "hi", THEIRS, OURS, "main"))
+        raise LeaseLost("taken over")
+
+    async def queue() -> list[object]:
+        started, go = threading.Event(), threading.Event()
+        busy = store.submit(lambda: (started.set(), go.wait(5)))  # the writer thread is busy: the next queue up
+        await asyncio.to_thread(started.wait, 5)
+        jobs = [store.submit(partial(store.add_inbound, InboundMessage(f"m{i}", "hi", THEIRS, OURS, "main")))
+                for i in range(3)]  # fmt: skip
+        jobs.insert(1, store.submit(half_then_fail))
+        go.set()
+        await busy
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(queue())
+    assert isinstance(results[1], LeaseLost) and calls == [1]
+    assert all(isinstance(r, int) for r in results[:1] + results[2:])
+    assert [m.id for m in store.pending_inbound()] == ["m0", "m1", "m2"]
