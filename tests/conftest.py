@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import signal
 import socket
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -28,6 +30,39 @@ SAMPLES = Path(__file__).parent / "samples"
 
 # Every development and CI machine runs PostgreSQL 15 here (trust authentication).
 POSTGRES = os.environ.get("BOT_CORE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+_CHILDREN_WRITE_NO_BYTECODE = "BOT_CORE_TEST_DONTWRITEBYTECODE"  # the setting the xdist workers hand back
+PYCACHE = Path(tempfile.gettempdir()) / f"bot-core-tests-pycache-{os.getuid()}"  # outside every tree
+
+
+def bytecode_cached(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a child `python -m pytest` that keeps what it compiles in PYCACHE: pytest rewrites
+    the asserts of bot-core's modules (a pytest plugin's package) in each run, two seconds of CPU
+    when nothing may be cached. Only .pyc files are written, and not next to any source."""
+    return {**{k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile bot-core and its bundled plugins once, before the workers start, and let the workers
+    cache what they compile in a folder of their own: with PYTHONDONTWRITEBYTECODE=1 every one of
+    the hundreds of `bot-core` processes, and every worker (pytest's assertion rewriting of the
+    tests and of bot-core, a pytest plugin's package), would compile the same modules again, a few
+    seconds of CPU per worker. Only .pyc files are written; nothing a test looks at changes."""
+    if hasattr(session.config, "workerinput"):
+        return
+    root = Path(__file__).resolve().parent.parent
+    for folder in ("bot_core", "plugins"):
+        compileall.compile_dir(root / folder, quiet=1)
+    if session.config.getoption("numprocesses", None) and os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        # The workers start with this environment; each hands the setting back to its own children.
+        os.environ[_CHILDREN_WRITE_NO_BYTECODE] = os.environ.pop("PYTHONDONTWRITEBYTECODE")
+        os.environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+
+
+if _CHILDREN_WRITE_NO_BYTECODE in os.environ and os.environ.get("PYTEST_XDIST_WORKER"):  # a worker: see above
+    os.environ["PYTHONDONTWRITEBYTECODE"] = os.environ.pop(_CHILDREN_WRITE_NO_BYTECODE)
+    del os.environ["PYTHONPYCACHEPREFIX"]
 
 
 def sample(name: str) -> dict:

@@ -1,4 +1,5 @@
-"""`bot-core chat`: the customer simulator, as a real process on real files."""
+"""`bot-core chat`: the customer simulator on real files; scripts run in the test's process
+(tests/inprocess.py), the interactive session as a real process on a terminal."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from bot_core.store import OutboundDraft, display, open_store
 
 from .conftest import server_using
+from .inprocess import bot_core
 
 # Each test runs on both engines: its config names $BOT_CORE_DATABASE.
 pytestmark = pytest.mark.usefixtures("database")
@@ -72,8 +74,8 @@ def write_config(tmp_path: Path, plugins: str = '["echo"]', extra: str = "") -> 
 
 
 def chat(config: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot_core", "chat", "--config", str(config), *args],
-                          input=script, capture_output=True, text=True, timeout=60)  # fmt: skip
+    """`bot-core chat` with a script on stdin, in this process (the terminal session is a real one)."""
+    return bot_core("chat", "--config", str(config), *args, input=script)
 
 
 def mdrs(config: Path) -> list[dict]:

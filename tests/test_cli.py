@@ -1,5 +1,6 @@
 """The operator's CLI on real files: messages, show --refresh, profiles, numbers, plugins, optouts,
-send, explain and every command's --help. Commands that run a bot are run as real processes."""
+send, explain and every command's --help, run in the test's process (tests/inprocess.py); a
+server, and the entry points a new interpreter finds, are real processes."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bot_core.store import OutboundDraft, open_store
 from bot_core.testing import FakeTelnyx
 
 from .conftest import server_using, wait_for
+from .inprocess import bot_core
 
 # Each test runs on both engines: its config names $BOT_CORE_DATABASE.
 pytestmark = pytest.mark.usefixtures("database")
@@ -76,9 +78,9 @@ def sandbox(tmp_path: Path) -> Path:
     return write_config(tmp_path, bot="sandbox = true")
 
 
-def run(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot_core", *args], capture_output=True, text=True, input=input,
-                          timeout=60, env={**os.environ, **(env or {})})  # fmt: skip
+def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """The command in this process: what a child process would answer, without starting Python."""
+    return bot_core(*args, input=input)
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -261,7 +263,9 @@ def test_plugins_names_the_distribution_of_an_installed_entry_point(tmp_path):
     (site / "greeter-2.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: greeter\nVersion: 2.0\n")
     (site / "greeter-2.0.dist-info" / "entry_points.txt").write_text("[bot_core]\ngreet = greet_plugin\n")
     (site / "greet_plugin.py").write_text("from bot_core import hookimpl\n\n@hookimpl\ndef startup(bot):\n    pass\n")
-    result = run("plugins", "--config", str(config), env={"PYTHONPATH": str(site)})
+    # A real process: entry points are what the interpreter finds on its path when it starts.
+    result = subprocess.run([sys.executable, "-m", "bot_core", "plugins", "--config", str(config)], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(site)})  # fmt: skip
     line = next(line for line in result.stdout.splitlines() if line.startswith("greet "))
     assert "entry point greeter" in line and "startup" in line
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -24,7 +25,8 @@ from bot_core.errors import ConfigError
 from bot_core.plugins import load_plugins
 from bot_core.webhooks import parse_webhook
 
-from .conftest import free_port, healthy, wait_for
+from .conftest import bytecode_cached, free_port, healthy, wait_for
+from .inprocess import bot_core
 
 pytest_plugins = ["pytester"]
 
@@ -181,8 +183,8 @@ RUNNABLE = [page for page in PAGES if any(b.page == page and b.directive.startsw
 @pytest.mark.parametrize("page", RUNNABLE, ids=[str(page.relative_to(ROOT)) for page in RUNNABLE])
 def test_commands_of_page_run(page: Path, tmp_path: Path) -> None:
     """The page's console and sh blocks, in order, in one folder (so a command sees the ones before)."""
-    env = {**os.environ, **ENVIRON, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    env = bytecode_cached({**os.environ, **ENVIRON, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1",
+                           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})  # fmt: skip
     env.pop("BOT_CORE_CONFIG", None)
     _write_files(page, tmp_path)
     for block in blocks(page):
@@ -236,9 +238,51 @@ def _commands(block: Block) -> list[tuple[str, list[str] | None]]:
     return commands
 
 
+# A command the test runs in its own process: `bot-core ARGS`, maybe fed by a printf or an echo
+# of a quoted text (only \n escapes), maybe with a comment; anything else goes to bash.
+_FED = re.compile(r"""(?:(?P<printf>printf '[^'\\%]*(?:\\n[^'\\%]*)*')|(?P<echo>echo '[^']*'|echo "[^"$`\\]*")) \| """)
+_SHELL = re.compile(r"[|&;<>()$`*?\[\]{}~\\\n]")
+
+
+def _in_process(script: str) -> list[tuple[list[str], str | None]] | None:
+    """The `bot-core` runs ``script`` is, each with its stdin, when that is all it is (None if not);
+    a script stops at the first that fails, as `set -e` does."""
+    steps = []
+    for line in script.removeprefix("set -e\n").splitlines():
+        if not line.strip():
+            continue
+        fed, stdin = _FED.match(line), None
+        if fed:
+            text = shlex.split(fed[0].removesuffix(" | "))[1]
+            stdin = text.replace("\\n", "\n") if fed["printf"] else text + "\n"
+            line = line[fed.end() :]
+        unquoted = re.sub(r"\s+#.*", "", re.sub(r"'[^']*'|\"[^\"]*\"", "''", line))
+        if _SHELL.search(unquoted) or not (args := shlex.split(line, comments=True)) or args[0] != "bot-core":
+            return None
+        steps.append((args[1:], stdin))
+    return steps
+
+
+def _run(command: str, cwd: Path, env: dict, shell: bool) -> subprocess.CompletedProcess:
+    """``command`` as bash runs it: `bot-core` commands in this process (tests/inprocess.py), as
+    starting Python for each costs half a second; README's commands, the front page, in a real shell."""
+    steps = None if shell else _in_process(command)
+    if steps is None:
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.CompletedProcess(command, 0, "", "")
+    for args, stdin in steps:
+        step = bot_core(*args, input=stdin, cwd=str(cwd), env={**ENVIRON, "NO_COLOR": "1", "BOT_CORE_CONFIG": None})
+        done.stdout += step.stdout
+        done.stderr += step.stderr
+        done.returncode = step.returncode
+        if step.returncode:
+            break
+    return done
+
+
 def _check_command(block: Block, command: str, expected: list[str] | None, cwd: Path, env: dict) -> None:
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    done = _run(command, cwd, env, shell=block.page == ROOT / "README.md")
     shown = done.stdout if done.returncode == 0 else done.stderr
     wanted_failure = bool(expected) and expected[0].startswith("Error:")
     assert (done.returncode != 0) == wanted_failure, (

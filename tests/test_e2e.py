@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -12,6 +10,7 @@ import pytest
 from bot_core.webhooks import sign_v1
 
 from .conftest import sample, wait_for
+from .inprocess import bot_core
 
 SECRET = "support-secret-e2e"
 OTHER_SECRET = "sales-secret-e2e"
@@ -57,12 +56,8 @@ def inbound(text: str, *, sms_id: str, to: str = "+13125550100", from_: str = "+
 
 
 def messages_json(config) -> list[dict]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bot_core", "messages", "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = bot_core("messages", "--config", str(config), "--json")
+    assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 
 import httpx
@@ -16,6 +14,7 @@ from bot_core.testing import FakeTelnyx, TelnyxWebhooks
 from bot_core.webhooks import parse_webhook, verify_v1, verify_v2
 
 from .conftest import wait_for
+from .inprocess import bot_core
 
 SECRET = "fake-test-secret"
 OURS, THEIRS = "+13125550100", "+13125550123"
@@ -206,8 +205,8 @@ plugins = ["echo"]
     delivered, sent = fake.report(sms_id, "delivered"), fake.report(sms_id, "sent")
     assert [a.status_code for a in fake.deliver(url, delivered, sent, delivered)] == [200] * 3
 
-    out = subprocess.run([sys.executable, "-m", "bot_core", "messages", "--config", str(server.config), "--json",
-                          "--direction", "outbound"], capture_output=True, text=True, check=True)  # fmt: skip
+    out = bot_core("messages", "--config", str(server.config), "--json", "--direction", "outbound")
+    assert out.returncode == 0, out.stderr
     rows = {row["text"]: row for row in map(json.loads, out.stdout.splitlines())}
     assert rows["echo one #1"]["status"] == "delivered"  # a late "sent" never moves it back
     assert rows["echo two #2"]["status"] == "queued"

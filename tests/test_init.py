@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from bot_core.cli import cli
 
+from .conftest import bytecode_cached
+
 
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
@@ -23,7 +25,8 @@ def run(args: list[str], cwd: Path, pythonpath: list[Path] = ()) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "BOT_CORE_"))}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=bytecode_cached(env), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
 
 
 def test_a_new_bot_passes_check_and_its_own_tests(tmp_path):

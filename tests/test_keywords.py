@@ -14,6 +14,8 @@ from bot_core import Config, ConfigError, hookimpl, match_keyword, normalize_key
 from bot_core.plugins import load_plugins
 from bot_core.testing import BotTester
 
+from .inprocess import bot_core
+
 NUMBER = "+13125550100"
 
 
@@ -171,9 +173,9 @@ keywords = {{ JOIN = "Text JOIN to sign up" }}
 trigger = "join"
 steps = [{{ ask = "Name?", save_as = "name" }}]
 ''')
-    for command in (["check"], ["serve", "--port", "0"]):
-        out = subprocess.run([sys.executable, "-m", "bot_core", *command, "--config", str(path)],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    serve = subprocess.run([sys.executable, "-m", "bot_core", "serve", "--port", "0", "--config", str(path)],
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    for out in (bot_core("check", "--config", str(path)), serve):
         assert out.returncode != 0, out
         assert "keyword JOIN is claimed twice" in out.stderr
         assert "plugin 'flows' (trigger of flow 'signup')" in out.stderr

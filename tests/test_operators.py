@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -13,6 +11,8 @@ from click.testing import CliRunner
 from bot_core.cli import cli
 from bot_core.inbox import operators
 from bot_core.store import Store
+
+from .inprocess import bot_core
 
 CONFIG = """
 [bot]
@@ -61,8 +61,7 @@ def test_add_prompts_twice_and_stores_only_an_argon2_hash(tmp_path):
 
 def test_password_stdin_list_and_remove(tmp_path):
     path = config(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "bot_core", "operators", "add", "bob", "--password-stdin",
-                           "--config", path], input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = bot_core("operators", "add", "bob", "--password-stdin", "--config", path, input=PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
     assert PASSWORD not in done.stdout + done.stderr
     code, out = invoke("operators", "list", "--config", path)

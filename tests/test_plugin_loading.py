@@ -15,6 +15,7 @@ from bot_core import ConfigError, load_config
 from bot_core.plugins import load_plugins
 
 from .conftest import free_port, healthy, wait_for
+from .inprocess import bot_core
 
 SIMPLEST = """
 from bot_core import hookimpl
@@ -81,13 +82,9 @@ def test_an_unknown_plugin_name_is_a_config_error_and_serve_refuses_to_start(tmp
     path = write_config(tmp_path, '["echo", "nope"]')
     with pytest.raises(ConfigError, match=r"profiles\.main\.plugins: unknown plugin 'nope'"):
         load_plugins(load_config(path))
-    for command in (["check"], ["serve", "--port", str(free_port())]):
-        out = subprocess.run(
-            [sys.executable, "-m", "bot_core", *command, "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+    serve = subprocess.run([sys.executable, "-m", "bot_core", "serve", "--port", str(free_port()), "--config",
+                            str(path)], capture_output=True, text=True, timeout=30)  # fmt: skip
+    for out in (bot_core("check", "--config", str(path)), serve):
         assert out.returncode != 0
         assert "unknown plugin 'nope'" in out.stderr and str(path) in out.stderr
 
@@ -129,9 +126,8 @@ def test_serve_without_config_runs_the_sandboxed_demo_bot(tmp_path):
 
 
 def _outbound(cwd: Path) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bot_core", "messages", "--json"], cwd=cwd, capture_output=True, text=True, check=True
-    )
+    out = bot_core("messages", "--json", cwd=str(cwd))
+    assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     return [r["text"] for r in rows if r["direction"] == "outbound" and r["status"] == "sandbox"]
 
@@ -149,9 +145,7 @@ numbers = ["+13125550101"]
 [numbers."+13125550102"]
 plugins = ["echo"]
 """)
-    out = subprocess.run(
-        [sys.executable, "-m", "bot_core", "check", "--config", str(path)], capture_output=True, text=True
-    )
+    out = bot_core("check", "--config", str(path))
     assert out.returncode == 0, out.stderr
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  +")}
     assert "messaging-enabled" in lines["+13125550100"]
@@ -163,16 +157,13 @@ plugins = ["echo"]
 def test_check_fails_on_a_broken_file(tmp_path):
     path = tmp_path / "bot.toml"
     path.write_text('[profiles.main]\nsecret = "s"\nnumbers = ["+13125550100"]\nalphanumeric_sender_id = "123"\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "bot_core", "check", "--config", str(path)], capture_output=True, text=True
-    )
+    out = bot_core("check", "--config", str(path))
     assert out.returncode == 1
     assert "alphanumeric_sender_id" in out.stderr and "letter" in out.stderr and "bot.toml" in out.stderr
 
 
 def check(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(path)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return bot_core("check", "--config", str(path))
 
 
 def test_settings_of_plugins_a_profile_does_not_use_are_checked_too(tmp_path):

@@ -9,13 +9,13 @@ Practices, and the FCC's 2024 TCPA revocation rule (REVOKE, OPT OUT).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from bot_core import ConfigError
 from bot_core.testing import BotTester
+
+from .inprocess import bot_core
 
 # Each test runs on both engines (the config names $BOT_CORE_DATABASE).
 pytestmark = pytest.mark.usefixtures("database")
@@ -193,8 +193,7 @@ def test_turned_off_it_sees_nothing_and_check_warns(tmp_path):
     path = tmp_path / "bot.toml"
     path.write_text(f'[profiles.support]\nsecret = "s"\nnumbers = ["{SUPPORT}"]\n'
                     "[profiles.support.plugin_config.optout]\nenabled = false\n")  # fmt: skip
-    out = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(path)],
-                         capture_output=True, text=True)  # fmt: skip
+    out = bot_core("check", "--config", str(path))
     assert out.returncode == 0, out.stderr
     assert "profile support: opt-out handling (STOP/START/HELP) is disabled" in out.stderr
 
@@ -218,8 +217,7 @@ def test_bot_core_optouts_lists_who_opted_out_and_how(tmp_path):
         bot.text("STOP", message_id="m-1")
         bot.text("stop", from_="+13125550124", message_id="m-2")
         bot.text("START", from_="+13125550124", message_id="m-3")
-    out = subprocess.run([sys.executable, "-m", "bot_core", "optouts", "--config", str(path), "--json"],
-                         capture_output=True, text=True)  # fmt: skip
+    out = bot_core("optouts", "--config", str(path), "--json")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(r["profile"], r["number"], r["source"]) for r in rows] == [(None, CUSTOMER, "texted STOP (message m-1)")]

@@ -20,6 +20,7 @@ from bot_core.store import HANDLED, SchemaTooNew, is_postgres, open_store
 from bot_core.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 
 from .conftest import rows
+from .inprocess import bot_core
 
 OURS = "+13125550100"
 
@@ -147,19 +148,16 @@ def test_a_database_newer_than_the_code_is_refused_and_check_reports_it(database
         open_store(database_url)
     config = tmp_path / "bot.toml"
     config.write_text(f'[bot]\ndatabase = "{database_url}"\n\n[profiles.main]\nsecret = "s"\nnumbers = ["{OURS}"]\n')
-    check = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(config)],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    check = bot_core("check", "--config", str(config))
     assert check.returncode == 1 and "migrated by a newer bot-core" in check.stderr
-    send = subprocess.run([sys.executable, "-m", "bot_core", "messages", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    send = bot_core("messages", "--config", str(config))
     assert send.returncode == 1 and "upgrade bot-core" in send.stderr and "Traceback" not in send.stderr
 
 
 def test_check_reads_the_database_without_creating_it(database_url, tmp_path):
     config = tmp_path / "bot.toml"
     config.write_text(f'[bot]\ndatabase = "{database_url}"\n\n[profiles.main]\nsecret = "s"\nnumbers = ["{OURS}"]\n')
-    check = subprocess.run([sys.executable, "-m", "bot_core", "check", "--config", str(config)],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    check = bot_core("check", "--config", str(config))
     assert check.returncode == 0, check.stderr
     assert is_postgres(database_url) or not Path(database_url).exists()
     if is_postgres(database_url):
@@ -171,8 +169,12 @@ def test_an_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_pat
     config = tmp_path / "bot.toml"
     url = "postgresql://bot:hunter2-secret@127.0.0.1:1/bot"  # nothing listens on port 1
     config.write_text(f'[bot]\ndatabase = "{url}"\n\n[profiles.main]\nsecret = "s"\nnumbers = ["{OURS}"]\n')
-    for command in ("check", "messages", "serve"):
-        result = subprocess.run([sys.executable, "-m", "bot_core", command, "--config", str(config)],
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert result.returncode == 1 and "127.0.0.1:1/bot" in result.stderr, result.stderr
-        assert "hunter2" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    # Each waits out the pool's connect timeout (PostgreSQL may be starting): all three at once.
+    # serve on a port of the system's choosing: another test's server may hold the default one.
+    processes = [subprocess.Popen([sys.executable, "-m", "bot_core", *command, "--config", str(config)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for command in (["check"], ["messages"], ["serve", "--port", "0"])]  # fmt: skip
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1 and "127.0.0.1:1/bot" in stderr, stderr
+        assert "hunter2" not in stdout + stderr and "Traceback" not in stderr

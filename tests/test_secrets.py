@@ -8,10 +8,8 @@ then every byte it wrote is scanned.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from bot_core.testing import FakeTelnyx
 from bot_core.webhooks import sign_v1
 
 from .conftest import Server, wait_for
+from .inprocess import bot_core
 
 MAIN_SECRET = "MainProfileSecret-5f2c9e"
 SALES_SECRET = "SalesProfileSecret-81ad40"
@@ -163,8 +162,8 @@ def _query(database: Path, sql: str) -> list[tuple]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bot_core", *args], capture_output=True, text=True,
-                          env={**os.environ}, timeout=60)  # fmt: skip
+    """The command in this process: its stdout, and its stderr with its logging and any traceback."""
+    return bot_core(*args)
 
 
 @pytest.mark.parametrize(
