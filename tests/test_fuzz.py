@@ -285,6 +285,49 @@ def test_a_declared_oversized_or_malformed_content_length_is_refused_unread(tmp_
     assert asyncio.run(scenario()) == [413, 413, 400, 400, 400]
 
 
+def test_the_webhook_route_answers_beside_starlettes_router_as_a_route_of_it_would(tmp_path):
+    """POST /webhooks/telnyx skips Starlette's router: the router still answers its other methods
+    and paths, and the answers carry a JSONResponse's headers."""
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        async with Running(config(tmp_path), None, echo()) as run:
+            body, headers = v1_inbound("hi")
+            answers = [await run.http.post("/webhooks/telnyx", content=body, headers=headers),
+                       await run.http.post("/webhooks/telnyx", content=b"[", headers=headers),
+                       await run.http.get("/webhooks/telnyx"),
+                       await run.http.post("/webhooks/telnyx/", content=body, headers=headers)]  # fmt: skip
+            return [(a.status_code, a.headers.get("content-type", ""), a.headers.get("content-length", ""))
+                    for a in answers]  # fmt: skip
+
+    ok, bad, get, slash = asyncio.run(scenario())
+    assert ok[:2] == (200, "application/json") and ok[2].isdigit()
+    assert bad[:2] == (400, "application/json")
+    assert get[0] == 405
+    assert slash[0] == 307  # Starlette's redirect to the route without the slash
+
+
+def test_a_client_gone_before_the_whole_body_gets_a_400_saying_so(tmp_path):
+    async def scenario() -> list[dict]:
+        async with Running(config(tmp_path), None, echo()) as run:
+            messages = iter([{"type": "http.request", "body": b'{"sms_id"', "more_body": True},
+                             {"type": "http.disconnect"}])  # fmt: skip
+            sent: list[dict] = []
+
+            async def receive() -> dict:
+                return next(messages)
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "POST", "path": "/webhooks/telnyx", "headers": []}
+            await create_app(run.bot)(scope, receive, send)
+            return sent
+
+    start, body = asyncio.run(scenario())
+    assert start["status"] == 400
+    assert json.loads(body["body"]) == {"ok": False, "error": "client disconnected before sending the whole body"}
+
+
 def test_a_real_server_refuses_an_endless_chunked_body(server_factory, fake_telnyx_server):
     from .test_e2e import config_text
 
