@@ -250,6 +250,7 @@ async def test_an_operator_reply_goes_out_from_the_number_texted_naming_the_oper
         assert sent[0].headers["x-profile-secret"] == SECRET
         mdr = run.bot.store._rows("SELECT operator, conversation_id FROM mdrs WHERE text = 'Hi, Alice here'")[0]
         assert mdr == {"operator": "alice", "conversation_id": cid}
+        assert [m["operator"] for m in run.mdrs(direction="outbound")] == [None, "alice"]  # `bot-core messages`
         page = (await http.get(f"/inbox/c/{cid}")).text
         assert "With alice" in page and ">Hand back</button>" in page
         await run.text("thanks")  # the conversation is alice's now: the bot stays quiet

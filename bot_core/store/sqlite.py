@@ -888,7 +888,7 @@ class Store:
         where = " AND ".join(clause for clause, value in filters.items() if value is not None)
         sql = (
             'SELECT id, direction, profile, from_number AS "from", to_number AS "to", text,'
-            " status, parts, encoding, telnyx_id, error, created_at, updated_at FROM mdrs"
+            " status, parts, encoding, telnyx_id, error, operator, created_at, updated_at FROM mdrs"
             + (f" WHERE {where}" if where else "")
             + " ORDER BY id DESC"
             + (" LIMIT :limit" if limit is not None else "")
