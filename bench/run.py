@@ -298,8 +298,9 @@ def main() -> None:
                 if key in report.figures and f"{key}-large" in report.figures:
                     change = report.figures[f"{key}-large"] / report.figures[key] - 1
                     report.line(f"{label}: large vs empty database", f"{change:+8.1%}")
-        print("\n5. side by side")
-        side_by_side(report, work)
+        if "1" in args.only or "2" in args.only:  # figure 5 compares those
+            print("\n5. side by side")
+            side_by_side(report, work)
         if "6" in args.only:
             print("\n6. end to end on one and two processes: SQLite workers, PostgreSQL replicas (empty database)")
             figure_6(report, work, fake, args, senders, config_text, SECRET)

@@ -250,6 +250,7 @@ async def test_an_operator_reply_goes_out_from_the_number_texted_naming_the_oper
         assert sent[0].headers["x-profile-secret"] == SECRET
         mdr = run.bot.store._rows("SELECT operator, conversation_id FROM mdrs WHERE text = 'Hi, Alice here'")[0]
         assert mdr == {"operator": "alice", "conversation_id": cid}
+        assert [m["operator"] for m in run.mdrs(direction="outbound")] == [None, "alice"]  # `bot-core messages`
         page = (await http.get(f"/inbox/c/{cid}")).text
         assert "With alice" in page and ">Hand back</button>" in page
         await run.text("thanks")  # the conversation is alice's now: the bot stays quiet
@@ -354,3 +355,47 @@ async def test_a_change_made_by_one_replica_reaches_an_inbox_open_on_another(tmp
         while fresh.id not in seen:
             seen += await asyncio.wait_for(watching.queue.get(), 10)
         inbox.notifier.unsubscribe(watching)
+
+
+@pytest.mark.anyio
+@both_engines
+async def test_open_inboxes_share_one_render_of_the_list_until_a_change_is_found(tmp_path, monkeypatch):
+    """Every open inbox fetches the list's live region after each change: one render (one read)
+    serves them all until the change feed finds the next change; an operator limited to other
+    profiles gets a render of their own."""
+    from starlette.routing import Mount
+
+    from bot_core.asgi import create_app
+
+    async with Running(inbox_config(tmp_path), None, parrot) as run:
+        await run.text("hello")
+        await run.settle()
+        add_operator(run, "alice")
+        add_operator(run, "bob", "other")
+        app = create_app(run.bot)
+        inbox = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "/inbox")
+        reads = []
+        real = reader.conversations
+        monkeypatch.setattr(reader, "conversations", lambda *a, **k: reads.append(a[1].name) or real(*a, **k))
+
+        async def client(name: str) -> httpx.AsyncClient:
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot")
+            assert (await sign_in(http, name)).status_code == 303
+            return http
+
+        alice = [await client("alice") for _ in range(10)]
+        bob = await client("bob")
+        pages = await asyncio.gather(*(http.get("/inbox/?partial=1") for http in alice))
+        assert {page.status_code for page in pages} == {200} and len({page.text for page in pages}) == 1
+        assert THEIRS in pages[0].text and pages[0].headers["cache-control"] == "no-store"
+        assert reads == ["alice"]
+        assert THEIRS not in (await bob.get("/inbox/?partial=1")).text  # not his profile
+        assert reads == ["alice", "bob"]
+
+        await run.text("hello", from_="+13125550188")
+        await run.settle()
+        inbox.notifier.generation += 1  # what the poller does when it finds that change
+        assert "+13125550188" in (await alice[0].get("/inbox/?partial=1")).text
+        assert reads == ["alice", "bob", "alice"]
+        for http in [*alice, bob]:
+            await http.aclose()

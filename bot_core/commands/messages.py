@@ -48,7 +48,8 @@ def messages(ctx: click.Context, config_path: str | None, as_json: bool, limit: 
     """List MDRs (every message received and sent), newest first.
 
     With --json: one JSON object a line with id, direction, profile, from, to, text, status,
-    parts, encoding (bot-core's own count), telnyx_id, error, created_at, updated_at.
+    parts, encoding (bot-core's own count), telnyx_id, error, operator (who answered from the
+    inbox, for an operator's reply), created_at, updated_at.
 
     \b
     Examples:

@@ -38,13 +38,17 @@ class Subscription:
 
 
 class Notifier:
-    """Polls for changes while someone is subscribed; ``tick`` runs on the loop at every poll.
-    ``store`` gives the bot's store, which exists once the bot has started (after the app is made)."""
+    """Polls for changes while someone is subscribed. ``store`` gives the bot's store, which
+    exists once the bot has started (after the app is made).
 
-    def __init__(self, store: Callable[[], Store], interval: float, tick: Callable[[], object] = lambda: None) -> None:
+    ``generation`` moves on whenever what a page shows may have changed unseen: at every poll
+    that found a change, and when polling starts again after nobody watched. A page rendered at
+    one generation is still current while the generation stays."""
+
+    def __init__(self, store: Callable[[], Store], interval: float) -> None:
         self.store = store
         self.interval = interval
-        self.tick = tick
+        self.generation = 0
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._version: int | None = None
@@ -55,6 +59,7 @@ class Notifier:
         subscription = Subscription(operator)
         self._subscriptions.add(subscription)
         if self._task is None or self._task.done():
+            self.generation += 1  # changes made while nobody watched were not polled
             self._task = asyncio.get_running_loop().create_task(self._run())
         return subscription
 
@@ -73,11 +78,12 @@ class Notifier:
         while self._subscriptions:
             await asyncio.sleep(self.interval)
             try:
-                self.tick()
                 changed = await anyio.to_thread.run_sync(self._changes)
             except Exception:
                 log.exception("cannot read the inbox's changes; trying again")
                 continue
+            if changed:
+                self.generation += 1
             for subscription in list(self._subscriptions):
                 visible = [cid for cid, profile in changed.items() if subscription.operator.sees(profile)]
                 if visible:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -56,7 +57,10 @@ class Inbox:
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
         settings = bot.config.inbox
-        self.notifier = Notifier(lambda: bot.store, settings.poll_interval, tick=lambda: handoff.expire(bot))
+        self.notifier = Notifier(lambda: bot.store, settings.poll_interval)
+        # The list's live region as last rendered, by what it depends on: every open inbox
+        # fetches it after each change, and one render serves them all (see :meth:`index`).
+        self._lists: dict[tuple[Any, ...], tuple[int, asyncio.Task[bytes]]] = {}
         self.throttle = Throttle(settings.login_delay)
         self.templates = Jinja2Templates(directory=HERE / "templates")
         self._app: Starlette | None = None
@@ -172,6 +176,27 @@ class Inbox:
         operator = await self.require(request)
         params = request.query_params
         waiting, query, before = params.get("waiting") == "1", params.get("q", ""), params.get("before")
+        if params.get("partial"):  # ten open inboxes cost one render a change, not ten
+            key = (self.base(request), operator.profiles, waiting, query, before)
+            generation = self.notifier.generation
+            cached = self._lists.get(key)
+            if cached is None or cached[0] != generation or cached[1].cancelled():
+                if len(self._lists) > 256:
+                    self._lists.clear()
+                render = self._list(request, operator, waiting, query, before, "_list.html")
+                # A task of its own: requests arriving together await one render.
+                cached = self._lists[key] = (generation, asyncio.ensure_future(_body(render)))
+            try:
+                body = await asyncio.shield(cached[1])
+            except Exception:
+                self._lists.pop(key, None)
+                raise
+            return Response(body, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+        return await self._list(request, operator, waiting, query, before, "list.html")
+
+    async def _list(self, request: Request, operator: Operator, waiting: bool, query: str, before: str | None,
+                    template: str) -> Response:  # fmt: skip
+        params = request.query_params
         rows = await reader.run(reader.conversations, self.bot.store, operator, waiting=waiting, query=query,
                                 before=before)  # fmt: skip
         older = None
@@ -182,7 +207,6 @@ class Inbox:
                     **kept, before=f"{rows[-1]['last_message_at']} {rows[-1]['id']}"
                 )
             )
-        template = "_list.html" if params.get("partial") else "list.html"
         return self.render(request, template, operator=operator, rows=rows, waiting=waiting, query=query,
                            older=older)  # fmt: skip
 
@@ -291,3 +315,7 @@ class EventStream(Response):
                 return
             body = f"event: change\ndata: {json.dumps(sorted(ids))}\n\n".encode()
             await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _body(response: Awaitable[Response]) -> bytes:
+    return bytes((await response).body)

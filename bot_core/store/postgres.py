@@ -386,14 +386,9 @@ class PostgresStore(SQLiteStore):
         row = self._statement(statement, params).fetchone()
         if row is None:
             raise LeaseLost(f"mdrs row {mdr_id} is no longer held by {owner}")
-        if row[0]:
+        if row[0] and telnyx_id:
             with self.transaction() as conn:
-                early = conn.execute(
-                    "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
-                    " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
-                ).fetchall()  # fmt: skip
-                for event_status, error in early:
-                    self._advance_status(mdr_id, event_status, error)
+                self._apply_early_statuses(conn, mdr_id, telnyx_id)
 
     # Transactions that make claimable work notify the other replicas.
 

@@ -606,13 +606,18 @@ class Store:
             fields["attempts"] = attempts
         with self.transaction() as conn:
             self._finish("mdrs", mdr_id, owner, **fields, updated_at=self.now())
-            if telnyx_id:  # a status a profile verified applies only to that profile's MDR
-                early = conn.execute(
-                    "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
-                    " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
-                ).fetchall()  # fmt: skip
-                for event_status, error in early:
-                    self._advance_status(mdr_id, event_status, error)
+            if telnyx_id:
+                self._apply_early_statuses(conn, mdr_id, telnyx_id)
+
+    def _apply_early_statuses(self, conn: Any, mdr_id: int, telnyx_id: str) -> None:
+        """Apply the status updates that arrived before Telnyx's answer to the send (in a transaction).
+        A status a profile verified applies only to that profile's MDR."""
+        early = conn.execute(
+            "SELECT status, error FROM delivery_events WHERE telnyx_id = ? AND (profile IS NULL OR"
+            " profile = (SELECT profile FROM mdrs WHERE id = ?)) ORDER BY id", (telnyx_id, mdr_id)
+        ).fetchall()  # fmt: skip
+        for event_status, error in early:
+            self._advance_status(mdr_id, event_status, error)
 
     def mark_retry(self, mdr_id: int, attempts: int, next_attempt_at: float, error: str,
                    owner: str | None = None) -> None:  # fmt: skip
@@ -883,7 +888,7 @@ class Store:
         where = " AND ".join(clause for clause, value in filters.items() if value is not None)
         sql = (
             'SELECT id, direction, profile, from_number AS "from", to_number AS "to", text,'
-            " status, parts, encoding, telnyx_id, error, created_at, updated_at FROM mdrs"
+            " status, parts, encoding, telnyx_id, error, operator, created_at, updated_at FROM mdrs"
             + (f" WHERE {where}" if where else "")
             + " ORDER BY id DESC"
             + (" LIMIT :limit" if limit is not None else "")
