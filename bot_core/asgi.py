@@ -2,7 +2,7 @@
 
 ``POST /webhooks/telnyx`` is served by a plain ASGI function ahead of Starlette's router: the
 acknowledgement path is the one a burst of webhooks runs thousands of times a second, and
-Starlette's middleware, routing, Request and JSONResponse cost a fifth of its CPU. The answers
+Starlette's middleware, routing, Request and JSONResponse cost ≈ 20 µs of its ≈ 190. The answers
 are the same bytes and headers a JSONResponse gives; every other request goes to Starlette.
 """
 
@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -96,7 +97,7 @@ class _App(Starlette):
 def create_app(bot: Bot) -> Starlette:
     """The ASGI app serving ``bot``: webhooks, health, metrics and, when enabled, the inbox."""
     counted = bot.metrics.webhooks.labels  # children cached by (kind, outcome): one dict lookup each
-    children: dict[tuple[str, str], Any] = {}
+    children: dict[tuple[str, str], Counter] = {}
 
     def count(kind: str, outcome: str) -> None:
         child = children.get((kind, outcome))
