@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import random
 import re
 import secrets
 import shutil
@@ -203,11 +204,13 @@ async def _browsers(url: str, seconds: float, pipe) -> None:
                 refresher.cancel()
 
     async def refresh(client: httpx.AsyncClient, changed: asyncio.Event) -> None:
-        """As inbox.js on the list page: changes coalesce, one fetch a second at most."""
+        """As inbox.js on the list page: changes coalesce, one fetch a second at most, each after
+        a random part of a quarter second."""
         nonlocal refreshes
         while True:
             await changed.wait()
             changed.clear()
+            await asyncio.sleep(random.uniform(0, 0.25))
             started = time.monotonic()
             await client.get("/inbox/?partial=1")
             refreshes += 1

@@ -22,14 +22,17 @@
   }
 
   // A busy list changes at every poll: refetch it at most once a second (a conversation page at
-  // once, its changes are rare), so open inboxes stay cheap for the server.
+  // once, its changes are rare), so open inboxes stay cheap for the server. Every open list hears
+  // of a change at the same instant: each waits a random part of a quarter second more, so their
+  // fetches do not queue up together in front of the webhooks.
   const gap = conversation ? 0 : 1000;
+  const spread = conversation ? 0 : 250;
   let last = 0;
 
   async function refresh() {
     if (busy) { again = true; return; }
     busy = true;
-    const wait = last + gap - Date.now();
+    const wait = Math.max(last + gap - Date.now(), 0) + Math.random() * spread;
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
     last = Date.now();
     const focused = live.contains(document.activeElement) ? document.activeElement.id : "";
