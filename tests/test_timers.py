@@ -100,6 +100,9 @@ def test_timers_survive_a_restart_and_overdue_ones_fire_at_startup(tmp_path):
         bot.portal.call(bot.bot.start)
         row = wait_for(lambda: bot.messages(direction="outbound", text="drink water"))  # no poke: startup finds it
         assert len(row) == 1
+        # Sent before this bot stops: the next one starts its clock 70 minutes earlier, where a
+        # send left pending here (its pacing slot stamped by this clock) would not be due yet.
+        assert bot.portal.call(bot.bot.idle, 30)
     with reminder_bot(tmp_path) as bot:  # and it never fires again
         bot.replies()  # what the first bot sent
         assert bot.advance("1d") == [] and len(bot.messages(text="drink water")) == 1
