@@ -176,7 +176,7 @@ def figure_1(url: str) -> None:
             ("conversation list, one profile", limited, "/inbox/"),
             ("Needs a human", everyone, "/inbox/?waiting=1"),
             ("the next page", everyone, older),
-            ("the list's live region (what inbox.js fetches)", everyone, "/inbox/?partial=1"),
+            ("the list's live region (what its event stream sends)", everyone, "/inbox/?partial=1"),
             ("a conversation", everyone, f"/inbox/c/{cid}"),
             ("search by a whole number", everyone, f"/inbox/?q=%2B{customer(4242)[1:]}"),
             ("search by part of a number", everyone, f"/inbox/?q={customer(4242)[5:]}"),

@@ -360,9 +360,9 @@ async def test_a_change_made_by_one_replica_reaches_an_inbox_open_on_another(tmp
 @pytest.mark.anyio
 @both_engines
 async def test_open_inboxes_share_one_render_of_the_list_until_a_change_is_found(tmp_path, monkeypatch):
-    """Every open inbox fetches the list's live region after each change: one render (one read)
-    serves them all until the change feed finds the next change; an operator limited to other
-    profiles gets a render of their own."""
+    """The list's live region (``?partial=1``, and what a list's event stream sends): one render
+    (one read) serves every open inbox until the change feed finds the next change; an operator
+    limited to other profiles gets a render of their own."""
     from starlette.routing import Mount
 
     from bot_core.asgi import create_app
