@@ -12,14 +12,16 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, TypeVar
 
 from load import Plan, Result
 
 from bot_core.testing.server import ServerProcess, serve_argv
 
+T = TypeVar("T")
 BARE_APP = Path(__file__).with_name("bare.py")
 
 
@@ -64,6 +66,12 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
     return sum(int(f) for f in fields[11 : 15 if reaped else 13]) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
+def machine_busy() -> float:
+    """Busy CPU seconds of all cores since boot: /proc/stat's first line, less idle and iowait."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _stat(pid: int) -> list[str]:
     """The fields of /proc/PID/stat after the command name; empty if the process is gone."""
     try:
@@ -90,17 +98,54 @@ def start_bare(database: Path, log: Path) -> Process:
 
 
 def _fake_main(pipe: Connection) -> None:
+    """The lean fake (bench/lean_telnyx.py) and the pipe's commands, on one event loop (uvloop when
+    installed, as the server's)."""
+    from lean_telnyx import LeanTelnyx
+
+    async def serve() -> None:
+        fake = LeanTelnyx()
+        pipe.send(await fake.start())
+        stopped = asyncio.get_running_loop().create_future()
+
+        def command() -> None:
+            match pipe.recv():
+                case "count":  # distinct messages: a message sent twice counts once
+                    pipe.send(fake.count())
+                case "take":
+                    pipe.send(fake.take())
+                case "stop":
+                    stopped.set_result(None)
+
+        asyncio.get_running_loop().add_reader(pipe.fileno(), command)
+        await stopped
+        fake.close()
+
+    _run_loop(serve())
+
+
+def _full_fake_main(pipe: Connection) -> None:
+    """bot_core.testing.FakeTelnyx (``run.py --fake full``): what the bench used before the lean one."""
     from bot_core.testing import FakeTelnyx
 
     fake = FakeTelnyx()
     pipe.send(fake.start())
     while (command := pipe.recv()) != "stop":
-        if command == "count":  # distinct messages: a message sent twice counts once
+        if command == "count":
             pipe.send(len({r.json.get("body") for r in fake.sent}))
         elif command == "take":
             pipe.send([(r.at, r.json.get("body", "")) for r in fake.sent])
             fake.clear()
     fake.stop()
+
+
+def _run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop where it is installed (it comes with uvicorn[standard])."""
+    try:
+        from uvloop import new_event_loop
+    except ImportError:
+        new_event_loop = None
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 class _Child:
@@ -119,10 +164,11 @@ class _Child:
 
 
 class Fake(_Child):
-    """bot_core.testing.FakeTelnyx serving in a process of its own."""
+    """A fake Telnyx serving in a process of its own: the lean one, or with ``full``
+    bot_core.testing.FakeTelnyx."""
 
-    def __init__(self) -> None:
-        super().__init__(_fake_main)
+    def __init__(self, full: bool = False) -> None:
+        super().__init__(_full_fake_main if full else _fake_main)
         self.url: str = self._pipe.recv()
 
     def count(self) -> int:
