@@ -11,18 +11,22 @@ HTTP/1.1 load generator in another process, and prints:
 1. webhook acknowledgements/s and ack latency of a burst, beside the bare floor, with every
    plugin call parked so that only the webhook path uses the CPU;
 2. end to end (webhook in, reply received by the fake Telnyx): a burst's replies/s, the ack
-   latency during it, the server's CPU time per message, then latency at a fixed offered rate;
-   once per ``--workers`` value (``serve --workers 1`` and ``--workers 2`` by default);
+   latency during it, the CPU time per message of the server and of the harness (load generator,
+   fake Telnyx, this script), how busy the cores were, then (first round) latency at a fixed
+   offered rate; ``--rounds`` rounds, each once per ``--workers`` value (``serve --workers 1``
+   and ``--workers 2`` by default), alternated;
 3. ack latency while a plugin awaits 1 s per message across 200 conversations;
 4. figures 1 and 2 again with a large database, and the server's peak RSS;
-5. side by side: end-to-end replies/s with 2 workers against 1, the webhook path against the
-   bare floor (both on the same uvicorn stack: uvloop and httptools when installed), and the
-   ack p99 of the bursts that ran with handling and sending;
+5. side by side: end-to-end replies/s with 2 workers against 1 (each round's and the median),
+   the webhook path against the bare floor (both on the same uvicorn stack: uvloop and httptools
+   when installed), and the worst ack p99 of the bursts that ran with handling and sending;
 6. end to end and ack p99 on one and two processes, SQLite workers beside PostgreSQL replicas
    (bench/replicas.py).
 
 The load generator and the fake Telnyx run on the same machine as the server and share its
-cores: on a 2-core machine, ``--workers 2`` competes with them.
+cores: on a 2-core machine, ``--workers 2`` competes with them. Both are kept lean for that (raw
+HTTP/1.1 requests signed beforehand; bench/lean_telnyx.py rather than FakeTelnyx, about a
+third of its CPU per send), and figure 2 prints what they cost per message.
 """
 
 from __future__ import annotations

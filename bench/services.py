@@ -196,7 +196,7 @@ def _generator_main(pipe: Connection) -> None:
         return list(await asyncio.gather(*(_run(plan) for plan in plans)))
 
     while (plans := pipe.recv()) != "stop":
-        pipe.send(asyncio.run(together(plans)))
+        pipe.send(_run_loop(together(plans)))
 
 
 class LoadGenerator(_Child):
