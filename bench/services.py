@@ -98,26 +98,25 @@ def start_bare(database: Path, log: Path) -> Process:
 
 
 def _fake_main(pipe: Connection) -> None:
-    """The lean fake (bench/lean_telnyx.py) and the pipe's commands, on one event loop (uvloop when
-    installed, as the server's)."""
+    """The lean fake (bench/lean_telnyx.py) on an event loop (uvloop when installed, as the
+    server's); the pipe's commands wait in a thread of their own and run on the loop's, between
+    two requests. (The pipe stays blocking: the loop would make it non-blocking, and a big
+    ``take`` could then not be sent whole.)"""
     from lean_telnyx import LeanTelnyx
 
     async def serve() -> None:
         fake = LeanTelnyx()
         pipe.send(await fake.start())
-        stopped = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
 
-        def command() -> None:
-            match pipe.recv():
-                case "count":  # distinct messages: a message sent twice counts once
-                    pipe.send(fake.count())
-                case "take":
-                    pipe.send(fake.take())
-                case "stop":
-                    stopped.set_result(None)
+        async def answer(command: str) -> int | list[tuple[float, str]]:
+            return fake.count() if command == "count" else fake.take()  # distinct messages, or all of them
 
-        asyncio.get_running_loop().add_reader(pipe.fileno(), command)
-        await stopped
+        def commands() -> None:
+            while (command := pipe.recv()) != "stop":
+                pipe.send(asyncio.run_coroutine_threadsafe(answer(command), loop).result())
+
+        await asyncio.to_thread(commands)
         fake.close()
 
     _run_loop(serve())

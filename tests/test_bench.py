@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,5 +110,30 @@ def test_the_bench_process_counts_distinct_texts_and_takes_what_arrived():
         assert fake.wait_for(2, 10) and fake.count() == 2
         assert [text for _, text in fake.take()] == ["a", "b", "a"]
         assert fake.count() == 0 and fake.take() == []
+    finally:
+        fake.stop()
+
+
+def test_a_take_bigger_than_the_pipes_buffer_arrives_whole():
+    fake = Fake()
+    try:
+
+        async def replies() -> None:
+            client = V1Client(fake.url, 5, None)
+            text = "x" * 1000  # 2,000 of them: 2 MB to send back, far more than a socket's buffer
+            await asyncio.gather(*(client.send(secret="s", from_=OURS, to=CUSTOMER, text=f"{i}{text}",
+                                               webhook_url=None) for i in range(2000)))  # fmt: skip
+            await client.aclose()
+
+        asyncio.run(replies())
+        assert fake.wait_for(2000, 30)
+        fake._pipe.send("take")  # Fake.take, with this process busy elsewhere while the fake answers
+        time.sleep(0.5)
+        taken: list[list[tuple[float, str]]] = []
+        reader = threading.Thread(target=lambda: taken.append(fake._pipe.recv()), daemon=True)
+        reader.start()  # a thread: a half-sent answer would leave recv waiting forever
+        reader.join(30)
+        assert taken, "the fake's answer never arrived whole"
+        assert sorted(int(text[:-1000]) for _, text in taken[0]) == list(range(2000))
     finally:
         fake.stop()
