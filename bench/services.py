@@ -72,6 +72,24 @@ def machine_busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def connections(pids: list[int], port: int) -> list[int]:
+    """Established TCP connections to local ``port`` that each of ``pids`` holds (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except (FileNotFoundError, ProcessLookupError):
+            links = []
+        counts.append(sum(link in inodes for link in links))
+    return counts
+
+
 def _stat(pid: int) -> list[str]:
     """The fields of /proc/PID/stat after the command name; empty if the process is gone."""
     try:
@@ -205,9 +223,12 @@ class LoadGenerator(_Child):
     def __init__(self) -> None:
         super().__init__(_generator_main)
 
-    def run(self, plans: list[Plan]) -> list[Result]:
-        """Send every plan at once (each on its own connections); what each measured."""
+    def run(self, plans: list[Plan], during: Callable[[], None] | None = None) -> list[Result]:
+        """Send every plan at once (each on its own connections); what each measured. ``during``
+        is called a second into the run, if it is still running then."""
         self._pipe.send(plans)
+        if during is not None and not self._pipe.poll(1.0):
+            during()
         try:
             return self._pipe.recv()
         except EOFError:
