@@ -3,6 +3,7 @@
     python bench/run.py                      # about a minute and a half
     python bench/run.py --mdrs 1000000 --conversations 100000   # the large-database case
     python bench/run.py --only 2 --messages 50000               # one figure, a longer burst
+    python bench/run.py --only 2 --rounds 3                     # fewer rounds of --workers 1 and 2
 
 It starts the real server (``bot-core serve``, uvicorn), a fake Telnyx and a bare
 Starlette+SQLite endpoint, each in a process of its own on loopback, drives them with a raw
@@ -319,7 +320,7 @@ def main() -> None:
     parser.add_argument("--only", default="12346", help="figures to run, e.g. 12")
     parser.add_argument("--workers", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2],
                         help="serve --workers values for figure 2, comma-separated")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of figure 2, each over every --workers value")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of figure 2, each over every --workers value")
     parser.add_argument("--fake", choices=["lean", "full"], default="lean",
                         help="the fake Telnyx: bench/lean_telnyx.py, or bot_core.testing.FakeTelnyx (heavier)")  # fmt: skip
     parser.add_argument("--replica-messages", type=int, default=2000, help="webhooks in a burst of figure 6")
