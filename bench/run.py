@@ -1,6 +1,6 @@
 """bot-core benchmark: prints figures for this machine. Not a test; nothing here asserts.
 
-    python bench/run.py                      # about a minute and a half
+    python bench/run.py                      # a few minutes
     python bench/run.py --mdrs 1000000 --conversations 100000   # the large-database case
     python bench/run.py --only 2 --messages 50000               # one figure, a longer burst
     python bench/run.py --only 2 --rounds 3                     # fewer rounds of --workers 1 and 2
