@@ -32,7 +32,7 @@ from typing import Any
 
 from load import Plan
 from seed import OUR_NUMBER
-from services import Fake, LoadGenerator, Process, cpu_seconds, start_server
+from services import Fake, LoadGenerator, Process, cpu_seconds, machine_busy, start_server
 
 from bot_core.testing.postgres import schema_of_its_own, unreachable
 
@@ -176,7 +176,7 @@ class Snapshot:
         pids = [pid for server in servers for pid in server.pids()]
         return Snapshot(time.monotonic(), {pid: cpu_seconds(pid, reaped=True) for pid in pids},
                         cpu_seconds(generator.process.pid), cpu_seconds(fake.process.pid), _postgres_cpu(),
-                        sum(server.cpu_seconds() for server in idle), _machine_busy())  # fmt: skip
+                        sum(server.cpu_seconds() for server in idle), machine_busy())  # fmt: skip
 
     def __sub__(self, before: Snapshot) -> Snapshot:
         servers = {pid: cpu - before.servers.get(pid, 0.0) for pid, cpu in self.servers.items()}
@@ -224,12 +224,6 @@ def _postgres_cpu() -> float:
             except OSError:
                 continue
     return total
-
-
-def _machine_busy() -> float:
-    """Busy CPU seconds of all cores since boot: /proc/stat's first line, less idle and iowait."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_for_workers(log: Path, workers: int) -> None:

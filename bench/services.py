@@ -12,14 +12,16 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, TypeVar
 
 from load import Plan, Result
 
 from bot_core.testing.server import ServerProcess, serve_argv
 
+T = TypeVar("T")
 BARE_APP = Path(__file__).with_name("bare.py")
 
 
@@ -64,6 +66,30 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
     return sum(int(f) for f in fields[11 : 15 if reaped else 13]) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
+def machine_busy() -> float:
+    """Busy CPU seconds of all cores since boot: /proc/stat's first line, less idle and iowait."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def connections(pids: list[int], port: int) -> list[int]:
+    """Established TCP connections to local ``port`` that each of ``pids`` holds (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except (FileNotFoundError, ProcessLookupError):
+            links = []
+        counts.append(sum(link in inodes for link in links))
+    return counts
+
+
 def _stat(pid: int) -> list[str]:
     """The fields of /proc/PID/stat after the command name; empty if the process is gone."""
     try:
@@ -90,17 +116,53 @@ def start_bare(database: Path, log: Path) -> Process:
 
 
 def _fake_main(pipe: Connection) -> None:
+    """The lean fake (bench/lean_telnyx.py) on an event loop (uvloop when installed, as the
+    server's); the pipe's commands wait in a thread of their own and run on the loop's, between
+    two requests. (The pipe stays blocking: the loop would make it non-blocking, and a big
+    ``take`` could then not be sent whole.)"""
+    from lean_telnyx import LeanTelnyx
+
+    async def serve() -> None:
+        fake = LeanTelnyx()
+        pipe.send(await fake.start())
+        loop = asyncio.get_running_loop()
+
+        async def answer(command: str) -> int | list[tuple[float, str]]:
+            return fake.count() if command == "count" else fake.take()  # distinct messages, or all of them
+
+        def commands() -> None:
+            while (command := pipe.recv()) != "stop":
+                pipe.send(asyncio.run_coroutine_threadsafe(answer(command), loop).result())
+
+        await asyncio.to_thread(commands)
+        fake.close()
+
+    _run_loop(serve())
+
+
+def _full_fake_main(pipe: Connection) -> None:
+    """bot_core.testing.FakeTelnyx (``run.py --fake full``): what the bench used before the lean one."""
     from bot_core.testing import FakeTelnyx
 
     fake = FakeTelnyx()
     pipe.send(fake.start())
     while (command := pipe.recv()) != "stop":
-        if command == "count":  # distinct messages: a message sent twice counts once
+        if command == "count":
             pipe.send(len({r.json.get("body") for r in fake.sent}))
         elif command == "take":
             pipe.send([(r.at, r.json.get("body", "")) for r in fake.sent])
             fake.clear()
     fake.stop()
+
+
+def _run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop where it is installed (it comes with uvicorn[standard])."""
+    try:
+        from uvloop import new_event_loop
+    except ImportError:
+        new_event_loop = None
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
 
 
 class _Child:
@@ -119,10 +181,11 @@ class _Child:
 
 
 class Fake(_Child):
-    """bot_core.testing.FakeTelnyx serving in a process of its own."""
+    """A fake Telnyx serving in a process of its own: the lean one, or with ``full``
+    bot_core.testing.FakeTelnyx."""
 
-    def __init__(self) -> None:
-        super().__init__(_fake_main)
+    def __init__(self, full: bool = False) -> None:
+        super().__init__(_full_fake_main if full else _fake_main)
         self.url: str = self._pipe.recv()
 
     def count(self) -> int:
@@ -150,7 +213,7 @@ def _generator_main(pipe: Connection) -> None:
         return list(await asyncio.gather(*(_run(plan) for plan in plans)))
 
     while (plans := pipe.recv()) != "stop":
-        pipe.send(asyncio.run(together(plans)))
+        pipe.send(_run_loop(together(plans)))
 
 
 class LoadGenerator(_Child):
@@ -160,9 +223,12 @@ class LoadGenerator(_Child):
     def __init__(self) -> None:
         super().__init__(_generator_main)
 
-    def run(self, plans: list[Plan]) -> list[Result]:
-        """Send every plan at once (each on its own connections); what each measured."""
+    def run(self, plans: list[Plan], during: Callable[[], None] | None = None) -> list[Result]:
+        """Send every plan at once (each on its own connections); what each measured. ``during``
+        is called a second into the run, if it is still running then."""
         self._pipe.send(plans)
+        if during is not None and not self._pipe.poll(1.0):
+            during()
         try:
             return self._pipe.recv()
         except EOFError:
