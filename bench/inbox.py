@@ -239,7 +239,7 @@ def figure_2(server: Process, messages: int, rate: float, rounds: int) -> None:
         extra = f"   server CPU {cpu * 1e3 / messages:.2f} ms a webhook"
         if process is not None:
             refreshes, browsers_cpu = pipe.recv()
-            extra += f", {refreshes} list refreshes, the inboxes' own CPU {browsers_cpu:.1f} s"
+            extra += f", {refreshes} lists sent to the inboxes, their own CPU {browsers_cpu:.1f} s"
             process.join()
         label = f"{browsers} inboxes open" if browsers else "no inbox open"
         p99[browsers].append(percentile(result.latency, 0.99))
