@@ -13,8 +13,11 @@ cost the webhook path. Prints; asserts nothing.
    With ``--postgres URL``, the database built is copied into a schema of its own on that server
    (dropped at the end) and the bot serves from there; the list query's plan is printed.
 2. Sends webhooks at a fixed rate and reports the acknowledgement p50/p99 with no inbox open
-   and with ten inboxes open, each on the event stream and fetching the list again on every
-   change, as inbox.js does in a browser; runs alternate, after a warm-up run.
+   and with ten inboxes open, each on the list's event stream, which sends it the list after
+   changes, as inbox.js does in a browser; runs alternate, after a warm-up run. Each run also
+   prints the server's CPU time a webhook, and the inboxes' own CPU time (they share the
+   machine's cores, where real browsers would not).
+   ``--database PATH`` builds the database there once and keeps it: later runs copy it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import random
 import re
 import secrets
 import shutil
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from load import Plan, run_in_process  # noqa: E402
 from run import SECRET, ms, percentile  # noqa: E402
 from seed import OUR_NUMBER, customer, seed  # noqa: E402
-from services import Fake, start_server  # noqa: E402
+from services import Fake, Process, start_server  # noqa: E402
 
 from bot_core.inbox import operators  # noqa: E402
 from bot_core.store import Store  # noqa: E402
@@ -174,7 +176,7 @@ def figure_1(url: str) -> None:
             ("conversation list, one profile", limited, "/inbox/"),
             ("Needs a human", everyone, "/inbox/?waiting=1"),
             ("the next page", everyone, older),
-            ("the list's live region (what inbox.js fetches)", everyone, "/inbox/?partial=1"),
+            ("the list's live region (what its event stream sends)", everyone, "/inbox/?partial=1"),
             ("a conversation", everyone, f"/inbox/c/{cid}"),
             ("search by a whole number", everyone, f"/inbox/?q=%2B{customer(4242)[1:]}"),
             ("search by part of a number", everyone, f"/inbox/?q={customer(4242)[5:]}"),
@@ -185,36 +187,20 @@ def figure_1(url: str) -> None:
 
 
 async def _browsers(url: str, seconds: float, pipe) -> None:
-    """Ten inboxes on the list page: each listens to the event stream and fetches the list on a change."""
+    """Ten inboxes on the list page, as inbox.js: each reads the list's event stream, which
+    sends the list's live region after changes."""
     refreshes = 0
 
     async def browser(name: str) -> None:
+        nonlocal refreshes
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             page = (await client.get("/inbox/login")).text
             token = re.search(r'name="csrf" value="([^"]+)"', page)[1]
             await client.post("/inbox/login", data={"csrf": token, "username": name, "password": PASSWORD})
-            changed = asyncio.Event()
-            refresher = asyncio.create_task(refresh(client, changed))
-            try:
-                async with client.stream("GET", "/inbox/events") as events:
-                    async for line in events.aiter_lines():
-                        if line.startswith("event: change"):
-                            changed.set()
-            finally:
-                refresher.cancel()
-
-    async def refresh(client: httpx.AsyncClient, changed: asyncio.Event) -> None:
-        """As inbox.js on the list page: changes coalesce, one fetch a second at most, each after
-        a random part of a quarter second."""
-        nonlocal refreshes
-        while True:
-            await changed.wait()
-            changed.clear()
-            await asyncio.sleep(random.uniform(0, 0.25))
-            started = time.monotonic()
-            await client.get("/inbox/?partial=1")
-            refreshes += 1
-            await asyncio.sleep(max(0.0, started + 1.0 - time.monotonic()))
+            async with client.stream("GET", "/inbox/events?list=1") as events:
+                async for line in events.aiter_lines():
+                    if line == "event: list":
+                        refreshes += 1
 
     tasks = [asyncio.create_task(browser("all")) for _ in range(BROWSERS)]
     pipe.send("ready")
@@ -222,16 +208,17 @@ async def _browsers(url: str, seconds: float, pipe) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    pipe.send(refreshes)
+    pipe.send((refreshes, time.process_time()))
 
 
 def _browsers_main(url: str, seconds: float, pipe) -> None:
     asyncio.run(_browsers(url, seconds, pipe))
 
 
-def figure_2(url: str, messages: int, rate: float, rounds: int) -> None:
+def figure_2(server: Process, messages: int, rate: float, rounds: int) -> None:
     print(f"\n2. webhook acknowledgement latency, {messages} webhooks at {rate:g}/s a run (p50 / p99)")
     senders = [f"+1773{3_000_000 + i:07d}" for i in range(200)]
+    url = server.url
     port = int(url.rsplit(":", 1)[1])
     run_in_process(Plan(port, SECRET, OUR_NUMBER, senders, messages // 4, rate=rate, prefix="warm-"))  # not counted
     p99: dict[int, list[float]] = {0: [], BROWSERS: []}
@@ -245,19 +232,25 @@ def figure_2(url: str, messages: int, rate: float, rounds: int) -> None:
             process.start()
             assert pipe.recv() == "ready"
             time.sleep(3)  # the sign-ins (Argon2) are done before the burst
+        cpu = server.cpu_seconds()
         result = run_in_process(Plan(port, SECRET, OUR_NUMBER, senders, messages, rate=rate, prefix=f"r{n}-"))
+        cpu = server.cpu_seconds() - cpu
         assert set(result.status) == {200}, set(result.status)
-        extra = ""
+        extra = f"   server CPU {cpu * 1e3 / messages:.2f} ms a webhook"
         if process is not None:
-            extra = f"   ({pipe.recv()} list refreshes by the inboxes)"
+            refreshes, browsers_cpu = pipe.recv()
+            extra += f", {refreshes} lists sent to the inboxes, their own CPU {browsers_cpu:.1f} s"
             process.join()
         label = f"{browsers} inboxes open" if browsers else "no inbox open"
         p99[browsers].append(percentile(result.latency, 0.99))
         print(f"   {label:<28} {ms(percentile(result.latency, 0.5))} {ms(p99[browsers][-1])}{extra}")
         time.sleep(2)  # let the replies go out before the next run
     without, with_ = statistics.median(p99[0]), statistics.median(p99[BROWSERS])
+    # Each pair's two runs are next to each other: their ratio is less swayed by the machine's load drifting.
+    pairs = statistics.median(b / a - 1 for a, b in zip(p99[0], p99[BROWSERS], strict=True))
     print(
-        f"   median p99: {ms(without)} without, {ms(with_)} with {BROWSERS} inboxes open ({with_ / without - 1:+.0%})"
+        f"   median p99: {ms(without)} without, {ms(with_)} with {BROWSERS} inboxes open ({with_ / without - 1:+.0%});"
+        f" median of the {rounds} pairs' ratios {pairs:+.0%}"
     )
 
 
@@ -267,15 +260,24 @@ def main() -> None:
     parser.add_argument("--mdrs", type=int, default=1_000_000)
     parser.add_argument("--messages", type=int, default=3000, help="webhooks per run of figure 2")
     parser.add_argument("--rate", type=float, default=100.0, help="webhooks per second in figure 2")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=4,
                         help="pairs of runs (none open, ten open) in figure 2; 0 skips it")  # fmt: skip
     parser.add_argument("--postgres", metavar="URL", help="serve from a copy of the database on this PostgreSQL")
+    parser.add_argument("--database", metavar="PATH", type=Path,
+                        help="build the database here once and keep it; later runs serve from a copy of it")  # fmt: skip
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bot-core-inbox-bench-"))
     fake = Fake()
     schema = None
     try:
-        build(folder / "bot.db", args.conversations, args.mdrs)
+        if args.database is None:
+            build(folder / "bot.db", args.conversations, args.mdrs)
+        else:
+            if not args.database.exists():
+                build(args.database, args.conversations, args.mdrs)
+            else:
+                print(f"serving from a copy of {args.database} (--conversations and --mdrs are ignored)")
+            shutil.copyfile(args.database, folder / "bot.db")  # the runs add to the copy, not to it
         database = "bot.db"
         if args.postgres:
             schema, database = copy_to_postgres(folder / "bot.db", args.postgres)
@@ -285,7 +287,7 @@ def main() -> None:
         try:
             figure_1(server.url)
             if args.rounds:
-                figure_2(server.url, args.messages, args.rate, args.rounds)
+                figure_2(server, args.messages, args.rate, args.rounds)
         finally:
             server.stop()
         if args.postgres:

@@ -360,9 +360,9 @@ async def test_a_change_made_by_one_replica_reaches_an_inbox_open_on_another(tmp
 @pytest.mark.anyio
 @both_engines
 async def test_open_inboxes_share_one_render_of_the_list_until_a_change_is_found(tmp_path, monkeypatch):
-    """Every open inbox fetches the list's live region after each change: one render (one read)
-    serves them all until the change feed finds the next change; an operator limited to other
-    profiles gets a render of their own."""
+    """The list's live region (``?partial=1``, and what a list's event stream sends): one render
+    (one read) serves every open inbox until the change feed finds the next change; an operator
+    limited to other profiles gets a render of their own."""
     from starlette.routing import Mount
 
     from bot_core.asgi import create_app
@@ -399,3 +399,89 @@ async def test_open_inboxes_share_one_render_of_the_list_until_a_change_is_found
         assert reads == ["alice", "bob", "alice"]
         for http in [*alice, bob]:
             await http.aclose()
+
+
+class Stream:
+    """A GET of the event stream straight on the ASGI app, read as it arrives (httpx's
+    ASGITransport hands a body over only once the app has finished)."""
+
+    def __init__(self, app, http: httpx.AsyncClient, path: str) -> None:
+        path, _, query = path.partition("?")
+        cookie = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+                 "root_path": "", "headers": [(b"host", b"bot"), (b"cookie", cookie.encode())],
+                 "client": ("127.0.0.1", 1), "server": ("bot", 80)}  # fmt: skip
+        self.messages: asyncio.Queue[dict] = asyncio.Queue()
+        self._gone = asyncio.Event()
+        self.task = asyncio.create_task(app(scope, self._receive, self.messages.put))
+
+    async def _receive(self) -> dict:
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def event(self) -> tuple[str, str] | None:
+        """The next event (name, data), or None when the stream ends."""
+        while True:
+            message = await asyncio.wait_for(self.messages.get(), 10)
+            if message["type"] == "http.response.start":
+                assert message["status"] == 200
+                continue
+            if not message.get("more_body"):
+                return None
+            lines = message["body"].decode().split("\n")
+            if lines[0].startswith("event: "):
+                data = "\n".join(line.removeprefix("data: ") for line in lines[1:] if line.startswith("data: "))
+                return lines[0].removeprefix("event: "), data
+
+    async def close(self) -> None:
+        self._gone.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+@pytest.mark.anyio
+@both_engines
+async def test_a_list_stream_sends_the_list_at_once_and_after_changes_and_ends_with_its_operator(tmp_path):
+    """An open list is sent its live region over the event stream (what inbox.js shows): at once,
+    then after a change, only the conversations its operator may see, the same render for
+    every open list of the view; the stream ends when its operator is removed."""
+    from starlette.routing import Mount
+
+    from bot_core.asgi import create_app
+
+    async with Running(inbox_config(tmp_path), None, parrot) as run:
+        await run.text("hello")
+        await run.text("for other", to=OTHER_NUMBER, from_="+13125550166")
+        await run.settle()
+        add_operator(run, "alice", "main")
+        app = create_app(run.bot)
+        inbox = next(route.app for route in app.routes if isinstance(route, Mount) and route.path == "/inbox")
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot")
+        assert (await sign_in(http, "alice")).status_code == 303
+        streams = [Stream(app, http, "/inbox/events?list=1") for _ in range(2)]
+        waiting = Stream(app, http, "/inbox/events?list=1&waiting=1")
+        first = [await stream.event() for stream in streams]
+        assert first[0] == first[1] and first[0][0] == "list"
+        assert THEIRS in first[0][1] and "+13125550166" not in first[0][1]  # not her profile
+        assert first[0][1] == (await http.get("/inbox/?partial=1")).text
+        assert "No conversations need a human" in (await waiting.event())[1]
+
+        await run.text("again", from_="+13125550188")
+        await run.settle()
+        while "+13125550188" not in (event := await streams[0].event())[1]:  # earlier polls may come first
+            assert event[0] == "list"
+        assert event[1].index("+13125550188") < event[1].index(THEIRS)  # latest first
+
+        with run.bot.store.transaction() as conn:
+            operators.remove(conn, "alice")
+        inbox.notifier.generation += 1
+        await run.text("once more", from_="+13125550188")
+        await run.settle()
+        pushed = 0
+        while await streams[1].event() is not None:  # lists pushed before the removal, then the end
+            pushed += 1
+            assert pushed < 10
+        for stream in [*streams, waiting]:
+            await stream.close()
+        assert (await http.get("/inbox/events?list=1")).status_code == 401
+        await http.aclose()

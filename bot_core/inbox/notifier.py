@@ -53,7 +53,7 @@ class Notifier:
         self._task: asyncio.Task[None] | None = None
         self._version: int | None = None
         self._cursor = ""
-        self._seen: dict[tuple[str, int], str] = {}
+        self._seen: dict[str, str] = {}  # "m<id>" or "c<id>" -> updated_at (strings: not tracked by the GC)
 
     def subscribe(self, operator: Operator) -> Subscription:
         subscription = Subscription(operator)
@@ -98,11 +98,11 @@ class Notifier:
         self._version = version
         if not self._cursor:  # the first poll: start from now
             self._cursor = store.inbox_latest_change()
-        rows = store.inbox_changes(_back(self._cursor))
         changed: dict[int, str | None] = {}
-        for kind, row_id, updated_at, conversation_id, profile in rows:
-            if self._seen.get((kind, row_id)) != updated_at:
-                self._seen[(kind, row_id)] = updated_at
+        for kind, row_id, updated_at, conversation_id, profile in store.inbox_changes(_back(self._cursor)):
+            key = f"{kind}{row_id}"
+            if self._seen.get(key) != updated_at:
+                self._seen[key] = updated_at
                 changed[conversation_id] = profile
             self._cursor = max(self._cursor, updated_at)
         since = _back(self._cursor)

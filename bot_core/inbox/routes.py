@@ -1,7 +1,9 @@
 """The inbox's pages: login, the conversation list, a conversation, its actions, live events.
 
-Pages are rendered on the server; ``?partial=1`` renders just the live region, which
-``static/inbox.js`` fetches again when the event stream names a conversation on the page. Reads
+Pages are rendered on the server; ``?partial=1`` renders just the live region. On a list page
+``static/inbox.js`` is sent that region over the event stream when it changes (one render serves
+every open list of the same view, and no open inbox makes requests of its own); on a
+conversation page it fetches the region again when the stream names that conversation. Reads
 are the store's (either engine) and run in worker threads (:func:`.reader.run`); the few writes (take over, hand back, reply) are single
 short statements on the bot's own connection, like a plugin's ``bot.send``.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +43,7 @@ log = logging.getLogger("bot_core.inbox")
 
 HERE = Path(__file__).parent
 HEARTBEAT = 15.0  # seconds between keep-alive comments on an idle event stream
+LIST_GAP = 1.0  # seconds at least between two lists pushed to one open inbox: a busy list changes at every poll
 # No inline script or style, no framing, forms post only here.
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
@@ -58,8 +61,8 @@ class Inbox:
         self.bot = bot
         settings = bot.config.inbox
         self.notifier = Notifier(lambda: bot.store, settings.poll_interval)
-        # The list's live region as last rendered, by what it depends on: every open inbox
-        # fetches it after each change, and one render serves them all (see :meth:`index`).
+        # The list's live region as last rendered, by what it depends on: every open inbox of a
+        # view is sent it after each change, and one render serves them all (see :meth:`list_body`).
         self._lists: dict[tuple[Any, ...], tuple[int, asyncio.Task[bytes]]] = {}
         self.throttle = Throttle(settings.login_delay)
         self.templates = Jinja2Templates(directory=HERE / "templates")
@@ -103,9 +106,12 @@ class Inbox:
 
     async def operator(self, request: Request) -> Operator | None:
         name = request.session.get("operator")
+        return await self.find(name) if name else None
+
+    async def find(self, name: str) -> Operator | None:
         # Every request asks (a removed operator is out at once): inline on SQLite, where one
         # indexed read costs less than a hop to a thread; off the loop on PostgreSQL.
-        return await self.bot.store.read(operators.find, self.bot.store, name) if name else None
+        return await self.bot.store.read(operators.find, self.bot.store, name)
 
     async def require(self, request: Request) -> Operator:
         """The signed-in operator; otherwise a page goes to the login page and an action is refused."""
@@ -176,41 +182,48 @@ class Inbox:
 
     async def index(self, request: Request) -> Response:
         operator = await self.require(request)
-        params = request.query_params
-        waiting, query, before = params.get("waiting") == "1", params.get("q", ""), params.get("before")
-        if params.get("partial"):  # ten open inboxes cost one render a change, not ten
-            key = (self.base(request), operator.profiles, waiting, query, before)
-            generation = self.notifier.generation
-            cached = self._lists.get(key)
-            if cached is None or cached[0] != generation or cached[1].cancelled():
-                if len(self._lists) > 256:
-                    self._lists.clear()
-                render = self._list(request, operator, waiting, query, before, "_list.html")
-                # A task of its own: requests arriving together await one render.
-                cached = self._lists[key] = (generation, asyncio.ensure_future(_body(render)))
-            try:
-                body = await asyncio.shield(cached[1])
-            except Exception:
-                self._lists.pop(key, None)
-                raise
+        base, view = self.base(request), _view(request)
+        if request.query_params.get("partial"):
+            body = await self.list_body(base, operator, *view)
             return Response(body, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
-        return await self._list(request, operator, waiting, query, before, "list.html")
+        return self.render(request, "list.html", operator=operator, **await self._list(base, operator, *view))
 
-    async def _list(self, request: Request, operator: Operator, waiting: bool, query: str, before: str | None,
-                    template: str) -> Response:  # fmt: skip
-        params = request.query_params
+    async def list_body(self, base: str, operator: Operator, waiting: bool, query: str, before: str | None) -> bytes:
+        """The list's live region: rendered once per notifier generation for every open inbox of
+        one view (ten open inboxes cost one render a change, not ten)."""
+        key = (base, operator.profiles, waiting, query, before)
+        generation = self.notifier.generation
+        cached = self._lists.get(key)
+        if cached is None or cached[0] != generation or cached[1].cancelled():
+            if len(self._lists) > 256:
+                self._lists.clear()
+
+            async def render() -> bytes:
+                context = await self._list(base, operator, waiting, query, before)
+                return self.templates.get_template("_list.html").render(base=base, **context).encode()
+
+            # A task of its own: those asking together await one render.
+            cached = self._lists[key] = (generation, asyncio.ensure_future(render()))
+        try:
+            return await asyncio.shield(cached[1])
+        except Exception:
+            self._lists.pop(key, None)
+            raise
+
+    async def _list(self, base: str, operator: Operator, waiting: bool, query: str,
+                    before: str | None) -> dict[str, Any]:  # fmt: skip
+        """What the list templates show."""
         rows = await reader.run(reader.conversations, self.bot.store, operator, waiting=waiting, query=query,
                                 before=before)  # fmt: skip
         older = None
         if len(rows) == reader.PAGE:
-            kept = {k: v for k, v in params.items() if k not in ("partial", "before")}
+            kept = {"waiting": "1"} if waiting else {}
+            if query:
+                kept["q"] = query
             older = str(
-                URL(request.url.path).include_query_params(
-                    **kept, before=f"{rows[-1]['last_message_at']} {rows[-1]['id']}"
-                )
+                URL(f"{base}/").include_query_params(**kept, before=f"{rows[-1]['last_message_at']} {rows[-1]['id']}")
             )
-        return self.render(request, template, operator=operator, rows=rows, waiting=waiting, query=query,
-                           older=older)  # fmt: skip
+        return {"rows": rows, "waiting": waiting, "query": query, "older": older}
 
     async def conversation(self, request: Request) -> Response:
         operator = await self.require(request)
@@ -263,27 +276,45 @@ class Inbox:
     # -- live updates -------------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
+        """The event stream; ``?list=1`` and a list page's query: that list's live region."""
         operator = await self.operator(request)
         if operator is None:
             raise HTTPException(401, "Sign in first.")
-        return EventStream(self.notifier, self.notifier.subscribe(operator))
+        subscription = self.notifier.subscribe(operator)
+        if not request.query_params.get("list"):
+            return EventStream(self, subscription)
+        base, view = self.base(request), _view(request)
+        return EventStream(self, subscription, lambda: self.list_body(base, operator, *view))
+
+
+def _view(request: Request) -> tuple[bool, str, str | None]:
+    """The list a request asks for: (only those waiting for a person, search, page after)."""
+    params = request.query_params
+    return params.get("waiting") == "1", params.get("q", ""), params.get("before")
 
 
 class EventStream(Response):
-    """Server-sent events: ``change`` with the ids of changed conversations the operator may see.
+    """Server-sent events: ``change`` with the ids of changed conversations the operator may see;
+    or, given ``view`` (a list page's stream), ``list`` with that list's live region, at once
+    and then after changes, at most once every ``LIST_GAP`` seconds.
 
     Ends when the browser goes away (watched on ``receive``, so a closed tab unsubscribes at
-    once rather than at the next write) or when the notifier closes.
+    once rather than at the next write), when the notifier closes, and, on a list's stream,
+    when its operator is removed or their profiles change (the browser then reconnects, and is
+    refused or sees what it now may).
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, notifier: Notifier, subscription: Subscription) -> None:
+    def __init__(self, inbox: Inbox, subscription: Subscription,
+                 view: Callable[[], Awaitable[bytes]] | None = None) -> None:  # fmt: skip
         self.status_code = 200
         self.background = None
         self.init_headers({**SECURITY_HEADERS, "x-accel-buffering": "no"})  # no body: no Content-Length
-        self.notifier = notifier
+        self.inbox = inbox
+        self.notifier = inbox.notifier
         self.subscription = subscription
+        self.view = view
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -306,6 +337,11 @@ class EventStream(Response):
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
         queue = self.subscription.queue
+        loop = asyncio.get_running_loop()
+        # A list's stream starts with the list: what changed since its page was rendered.
+        pushed = loop.time()
+        if self.view is not None and not await self._push(send):
+            return await self._end(send)
         while True:
             try:
                 ids = await asyncio.wait_for(queue.get(), HEARTBEAT)
@@ -313,11 +349,36 @@ class EventStream(Response):
                 await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
                 continue
             if ids is None:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            body = f"event: change\ndata: {json.dumps(sorted(ids))}\n\n".encode()
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+                return await self._end(send)
+            if self.view is None:
+                body = f"event: change\ndata: {json.dumps(sorted(ids))}\n\n".encode()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                continue
+            await asyncio.sleep(pushed + LIST_GAP - loop.time())  # changes meanwhile make one push
+            while not queue.empty():
+                if queue.get_nowait() is None:
+                    return await self._end(send)
+            pushed = loop.time()
+            if not await self._push(send):
+                return await self._end(send)
 
+    async def _push(self, send: Send) -> bool:
+        """Send the list's live region; False when its operator is no longer who it was."""
+        assert self.view is not None
+        operator = self.subscription.operator
+        if await self.inbox.find(operator.name) != operator:
+            return False
+        try:
+            html = (await self.view()).decode()
+        except Exception:  # a failed read: the next change tries again
+            log.exception("cannot render the inbox's list")
+            return True
+        # One "data:" line per line; the browser joins them with "\n". CR ends a line in SSE too.
+        lines = html.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        body = "event: list\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+        await send({"type": "http.response.body", "body": body.encode(), "more_body": True})
+        return True
 
-async def _body(response: Awaitable[Response]) -> bytes:
-    return bytes((await response).body)
+    @staticmethod
+    async def _end(send: Send) -> None:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

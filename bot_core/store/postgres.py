@@ -434,6 +434,9 @@ class PostgresStore(SQLiteStore):
     def _inbox_rows(self, statement: str, params: Params = ()) -> list[dict[str, Any]]:
         return self._rows(statement, params)
 
+    def _inbox_each(self, statement: str, params: Params) -> Iterator[Row]:
+        return iter(self._read(statement, params))
+
     def inbox_version(self) -> None:
         """No commit counter is shared across replicas: the change feed runs its query (two
         index range scans, usually empty) at every poll while someone watches."""

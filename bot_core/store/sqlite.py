@@ -1043,16 +1043,20 @@ class Store:
         rows = self._inbox_rows("SELECT MAX(updated_at) AS at FROM mdrs")
         return rows[0]["at"] or ""
 
-    def inbox_changes(self, since: str) -> list[Row]:
+    def inbox_changes(self, since: str) -> Iterator[Row]:
         """(kind 'm' or 'c', row id, updated_at, conversation id, profile) of the MDRs and
-        conversations written at or after ``since`` (two index range scans)."""
-        rows = self._inbox_rows(
+        conversations written at or after ``since`` (two index range scans), one at a time: a
+        busy poll reads hundreds, which held all at once would set off a garbage collection at
+        nearly every poll (and a collection in any thread stops the event loop too)."""
+        return self._inbox_each(
             "SELECT 'm' AS kind, m.id, m.updated_at, c.id AS conversation_id, c.profile FROM mdrs m JOIN conversations c"
             " ON c.id = m.conversation_id WHERE m.updated_at >= :since"
             " UNION ALL SELECT 'c', id, updated_at, id, profile FROM conversations WHERE updated_at >= :since",
             {"since": since},
         )  # fmt: skip
-        return [tuple(row.values()) for row in rows]
+
+    def _inbox_each(self, sql: str, params: Params) -> Iterator[Row]:
+        return self._inbox_readers.each(sql, params)
 
 
 _ENOUGH = 32  # heads among the oldest units that spare a claim the scan of every lane
@@ -1158,6 +1162,13 @@ class _InboxReaders:
         cursor = conn.execute(sql, params)
         keys = [d[0] for d in cursor.description]
         return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
+
+    def each(self, sql: str, params: Params) -> Iterator[Row]:
+        """The rows of ``sql`` as the cursor reads them (consume them in the calling thread)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        yield from conn.execute(sql, params)
 
     def version(self) -> int:
         if self._feed is None:  # the change feed polls from one task at a time
