@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from load import Plan, run_in_process  # noqa: E402
 from run import SECRET, ms, percentile  # noqa: E402
 from seed import OUR_NUMBER, customer, seed  # noqa: E402
-from services import Fake, Process, start_server  # noqa: E402
+from services import Fake, Process, run_loop, start_server  # noqa: E402
 
 from bot_core.inbox import operators  # noqa: E402
 from bot_core.store import Store  # noqa: E402
@@ -188,8 +188,13 @@ def figure_1(url: str) -> None:
 
 async def _browsers(url: str, seconds: float, pipe) -> None:
     """Ten inboxes on the list page, as inbox.js: each reads the list's event stream, which
-    sends the list's live region after changes."""
+    sends the list's live region after changes.
+
+    In use, the browsers run on the operators' machines; here they share the server's two
+    cores, so after signing in (httpx) each reads its stream off a raw socket and only counts
+    the lists sent: what they cost the machine is then the server's work, not the readers'."""
     refreshes = 0
+    host, port = url.removeprefix("http://").rsplit(":", 1)
 
     async def browser(name: str) -> None:
         nonlocal refreshes
@@ -197,10 +202,16 @@ async def _browsers(url: str, seconds: float, pipe) -> None:
             page = (await client.get("/inbox/login")).text
             token = re.search(r'name="csrf" value="([^"]+)"', page)[1]
             await client.post("/inbox/login", data={"csrf": token, "username": name, "password": PASSWORD})
-            async with client.stream("GET", "/inbox/events?list=1") as events:
-                async for line in events.aiter_lines():
-                    if line == "event: list":
-                        refreshes += 1
+            cookie = "; ".join(f"{key}={value}" for key, value in client.cookies.items())
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /inbox/events?list=1 HTTP/1.1\r\nhost: {host}:{port}\r\ncookie: {cookie}\r\n"
+                     "accept: text/event-stream\r\n\r\n".encode())  # fmt: skip
+        marker, tail = b"event: list", b""
+        while chunk := await reader.read(1 << 16):
+            data = tail + chunk
+            refreshes += data.count(marker)
+            tail = data[-(len(marker) - 1) :]  # too short to hold a whole marker: none counted twice
+        writer.close()
 
     tasks = [asyncio.create_task(browser("all")) for _ in range(BROWSERS)]
     pipe.send("ready")
@@ -212,7 +223,7 @@ async def _browsers(url: str, seconds: float, pipe) -> None:
 
 
 def _browsers_main(url: str, seconds: float, pipe) -> None:
-    asyncio.run(_browsers(url, seconds, pipe))
+    run_loop(_browsers(url, seconds, pipe))
 
 
 def figure_2(server: Process, messages: int, rate: float, rounds: int) -> None:
@@ -222,6 +233,7 @@ def figure_2(server: Process, messages: int, rate: float, rounds: int) -> None:
     port = int(url.rsplit(":", 1)[1])
     run_in_process(Plan(port, SECRET, OUR_NUMBER, senders, messages // 4, rate=rate, prefix="warm-"))  # not counted
     p99: dict[int, list[float]] = {0: [], BROWSERS: []}
+    pooled: dict[int, list[float]] = {0: [], BROWSERS: []}  # every webhook's latency, per side
     # Alternating runs, so that a change in the machine's load shows in both columns alike.
     for n, browsers in enumerate([0, BROWSERS] * rounds):
         process = pipe = None
@@ -243,6 +255,7 @@ def figure_2(server: Process, messages: int, rate: float, rounds: int) -> None:
             process.join()
         label = f"{browsers} inboxes open" if browsers else "no inbox open"
         p99[browsers].append(percentile(result.latency, 0.99))
+        pooled[browsers].extend(result.latency)
         print(f"   {label:<28} {ms(percentile(result.latency, 0.5))} {ms(p99[browsers][-1])}{extra}")
         time.sleep(2)  # let the replies go out before the next run
     without, with_ = statistics.median(p99[0]), statistics.median(p99[BROWSERS])
@@ -252,6 +265,10 @@ def figure_2(server: Process, messages: int, rate: float, rounds: int) -> None:
         f"   median p99: {ms(without)} without, {ms(with_)} with {BROWSERS} inboxes open ({with_ / without - 1:+.0%});"
         f" median of the {rounds} pairs' ratios {pairs:+.0%}"
     )
+    # One run's p99 is its 30th-slowest webhook: the p99 of every webhook of a side is steadier.
+    all_without, all_with = percentile(pooled[0], 0.99), percentile(pooled[BROWSERS], 0.99)
+    print(f"   p99 of all {len(pooled[0]):,} webhooks of a side: {ms(all_without)} without, {ms(all_with)} with"
+          f" ({all_with / all_without - 1:+.0%})")  # fmt: skip
 
 
 def main() -> None:

@@ -137,7 +137,7 @@ def _fake_main(pipe: Connection) -> None:
         await asyncio.to_thread(commands)
         fake.close()
 
-    _run_loop(serve())
+    run_loop(serve())
 
 
 def _full_fake_main(pipe: Connection) -> None:
@@ -155,7 +155,7 @@ def _full_fake_main(pipe: Connection) -> None:
     fake.stop()
 
 
-def _run_loop(main: Coroutine[Any, Any, T]) -> T:
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop where it is installed (it comes with uvicorn[standard])."""
     try:
         from uvloop import new_event_loop
@@ -213,7 +213,7 @@ def _generator_main(pipe: Connection) -> None:
         return list(await asyncio.gather(*(_run(plan) for plan in plans)))
 
     while (plans := pipe.recv()) != "stop":
-        pipe.send(_run_loop(together(plans)))
+        pipe.send(run_loop(together(plans)))
 
 
 class LoadGenerator(_Child):
