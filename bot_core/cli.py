@@ -62,7 +62,7 @@ def serve(config_path: str | None, host: str, port: int, workers: int) -> None:
       bot-core serve --config bot.toml --workers 2   # one process per core, one database
     """
     from .bot import Bot
-    from .supervisor import Supervisor, listen, raise_open_files_limit
+    from .supervisor import REUSE_PORT, Supervisor, listen, raise_open_files_limit, reserve
     from .supervisor import serve as serve_bot
 
     config = load(config_path)
@@ -76,7 +76,8 @@ def serve(config_path: str | None, host: str, port: int, workers: int) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:  # before the database: a port in use leaves nothing behind
-        sock = listen(host, port)
+        # With workers on Linux each listens on its own socket (SO_REUSEPORT), and this one holds the port.
+        sock = reserve(host, port) if workers > 1 and REUSE_PORT else listen(host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:

@@ -1,9 +1,13 @@
-"""Serving a bot: the listening socket, and one or several worker processes sharing it.
+"""Serving a bot: the listening socket, and one or several worker processes serving its port.
 
 ``bot-core serve`` binds its socket before any bot starts, so that a port in use is an error at
 once, never after "started". With one worker the bot runs in the serve process itself. With
-``--workers N`` a :class:`Supervisor` starts N worker processes on that one socket (the kernel
-hands each connection to one of them, so any worker may acknowledge any webhook); each builds
+``--workers N`` a :class:`Supervisor` starts N worker processes (any worker may acknowledge any
+webhook). On Linux the serve process binds the port with SO_REUSEPORT without listening, and each
+worker listens on a socket of its own bound to that port: the kernel spreads new connections over
+the workers by a hash of their addresses. One socket shared by all workers would let a worker
+whose event loop wakes first accept a whole burst of keep-alive connections (libuv accepts until
+the queue is empty), leaving the others idle. Elsewhere the workers share one socket. Each builds
 its own :class:`~bot_core.bot.Bot` from the same config and they share the SQLite database. A
 worker that dies is replaced; SIGTERM or SIGINT is passed on to every worker, which drains
 within ``shutdown_grace``, and a worker still running a few seconds after that is killed.
@@ -43,15 +47,46 @@ RESTART_BACKOFF = (0.5, 30.0)  # first and longest wait before replacing a worke
 YOUNG = 5.0  # a worker that dies sooner than this after starting is replaced after a backoff
 
 
+# Linux spreads the connections to one port over the sockets bound to it with SO_REUSEPORT, by a
+# hash of each connection's addresses; BSD and macOS accept the option but hand every connection to
+# one socket, so there the workers keep sharing one.
+REUSE_PORT = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A TCP socket listening on ``host``:``port``; raises OSError (in use, not allowed) at once."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = _bind(_family(host), (host, port), reuse_port=False)
+    try:
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` with SO_REUSEPORT, not listening: raises OSError (in
+    use, not allowed) at once, then holds the port for the workers, which bind it too and listen.
+
+    A bound socket that does not listen is given no connection, and any other socket's bind to
+    the port fails, unless it sets SO_REUSEPORT too and runs as the same user (Linux's rule).
+    """
+    return _bind(_family(host), (host, port), reuse_port=True)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bind(family: socket.AddressFamily, address: tuple[str | int, ...], *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # Lets a restarted server bind while its old connections linger in TIME_WAIT; on Linux it
         # still refuses a port another socket is listening on.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)  # uvicorn's default backlog
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
     except OSError:
         sock.close()
         raise
@@ -120,7 +155,8 @@ class _Server(uvicorn.Server):
 
 
 def _worker_main(config: Config, sock: socket.socket, index: int, ready: Connection) -> None:
-    """A worker process: its own logging and Bot, serving the supervisor's socket."""
+    """A worker process: its own logging and Bot, serving the supervisor's socket, or with a
+    port from :func:`reserve` a socket of its own bound to that port."""
     # A forked worker inherits the supervisor's signal handling; uvicorn installs its own.
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -134,7 +170,16 @@ def _worker_main(config: Config, sock: socket.socket, index: int, ready: Connect
         ready.send_bytes(b"started")
         ready.close()
 
+    if _reserved(sock):
+        own = _bind(sock.family, sock.getsockname(), reuse_port=True)
+        sock.close()
+        sock = own  # not listening yet: uvicorn listens once the bot has started, so no connection waits on it
     serve(Bot(config), sock, started)
+
+
+def _reserved(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a port from :func:`reserve` (bound with SO_REUSEPORT), not a listener to share."""
+    return REUSE_PORT and bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
 
 
 class _WorkerTag(logging.Filter):
@@ -171,7 +216,7 @@ class _Worker:
 
 
 class Supervisor:
-    """Runs ``workers`` processes serving one socket; replaces those that die; stops them all."""
+    """Runs ``workers`` processes serving one port; replaces those that die; stops them all."""
 
     def __init__(self, config: Config, sock: socket.socket, workers: int) -> None:
         self.config = config

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot_core.supervisor import REUSE_PORT
 from bot_core.testing import FakeTelnyx
 
 from .chaos import IN_FLIGHT_SEND, TIMED_OUT_SEND, Chaos, Texters, check_promise, config_text, under_chaos, webhook
@@ -124,6 +126,59 @@ def test_two_workers_serve_one_port_and_a_killed_one_is_replaced_while_the_other
 
 
 @pytest.mark.slow
+def sockets_of(pid: int, port: int) -> list[tuple[str, int]]:
+    """The TCP sockets on local ``port`` that ``pid`` holds: each one's state (01 established,
+    0A listening) and receive queue (for a listener: the connections waiting to be accepted)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            inodes.add(os.readlink(fd))
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    found = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        local, _, state, queues, *_, inode = line.split()[1:10]
+        if int(local.rsplit(":", 1)[1], 16) == port and f"socket:[{inode}]" in inodes:
+            found.append((state, int(queues.split(":")[1], 16)))
+    return found
+
+
+@pytest.mark.skipif(not REUSE_PORT, reason="workers share one socket where SO_REUSEPORT does not spread connections")
+def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(server_factory, fake_telnyx_server, tmp_path):
+    """40 connections that arrive while both workers are busy, one of them for longer: each
+    worker takes a fair share.
+
+    On one socket shared by the workers, the worker free first accepts every connection waiting
+    (libuv accepts until the queue is empty) and keeps them all while the other idles. SIGSTOP
+    makes a worker "busy"; the kernel completes the handshakes meanwhile.
+    """
+    server = server_factory(config_text(tmp_path, fake_telnyx_server.url), "--workers", "2").start()
+    wait_for(lambda: started(server, 2), timeout=30)
+    pids = workers(server)
+    clients = [socket.socket() for _ in range(40)]
+    try:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for client in clients:
+                client.settimeout(10)
+                client.connect(("127.0.0.1", server.port))
+                client.sendall(b"GET /metrics HTTP/1.1\r\nHost: bot\r\n\r\n")
+            os.kill(pids[1], signal.SIGCONT)  # worker 1 is free first: it accepts all it is given
+            wait_for(lambda: not any(waiting for state, waiting in sockets_of(pids[1], server.port) if state == "0A"))
+        finally:
+            for pid in pids.values():
+                os.kill(pid, signal.SIGCONT)
+        for client in clients:
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")  # served, and the connection kept open
+        held = {index: sum(state == "01" for state, _ in sockets_of(pid, server.port)) for index, pid in pids.items()}
+    finally:
+        for client in clients:
+            client.close()
+    assert sum(held.values()) == 40, held
+    assert min(held.values()) >= 5, held
+
+
 def test_a_burst_on_two_workers_is_stored_and_answered_200_every_time(server_factory, fake_telnyx_server, tmp_path):
     """Two workers write one SQLite file: a webhook waiting for the other's commits gets the lock
     within milliseconds, not at store_timeout (SQLite's busy handler sleeps up to 100 ms a try, and
