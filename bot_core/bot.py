@@ -219,8 +219,10 @@ class Bot:
             return False
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(self.store.call(self.store.healthy, self.owner))
-        done, _ = await asyncio.wait({self._probe}, timeout=self.config.bot.store_timeout)
-        return bool(done) and self._probe.exception() is None and self._probe.result()
+        # The probe awaited, not self._probe: a request arriving meanwhile may start the next one.
+        probe = self._probe
+        done, _ = await asyncio.wait({probe}, timeout=self.config.bot.store_timeout)
+        return bool(done) and probe.exception() is None and probe.result()
 
     async def idle(self, timeout: float | None = None) -> bool:
         """Wait until no message, send or status hook call is left to do (tests, the chat simulator).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -174,6 +175,21 @@ def test_healthz_and_metrics(server_factory, fake_telnyx_server):
     wait_for(lambda: fake_telnyx_server.sent)
     metrics = httpx.get(server.url + "/metrics").text
     assert 'bot_core_webhooks_total{kind="message",outcome="200"} 1.0' in metrics
+    server.stop()
+
+
+def test_healthz_answers_every_one_of_a_burst(server_factory, fake_telnyx_server):
+    """Requests arriving while the write probe runs share it; one that starts the next probe
+    must not make those still waiting read its unfinished result (that was a 500)."""
+    server = server_factory(config_text(fake_telnyx_server.url)).start()
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            answers = await asyncio.gather(*(client.get("/healthz") for _ in range(100)))
+        return [answer.status_code for answer in answers]
+
+    for _ in range(3):
+        assert set(asyncio.run(burst())) == {200}
     server.stop()
 
 
