@@ -125,7 +125,6 @@ def test_two_workers_serve_one_port_and_a_killed_one_is_replaced_while_the_other
     assert not any(alive(pid) for pid in [first[2], replacement, third])
 
 
-@pytest.mark.slow
 def sockets_of(pid: int, port: int) -> list[tuple[str, int]]:
     """The TCP sockets on local ``port`` that ``pid`` holds: each one's state (01 established,
     0A listening) and receive queue (for a listener: the connections waiting to be accepted)."""
@@ -179,6 +178,7 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(server_fac
     assert min(held.values()) >= 5, held
 
 
+@pytest.mark.slow
 def test_a_burst_on_two_workers_is_stored_and_answered_200_every_time(server_factory, fake_telnyx_server, tmp_path):
     """Two workers write one SQLite file: a webhook waiting for the other's commits gets the lock
     within milliseconds, not at store_timeout (SQLite's busy handler sleeps up to 100 ms a try, and
