@@ -125,9 +125,9 @@ def test_two_workers_serve_one_port_and_a_killed_one_is_replaced_while_the_other
     assert not any(alive(pid) for pid in [first[2], replacement, third])
 
 
-def sockets_of(pid: int, port: int) -> list[tuple[str, int]]:
+def sockets_of(pid: int, port: int) -> list[tuple[str, int, str]]:
     """The TCP sockets on local ``port`` that ``pid`` holds: each one's state (01 established,
-    0A listening) and receive queue (for a listener: the connections waiting to be accepted)."""
+    0A listening), receive queue (for a listener: the connections waiting to be accepted) and inode."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -138,8 +138,12 @@ def sockets_of(pid: int, port: int) -> list[tuple[str, int]]:
     for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
         local, _, state, queues, *_, inode = line.split()[1:10]
         if int(local.rsplit(":", 1)[1], 16) == port and f"socket:[{inode}]" in inodes:
-            found.append((state, int(queues.split(":")[1], 16)))
+            found.append((state, int(queues.split(":")[1], 16), inode))
     return found
+
+
+def established(pid: int, port: int) -> set[str]:
+    return {inode for state, _, inode in sockets_of(pid, port) if state == "01"}
 
 
 @pytest.mark.skipif(not REUSE_PORT, reason="workers share one socket where SO_REUSEPORT does not spread connections")
@@ -154,6 +158,10 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(server_fac
     server = server_factory(config_text(tmp_path, fake_telnyx_server.url), "--workers", "2").start()
     wait_for(lambda: started(server, 2), timeout=30)
     pids = workers(server)
+    # A worker listens once its bot has started, a moment after it logs so: until then the
+    # kernel gives it nothing, and on a loaded machine the burst could come before.
+    wait_for(lambda: all(any(s[0] == "0A" for s in sockets_of(pid, server.port)) for pid in pids.values()), timeout=30)
+    before = {index: established(pid, server.port) for index, pid in pids.items()}  # the test server's own checks
     clients = [socket.socket() for _ in range(40)]
     try:
         for pid in pids.values():
@@ -164,13 +172,15 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(server_fac
                 client.connect(("127.0.0.1", server.port))
                 client.sendall(b"GET /metrics HTTP/1.1\r\nHost: bot\r\n\r\n")
             os.kill(pids[1], signal.SIGCONT)  # worker 1 is free first: it accepts all it is given
-            wait_for(lambda: not any(waiting for state, waiting in sockets_of(pids[1], server.port) if state == "0A"))
+            wait_for(
+                lambda: not any(waiting for state, waiting, _ in sockets_of(pids[1], server.port) if state == "0A")
+            )
         finally:
             for pid in pids.values():
                 os.kill(pid, signal.SIGCONT)
         for client in clients:
             assert client.recv(4096).startswith(b"HTTP/1.1 200")  # served, and the connection kept open
-        held = {index: sum(state == "01" for state, _ in sockets_of(pid, server.port)) for index, pid in pids.items()}
+        held = {index: len(established(pid, server.port) - before[index]) for index, pid in pids.items()}
     finally:
         for client in clients:
             client.close()
