@@ -11,6 +11,7 @@ short statements on the bot's own connection, like a plugin's ``bot.send``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -369,16 +370,22 @@ class EventStream(Response):
         if await self.inbox.find(operator.name) != operator:
             return False
         try:
-            html = (await self.view()).decode()
+            html = await self.view()
         except Exception:  # a failed read: the next change tries again
             log.exception("cannot render the inbox's list")
             return True
-        # One "data:" line per line; the browser joins them with "\n". CR ends a line in SSE too.
-        lines = html.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        body = "event: list\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
-        await send({"type": "http.response.body", "body": body.encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": _list_event(html), "more_body": True})
         return True
 
     @staticmethod
     async def _end(send: Send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@functools.lru_cache(maxsize=16)
+def _list_event(html: bytes) -> bytes:
+    """A rendered list as a ``list`` event: framed once for every open inbox of the view, which
+    all get the same rendered bytes. One "data:" line per line; the browser joins them with
+    "\\n", and CR ends a line in SSE too."""
+    lines = html.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return ("event: list\n" + "".join(f"data: {line}\n" for line in lines) + "\n").encode()

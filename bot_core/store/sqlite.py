@@ -1155,20 +1155,20 @@ class _InboxReaders:
             self._all.append(conn)
         return conn
 
-    def rows(self, sql: str, params: Params) -> list[dict[str, Any]]:
+    def _thread_conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
-        cursor = conn.execute(sql, params)
+        return conn
+
+    def rows(self, sql: str, params: Params) -> list[dict[str, Any]]:
+        cursor = self._thread_conn().execute(sql, params)
         keys = [d[0] for d in cursor.description]
         return [dict(zip(keys, row, strict=True)) for row in cursor.fetchall()]
 
     def each(self, sql: str, params: Params) -> Iterator[Row]:
         """The rows of ``sql`` as the cursor reads them (consume them in the calling thread)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        yield from conn.execute(sql, params)
+        yield from self._thread_conn().execute(sql, params)
 
     def version(self) -> int:
         if self._feed is None:  # the change feed polls from one task at a time
